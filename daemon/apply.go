@@ -1,0 +1,131 @@
+// Package daemon wires matcol's parts: it applies the config to the registry, then runs the
+// listener and the materializer until its context ends.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/matcol/matcol/config"
+	"github.com/matcol/matcol/internal/dial"
+	"github.com/matcol/matcol/internal/pgident"
+	"github.com/matcol/matcol/listener/trigger"
+	"github.com/matcol/matcol/plan"
+	"github.com/matcol/matcol/registry"
+)
+
+// Report says what Apply did.
+type Report struct {
+	Installed []registry.Migration
+	Changes   registry.Changes
+	Triggers  []trigger.Change
+	Plan      *plan.Plan
+}
+
+// Definitions turns the config's enrichments into registry entries. Table names are parsed here;
+// an unqualified one is resolved through search_path later.
+func Definitions(cfg *config.Config) ([]registry.Enrichment, error) {
+	var out []registry.Enrichment
+	for _, e := range cfg.Enrichments {
+		t, err := pgident.ParseTable(e.Table)
+		if err != nil {
+			return nil, fmt.Errorf("enrichment %s: table: %w", e.Name, err)
+		}
+		d := registry.Enrichment{Name: e.Name, Target: t, Columns: e.Columns, SQL: e.SQL,
+			ExpiresAfter: e.ExpiresAfter, Self: e.SelfEnabled(),
+			Settings: registry.Settings{BatchSize: e.BatchSize, StatementTimeout: e.StatementTimeout,
+				LockTimeout: e.LockTimeout, WorkMem: e.WorkMem}}
+		for _, dep := range e.DependsOn {
+			st, err := pgident.ParseTable(dep.Table)
+			if err != nil {
+				return nil, fmt.Errorf("enrichment %s: depends_on table: %w", e.Name, err)
+			}
+			d.DependsOn = append(d.DependsOn, registry.Dependency{Source: st, Columns: dep.Columns, SQL: dep.SQL})
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// Apply installs or upgrades schema matcol, validates the config's enrichments against the live
+// catalog, syncs them into the registry and generates the triggers, all in one transaction: on
+// any problem nothing is written.
+func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, error) {
+	defs, err := Definitions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := dial.Connect(ctx, cfg.DatabaseURL, "apply")
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rep := &Report{}
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		// DDL on application tables must not queue behind a long transaction for long.
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '10s'`); err != nil {
+			return err
+		}
+		if rep.Installed, err = registry.Install(ctx, tx); err != nil {
+			return err
+		}
+		p, err := plan.Build(ctx, tx, defs)
+		if err != nil {
+			return err
+		}
+		if rep.Changes, err = registry.Sync(ctx, tx, p.Definitions()); err != nil {
+			return err
+		}
+		loaded, err := registry.Load(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if rep.Plan, err = plan.Build(ctx, tx, loaded); err != nil {
+			return err
+		}
+		triggerPlan := rep.Plan
+		if cfg.Invalidation.Mode != "trigger" {
+			triggerPlan = nil
+		}
+		rep.Triggers, err = trigger.Sync(ctx, tx, triggerPlan)
+		return err
+	})
+	if err != nil {
+		var pe interface{ SQLState() string }
+		if errors.As(err, &pe) && pe.SQLState() == "55P03" {
+			return nil, fmt.Errorf("apply: could not lock a table for its triggers within 10s (a long transaction holds it); retry: %w", err)
+		}
+		return nil, err
+	}
+	for _, w := range rep.Plan.Warnings {
+		log.Warn(w)
+	}
+	return rep, nil
+}
+
+// LoadPlan builds the plan of what is registered now.
+func LoadPlan(ctx context.Context, db interface {
+	Begin(context.Context) (pgx.Tx, error)
+}) (*plan.Plan, []registry.Enrichment, error) {
+	var p *plan.Plan
+	var defs []registry.Enrichment
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		var err error
+		if defs, err = registry.Load(ctx, tx); err != nil {
+			return err
+		}
+		p, err = plan.Build(ctx, tx, defs)
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, defs, nil
+}
+
+func retryDelay(attempt int) time.Duration { return dial.Backoff(attempt, 30*time.Second) }

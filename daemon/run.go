@@ -1,0 +1,153 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/matcol/matcol/config"
+	"github.com/matcol/matcol/internal/dial"
+	"github.com/matcol/matcol/listener"
+	"github.com/matcol/matcol/listener/trigger"
+	"github.com/matcol/matcol/materializer"
+	"github.com/matcol/matcol/plan"
+)
+
+// Daemon is a running matcol.
+type Daemon struct {
+	cfg  *config.Config
+	log  hclog.Logger
+	pool *pgxpool.Pool
+	Mat  *materializer.Materializer
+}
+
+// Run applies the config, then keeps materialized columns fresh until ctx ends. An unreachable
+// database is retried with backoff, at start and later; invalid enrichments end it with an error.
+func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
+	d, err := Start(ctx, cfg, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	return d.Wait(ctx)
+}
+
+// Start applies the config and connects; Wait runs the parts.
+func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, error) {
+	for attempt := 0; ; attempt++ {
+		rep, err := Apply(ctx, cfg, log.Named("apply"))
+		if err == nil {
+			logReport(log, rep)
+			break
+		}
+		if !dial.IsConnectionError(err) {
+			return nil, err
+		}
+		wait := retryDelay(attempt)
+		log.Warn("database unreachable; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
+		if !dial.Sleep(ctx, wait) {
+			return nil, ctx.Err()
+		}
+	}
+	maxConns := cfg.Database.MaxConns
+	if maxConns == 0 {
+		maxConns = cfg.Materializer.Workers + 4
+	}
+	pool, err := dial.Pool(ctx, cfg.DatabaseURL, "worker", dial.PoolOptions{
+		MaxConns: int32(maxConns), MaxConnLifetime: cfg.Database.MaxConnLifetime})
+	if err != nil {
+		return nil, err
+	}
+	p, _, err := LoadPlan(ctx, pool)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	m := materializer.New(pool, p, materializer.Config{
+		Workers:             cfg.Materializer.Workers,
+		BatchSize:           cfg.Materializer.BatchSize,
+		TargetBatchDuration: cfg.Materializer.TargetBatchDuration,
+		SweepInterval:       cfg.Materializer.SweepInterval,
+	}, log.Named("materializer"))
+	return &Daemon{cfg: cfg, log: log, pool: pool, Mat: m}, nil
+}
+
+// Wait runs the listener, the materializer and the rescan loop until ctx ends.
+func (d *Daemon) Wait(ctx context.Context) error {
+	defer d.pool.Close()
+	var l listener.Listener
+	switch d.cfg.Invalidation.Mode {
+	case "trigger":
+		l = &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("listener")}
+	default:
+		return errors.New("invalidation.mode " + d.cfg.Invalidation.Mode + " is not available in this build")
+	}
+	d.log.Info("matcol running", "mode", d.cfg.Invalidation.Mode, "targets", len(d.Mat.Plan().Targets),
+		"workers", d.cfg.Materializer.Workers)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return l.Run(gctx) })
+	g.Go(func() error { return d.Mat.Run(gctx) })
+	g.Go(func() error { d.rescanLoop(gctx); return nil })
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	d.log.Info("matcol stopped")
+	return err
+}
+
+// rescanLoop picks up registry changes made by other processes (another apply, SQL registration).
+func (d *Daemon) rescanLoop(ctx context.Context) {
+	last := fingerprint(d.Mat.Plan())
+	tick := time.NewTicker(d.cfg.Materializer.RescanInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		p, _, err := LoadPlan(ctx, d.pool)
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Warn("rescan failed; keeping the current plan", "error", err)
+			}
+			continue
+		}
+		if fp := fingerprint(p); fp != last {
+			d.log.Info("registry changed; reloading", "targets", len(p.Targets))
+			d.Mat.SetPlan(p)
+			last = fp
+		}
+	}
+}
+
+func fingerprint(p *plan.Plan) string {
+	b, _ := json.Marshal(p.Definitions())
+	return string(b)
+}
+
+func logReport(log hclog.Logger, rep *Report) {
+	for _, m := range rep.Installed {
+		log.Info("installed schema matcol migration", "version", m.Version, "name", m.Name)
+	}
+	for _, n := range rep.Changes.Added {
+		log.Info("registered enrichment", "enrichment", n)
+	}
+	for _, n := range rep.Changes.Updated {
+		log.Info("updated enrichment", "enrichment", n)
+	}
+	for _, n := range rep.Changes.Removed {
+		log.Info("removed enrichment", "enrichment", n)
+	}
+	for _, c := range rep.Triggers {
+		log.Info(c.Action, "table", c.Table.String())
+	}
+}

@@ -1,0 +1,151 @@
+// Package discovery reads the catalog: the tables that carry materialized_at, their keys and
+// columns, and the indexes that make stale rows cheap to find. Every rescan is one query, however
+// many schemas the database has.
+package discovery
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/matcol/matcol/internal/pgident"
+)
+
+// Querier is the narrow database interface discovery needs.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Column is one table column.
+type Column struct {
+	Name    string
+	Type    string // format_type output, safe to splice into SQL
+	TypeOID uint32
+	NotNull bool
+}
+
+// Table is a table that carries materialized_at.
+type Table struct {
+	OID  uint32
+	Name pgident.Table
+	// StampOK is true when materialized_at is a nullable timestamptz.
+	StampOK   bool
+	StampType string
+	Key       []Column // primary key columns in key order; empty when there is none
+	// StaleIndex is true when a partial index WHERE materialized_at IS NULL exists.
+	StaleIndex      bool
+	ReplicaIdentity byte // d, n, f or i
+	Partitioned     bool
+}
+
+//go:embed scan.sql
+var scanSQL string
+
+// Scan returns every table with a materialized_at column, in one catalog query.
+func Scan(ctx context.Context, q Querier) ([]Table, error) {
+	rows, err := q.Query(ctx, scanSQL)
+	if err != nil {
+		return nil, fmt.Errorf("scan catalog: %w", err)
+	}
+	defer rows.Close()
+	var out []Table
+	for rows.Next() {
+		var t Table
+		var keyNames, keyTypes []string
+		var keyOIDs []uint32
+		var relkind, ident string
+		if err := rows.Scan(&t.OID, &t.Name.Schema, &t.Name.Name, &relkind, &t.StampType, &t.StampOK,
+			&keyNames, &keyTypes, &keyOIDs, &t.StaleIndex, &ident); err != nil {
+			return nil, fmt.Errorf("scan catalog: %w", err)
+		}
+		t.Partitioned = relkind == "p"
+		if ident != "" {
+			t.ReplicaIdentity = ident[0]
+		}
+		for i := range keyNames {
+			t.Key = append(t.Key, Column{Name: keyNames[i], Type: keyTypes[i], TypeOID: keyOIDs[i], NotNull: true})
+		}
+		out = append(out, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("scan catalog: %w", err)
+	}
+	return out, nil
+}
+
+// Relation describes any table, for validating enrichments and dependencies.
+type Relation struct {
+	OID             uint32
+	Name            pgident.Table
+	Columns         []Column
+	Key             []Column
+	ReplicaIdentity byte
+	// IdentityColumns are the columns a logged old row carries (the key or replica-identity index).
+	IdentityColumns []string
+}
+
+// Column returns the named column, or false.
+func (r *Relation) Column(name string) (Column, bool) {
+	for _, c := range r.Columns {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return Column{}, false
+}
+
+//go:embed relation.sql
+var relationSQL string
+
+// LookupRelation finds a table by name. An empty schema resolves through search_path. It returns
+// nil, nil when there is no such table.
+func LookupRelation(ctx context.Context, q Querier, name pgident.Table) (*Relation, error) {
+	var oid uint32
+	var err error
+	if name.Schema == "" {
+		err = q.QueryRow(ctx, `SELECT coalesce(to_regclass($1)::oid, 0)`, pgx.Identifier{name.Name}.Sanitize()).Scan(&oid)
+	} else {
+		err = q.QueryRow(ctx, `SELECT coalesce((SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r','p')), 0)`, name.Schema, name.Name).Scan(&oid)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up %s: %w", name, err)
+	}
+	if oid == 0 {
+		return nil, nil
+	}
+	r := &Relation{OID: oid}
+	var ident string
+	rows, err := q.Query(ctx, relationSQL, oid)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", name, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var c Column
+		var keyPos, identPos int
+		if err := rows.Scan(&r.Name.Schema, &r.Name.Name, &ident, &c.Name, &c.Type, &c.TypeOID, &c.NotNull, &keyPos, &identPos); err != nil {
+			return nil, fmt.Errorf("read columns of %s: %w", name, err)
+		}
+		r.Columns = append(r.Columns, c)
+		if keyPos > 0 {
+			for len(r.Key) < keyPos {
+				r.Key = append(r.Key, Column{})
+			}
+			r.Key[keyPos-1] = c
+		}
+		if identPos > 0 {
+			r.IdentityColumns = append(r.IdentityColumns, c.Name)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", name, err)
+	}
+	if ident != "" {
+		r.ReplicaIdentity = ident[0]
+	}
+	return r, nil
+}

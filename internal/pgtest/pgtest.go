@@ -1,0 +1,123 @@
+// Package pgtest gives tests a real PostgreSQL: one throwaway cluster per test binary, and a
+// disposable database per test. MATCOL_TEST_DATABASE_URL points the tests at an existing server
+// instead; its user must be allowed to create databases.
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/matcol/matcol/internal/pgcluster"
+)
+
+var (
+	mu      sync.Mutex
+	cluster *pgcluster.Cluster
+	baseDSN string
+	initErr error
+)
+
+// Main runs a package's tests and stops the cluster afterwards. Use it from TestMain.
+func Main(m *testing.M) int {
+	code := m.Run()
+	mu.Lock()
+	defer mu.Unlock()
+	if cluster != nil {
+		_ = cluster.Stop()
+	}
+	return code
+}
+
+// Cluster returns the shared throwaway cluster, or nil when MATCOL_TEST_DATABASE_URL is set.
+func Cluster(t testing.TB) *pgcluster.Cluster {
+	t.Helper()
+	base(t)
+	return cluster
+}
+
+func base(t testing.TB) string {
+	t.Helper()
+	mu.Lock()
+	defer mu.Unlock()
+	if baseDSN == "" && initErr == nil {
+		if dsn := os.Getenv("MATCOL_TEST_DATABASE_URL"); dsn != "" {
+			baseDSN = dsn
+		} else {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			cluster, initErr = pgcluster.Start(ctx, pgcluster.Options{})
+			if initErr == nil {
+				baseDSN = cluster.DSN("postgres")
+			}
+		}
+	}
+	if initErr != nil {
+		t.Fatalf("start test PostgreSQL: %v", initErr)
+	}
+	return baseDSN
+}
+
+// NewDB creates an empty database for this test and returns its DSN. It is dropped at cleanup.
+func NewDB(t testing.TB) string {
+	t.Helper()
+	dsn := base(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect to test server: %v", err)
+	}
+	defer conn.Close(ctx)
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	name := "matcol_test_" + hex.EncodeToString(b)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		t.Fatalf("create test database: %v", err)
+	}
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatalf("parse test DSN: %v", err)
+	}
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), dsn)
+		if err != nil {
+			return
+		}
+		defer c.Close(context.Background())
+		_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+	})
+	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name) + passwordParam(cfg.Password)
+}
+
+func passwordParam(p string) string {
+	if p == "" {
+		return ""
+	}
+	return "&password=" + p
+}
+
+// Connect opens a plain connection to dsn, closed at cleanup.
+func Connect(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return conn
+}
+
+// Exec runs sql on dsn and fails the test on error.
+func Exec(t testing.TB, conn *pgx.Conn, sql string, args ...any) {
+	t.Helper()
+	if _, err := conn.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("exec %q: %v", sql, err)
+	}
+}

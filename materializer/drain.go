@@ -1,0 +1,302 @@
+package materializer
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/matcol/matcol/internal/dial"
+	"github.com/matcol/matcol/plan"
+)
+
+// drainLimit is how many queued invalidations one drain transaction takes.
+const drainLimit = 2000
+
+func (m *Materializer) drainLoop(ctx context.Context) {
+	attempt := 0
+	for ctx.Err() == nil {
+		res, err := m.Drain(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if dial.IsConnectionError(err) {
+				m.log.Warn("database unreachable; retrying", "error", err)
+			} else {
+				m.log.Error("applying invalidations failed; retrying", "error", err)
+			}
+			attempt++
+			if !dial.Sleep(ctx, dial.Backoff(attempt, 30*time.Second)) {
+				return
+			}
+			continue
+		}
+		attempt = 0
+		switch {
+		case res.Taken >= drainLimit:
+			continue
+		case res.Requeued > 0:
+			// Rows held by someone else: retry soon, without spinning.
+			if !dial.Sleep(ctx, 200*time.Millisecond) {
+				return
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.drainCh:
+		}
+	}
+}
+
+// DrainResult says what one Drain did.
+type DrainResult struct {
+	Taken       int // queue entries taken
+	Invalidated int // rows set stale
+	Requeued    int // keys whose rows were locked, put back for later
+}
+
+type group struct {
+	direct   []string                // JSON arrays of key values
+	mapped   map[int]*[][]*string    // dependency id → column values
+	deps     map[int]*plan.Dep       // dependency id → dependency
+	earliest time.Time
+}
+
+// Drain applies queued invalidations to their targets: it takes a batch of matcol.pending, sets
+// the named rows stale and deletes the entries, in one transaction. Rows locked by someone else
+// (usually a batch computing them) are not waited for: their keys go back in the queue, so the
+// invalidation lands after that batch commits and is never lost.
+func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
+	var res DrainResult
+	m.mu.Lock()
+	p := m.plan
+	byID := m.byID
+	m.mu.Unlock()
+	ids := make([]int32, 0, len(p.Targets))
+	deps := map[int]*plan.Dep{}
+	for _, t := range p.Targets {
+		ids = append(ids, int32(t.ID))
+	}
+	for _, s := range p.Sources {
+		for _, d := range s.Deps {
+			deps[d.ID] = d
+		}
+	}
+	if len(ids) == 0 {
+		return res, nil
+	}
+	if err := m.invalidateAll(ctx, ids, byID); err != nil {
+		return res, err
+	}
+	touched := map[int]bool{}
+	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', '2s', true), set_config('statement_timeout', '60s', true)`); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `
+			DELETE FROM matcol.pending WHERE id IN (
+				SELECT id FROM matcol.pending WHERE vals IS NOT NULL AND target_id = ANY($2)
+				ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+			RETURNING target_id, dependency_id, vals::text, enqueued_at`, drainLimit, ids)
+		if err != nil {
+			return fmt.Errorf("take queued invalidations: %w", err)
+		}
+		groups := map[int]*group{}
+		for rows.Next() {
+			var tid int
+			var dep *int
+			var vals string
+			var at time.Time
+			if err := rows.Scan(&tid, &dep, &vals, &at); err != nil {
+				rows.Close()
+				return err
+			}
+			res.Taken++
+			g := groups[tid]
+			if g == nil {
+				g = &group{mapped: map[int]*[][]*string{}, deps: map[int]*plan.Dep{}, earliest: at}
+				groups[tid] = g
+			}
+			if at.Before(g.earliest) {
+				g.earliest = at
+			}
+			if dep == nil {
+				g.direct = append(g.direct, vals)
+				continue
+			}
+			d := deps[*dep]
+			if d == nil {
+				continue // dependency removed since; Sync turned its entries into whole-target ones
+			}
+			cols := g.mapped[*dep]
+			if cols == nil {
+				c := make([][]*string, len(d.Columns))
+				cols = &c
+				g.mapped[*dep] = cols
+				g.deps[*dep] = d
+			}
+			if err := appendValues(*cols, vals); err != nil {
+				rows.Close()
+				return fmt.Errorf("queued values of dependency %d: %w", *dep, err)
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("take queued invalidations: %w", err)
+		}
+		for tid, g := range groups {
+			t := byID[tid]
+			if t == nil {
+				continue
+			}
+			var requeue []string
+			if len(g.direct) > 0 {
+				got, err := requeued(ctx, tx, plan.InvalidateKeysSQL(t.plan), g.direct)
+				if err != nil {
+					return fmt.Errorf("invalidate rows of %s: %w", t.plan.Table, err)
+				}
+				requeue = append(requeue, got...)
+			}
+			for id, cols := range g.mapped {
+				args := make([]any, len(*cols))
+				for i, c := range *cols {
+					args[i] = plan.ArrayLiteral(c)
+				}
+				got, err := requeued(ctx, tx, plan.InvalidateMappedSQL(g.deps[id]), args...)
+				if err != nil {
+					return fmt.Errorf("invalidate rows of %s through %s: %w", t.plan.Table, g.deps[id].Source, err)
+				}
+				requeue = append(requeue, got...)
+			}
+			if len(requeue) > 0 {
+				if _, err := tx.Exec(ctx, `INSERT INTO matcol.pending (target_id, vals, enqueued_at)
+					SELECT $1, v::jsonb, $3 FROM unnest($2::text[]) AS v`, tid, requeue, g.earliest); err != nil {
+					return fmt.Errorf("requeue locked rows of %s: %w", t.plan.Table, err)
+				}
+				res.Requeued += len(requeue)
+			}
+			touched[tid] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return DrainResult{}, err
+	}
+	m.mu.Lock()
+	for tid := range touched {
+		if t := m.byID[tid]; t != nil {
+			m.markLocked(t)
+		}
+	}
+	m.mu.Unlock()
+	return res, nil
+}
+
+// requeued runs an invalidation statement and returns the keys it could not lock.
+func requeued(ctx context.Context, tx pgx.Tx, sql string, args ...any) ([]string, error) {
+	rows, err := tx.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// appendValues adds one queued JSON array of source values to cols, as text.
+func appendValues(cols [][]*string, vals string) error {
+	var arr []json.RawMessage
+	if err := json.Unmarshal([]byte(vals), &arr); err != nil {
+		return err
+	}
+	if len(arr) != len(cols) {
+		return fmt.Errorf("%d values for %d columns", len(arr), len(cols))
+	}
+	for i, raw := range arr {
+		cols[i] = append(cols[i], jsonText(raw))
+	}
+	return nil
+}
+
+// jsonText is what ->> would return: NULL for null, the string for a string, else the JSON text.
+func jsonText(raw json.RawMessage) *string {
+	s := string(raw)
+	switch {
+	case s == "null":
+		return nil
+	case len(s) > 0 && s[0] == '"':
+		var out string
+		if json.Unmarshal(raw, &out) == nil {
+			return &out
+		}
+	}
+	return &s
+}
+
+// invalidateAll handles whole-target entries (a source was truncated): every row of the target
+// is set stale in key order, a chunk per transaction, and the entries are deleted at the end.
+func (m *Materializer) invalidateAll(ctx context.Context, ids []int32, byID map[int]*target) error {
+	rows, err := m.pool.Query(ctx, `SELECT target_id, max(id) FROM matcol.pending
+		WHERE vals IS NULL AND target_id = ANY($1) GROUP BY target_id`, ids)
+	if err != nil {
+		return fmt.Errorf("read whole-table invalidations: %w", err)
+	}
+	type job struct {
+		tid   int
+		maxID int64
+	}
+	jobs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (job, error) {
+		var j job
+		return j, r.Scan(&j.tid, &j.maxID)
+	})
+	if err != nil {
+		return fmt.Errorf("read whole-table invalidations: %w", err)
+	}
+	for _, j := range jobs {
+		t := byID[j.tid]
+		if t == nil {
+			continue
+		}
+		if err := m.invalidateTable(ctx, t.plan); err != nil {
+			return err
+		}
+		if _, err := m.pool.Exec(ctx, `DELETE FROM matcol.pending WHERE target_id = $1 AND vals IS NULL AND id <= $2`,
+			j.tid, j.maxID); err != nil {
+			return fmt.Errorf("finish whole-table invalidation of %s: %w", t.plan.Table, err)
+		}
+		m.log.Info("invalidated every row after a source was truncated", "table", t.plan.Table.String())
+		m.mu.Lock()
+		m.markLocked(t)
+		m.mu.Unlock()
+	}
+	return nil
+}
+
+func (m *Materializer) invalidateTable(ctx context.Context, t *plan.Target) error {
+	sql := plan.InvalidateAllSQL(t)
+	cursor := make([]any, len(t.Key)+2)
+	cursor[len(t.Key)] = false
+	cursor[len(t.Key)+1] = 5000
+	for {
+		last := make([]*string, len(t.Key))
+		dest := make([]any, len(last))
+		for i := range last {
+			dest[i] = &last[i]
+		}
+		err := m.pool.QueryRow(ctx, sql, cursor...).Scan(dest...)
+		if err == pgx.ErrNoRows {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("invalidate every row of %s: %w", t.Table, err)
+		}
+		for i, v := range last {
+			cursor[i] = *v
+		}
+		cursor[len(t.Key)] = true
+	}
+}
+

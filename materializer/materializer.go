@@ -1,0 +1,271 @@
+// Package materializer recomputes stale rows: it applies queued invalidations to their targets,
+// then claims stale rows in small batches, runs every enrichment of the table for them and
+// stamps them, each batch one short transaction.
+package materializer
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/matcol/matcol/internal/dial"
+	"github.com/matcol/matcol/listener"
+	"github.com/matcol/matcol/plan"
+)
+
+// Config tunes the materializer.
+type Config struct {
+	// Workers is the number of concurrent batches. Defaults to 4.
+	Workers int
+	// BatchSize is the starting rows per batch. Defaults to 500.
+	BatchSize int
+	// TargetBatchDuration is what batch sizing aims for. Defaults to 100ms.
+	TargetBatchDuration time.Duration
+	// SweepInterval is the safety-net check for work no notification announced. Defaults to 5s.
+	SweepInterval time.Duration
+}
+
+func (c *Config) defaults() {
+	if c.Workers <= 0 {
+		c.Workers = 4
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 500
+	}
+	if c.TargetBatchDuration <= 0 {
+		c.TargetBatchDuration = 100 * time.Millisecond
+	}
+	if c.SweepInterval <= 0 {
+		c.SweepInterval = 5 * time.Second
+	}
+}
+
+// Stats are running totals, safe to read at any time.
+type Stats struct {
+	RowsMaterialized atomic.Int64
+	Batches          atomic.Int64
+	BatchErrors      atomic.Int64
+	RowsInvalidated  atomic.Int64
+	LastBatchNanos   atomic.Int64
+}
+
+// Materializer runs the workers and the queue drainer. It implements listener.Sink.
+type Materializer struct {
+	pool  *pgxpool.Pool
+	log   hclog.Logger
+	cfg   Config
+	Stats Stats
+
+	mu      sync.Mutex
+	plan    *plan.Plan
+	byHash  map[string]*target
+	byID    map[int]*target
+	queue   []*target
+	ready   chan struct{} // a token per push, so idle workers wake
+	drainCh chan struct{}
+}
+
+var _ listener.Sink = (*Materializer)(nil)
+
+type target struct {
+	plan      *plan.Target
+	claimSQL  string
+	writeSQL  string
+	batchSize int
+
+	queued  bool
+	running int
+	more    bool // the last batch was full
+	dirty   bool // marked while a batch ran
+	backoff int  // consecutive failures
+	retryAt time.Time
+}
+
+// New returns a materializer for p.
+func New(pool *pgxpool.Pool, p *plan.Plan, cfg Config, log hclog.Logger) *Materializer {
+	cfg.defaults()
+	m := &Materializer{pool: pool, log: log, cfg: cfg,
+		ready: make(chan struct{}, cfg.Workers), drainCh: make(chan struct{}, 1)}
+	m.SetPlan(p)
+	return m
+}
+
+// SetPlan swaps in a new plan, keeping the state of targets that stay.
+func (m *Materializer) SetPlan(p *plan.Plan) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := m.byID
+	m.plan = p
+	m.byHash = map[string]*target{}
+	m.byID = map[int]*target{}
+	m.queue = nil
+	for _, pt := range p.Targets {
+		size := m.cfg.BatchSize
+		if pt.Enrichments[0].Settings.BatchSize > 0 {
+			size = pt.Enrichments[0].Settings.BatchSize
+		}
+		t := &target{plan: pt, claimSQL: plan.ClaimSQL(pt), writeSQL: plan.WriteSQL(pt, pt.Enrichments, true), batchSize: size}
+		if o := old[pt.ID]; o != nil && o.plan.Table == pt.Table {
+			t.batchSize = o.batchSize
+			t.running = o.running
+		}
+		m.byHash[pt.Hash] = t
+		m.byID[pt.ID] = t
+	}
+	for _, t := range m.byID {
+		m.pushLocked(t)
+	}
+}
+
+// Plan returns the current plan.
+func (m *Materializer) Plan() *plan.Plan {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.plan
+}
+
+// TargetStale implements listener.Sink.
+func (m *Materializer) TargetStale(hash string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if t := m.byHash[hash]; t != nil {
+		m.markLocked(t)
+	}
+}
+
+// QueueFilled implements listener.Sink.
+func (m *Materializer) QueueFilled() {
+	select {
+	case m.drainCh <- struct{}{}:
+	default:
+	}
+}
+
+// Resync implements listener.Sink: every target is checked and the queue drained.
+func (m *Materializer) Resync() {
+	m.mu.Lock()
+	for _, t := range m.byID {
+		m.markLocked(t)
+	}
+	m.mu.Unlock()
+	m.QueueFilled()
+}
+
+func (m *Materializer) markLocked(t *target) {
+	if t.running > 0 {
+		t.dirty = true
+	}
+	m.pushLocked(t)
+}
+
+func (m *Materializer) pushLocked(t *target) {
+	if t.queued {
+		return
+	}
+	t.queued = true
+	m.queue = append(m.queue, t)
+	select {
+	case m.ready <- struct{}{}:
+	default:
+	}
+}
+
+// next pops the next target that may run now, or returns nil.
+func (m *Materializer) next() *target {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	for i, t := range m.queue {
+		if now.Before(t.retryAt) {
+			continue
+		}
+		m.queue = append(m.queue[:i:i], m.queue[i+1:]...)
+		t.queued = false
+		t.running++
+		if t.more {
+			// A backlog: let another worker take the same table meanwhile.
+			m.pushLocked(t)
+		}
+		return t
+	}
+	return nil
+}
+
+func (m *Materializer) finish(t *target, n int, failed bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t.running--
+	if failed {
+		t.backoff++
+		t.retryAt = time.Now().Add(dial.Backoff(t.backoff, 30*time.Second))
+		t.more = false
+		m.pushLocked(t)
+		return
+	}
+	t.backoff = 0
+	t.more = n >= t.batchSize
+	if t.more || t.dirty {
+		t.dirty = false
+		m.pushLocked(t)
+	}
+}
+
+// Run blocks until ctx ends. A batch in flight when ctx ends is allowed to commit.
+func (m *Materializer) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	for i := 0; i < m.cfg.Workers; i++ {
+		g.Go(func() error { m.worker(ctx); return nil })
+	}
+	g.Go(func() error { m.drainLoop(ctx); return nil })
+	g.Go(func() error {
+		tick := time.NewTicker(m.cfg.SweepInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
+				m.Resync()
+			}
+		}
+	})
+	return g.Wait()
+}
+
+func (m *Materializer) worker(ctx context.Context) {
+	poll := time.NewTicker(time.Second) // picks up targets whose retry time has come
+	defer poll.Stop()
+	for ctx.Err() == nil {
+		t := m.next()
+		if t == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-m.ready:
+			case <-poll.C:
+			}
+			continue
+		}
+		n, err := m.batch(ctx, t)
+		if err != nil {
+			m.Stats.BatchErrors.Add(1)
+			if ctx.Err() == nil {
+				m.logBatchError(t, err)
+			}
+		}
+		m.finish(t, n, err != nil)
+	}
+}
+
+func (m *Materializer) logBatchError(t *target, err error) {
+	if dial.IsConnectionError(err) {
+		m.log.Warn("database unreachable; retrying", "table", t.plan.Table.String(), "error", err)
+		return
+	}
+	m.log.Error("batch failed; retrying with backoff", "table", t.plan.Table.String(), "error", err)
+}

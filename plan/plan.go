@@ -1,0 +1,444 @@
+// Package plan resolves registered enrichments against the live catalog into what the listener
+// and the materializer execute: key columns, owned columns, sources, and generated SQL. Build is
+// also the validation behind `matcol apply`: every problem names its enrichment.
+package plan
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/matcol/matcol/discovery"
+	"github.com/matcol/matcol/internal/pgident"
+	"github.com/matcol/matcol/registry"
+)
+
+// Plan is every target and every source, resolved.
+type Plan struct {
+	Targets []*Target
+	Sources []*Source
+	// Warnings are problems that do not stop matcol, such as a missing stale-row index.
+	Warnings []string
+}
+
+// Target is a table with at least one enrichment.
+type Target struct {
+	ID          int
+	Table       pgident.Table
+	OID         uint32
+	Key         []discovery.Column
+	Columns     []discovery.Column
+	Enrichments []*Enrichment
+	// Owned are all enrichment columns of the table; changes to them never invalidate.
+	Owned []string
+	// Self is true when changes to the row's other columns make it stale.
+	Self       bool
+	StaleIndex bool
+	// Hash names the target in trigger names and NOTIFY payloads.
+	Hash string
+}
+
+// Enrichment is a registered enrichment bound to its target.
+type Enrichment struct {
+	registry.Enrichment
+	Target *Target
+}
+
+// Source is a table whose changes invalidate targets.
+type Source struct {
+	Table    pgident.Table
+	OID      uint32
+	Relation *discovery.Relation
+	// Ignored are columns whose changes never invalidate: materialized_at and, when the source is
+	// also a target, the columns matcol writes.
+	Ignored []string
+	Deps    []*Dep
+	Hash    string
+}
+
+// Dep is one dependency of an enrichment on a source.
+type Dep struct {
+	registry.Dependency
+	Enrichment *Enrichment
+	Target     *Target
+}
+
+// Direct reports whether the dependency's values are target keys as they are.
+func (d *Dep) Direct() bool { return strings.TrimSpace(d.SQL) == "" }
+
+// Hash returns a short stable name for a table, usable inside identifiers of 63 bytes.
+func Hash(t pgident.Table) string {
+	h := sha256.Sum256([]byte(t.Schema + "\x00" + t.Name))
+	return hex.EncodeToString(h[:8])
+}
+
+// ValidationError lists every problem Build found.
+type ValidationError struct{ Problems []string }
+
+func (e *ValidationError) Error() string {
+	if len(e.Problems) == 1 {
+		return e.Problems[0]
+	}
+	return "invalid enrichments:\n  - " + strings.Join(e.Problems, "\n  - ")
+}
+
+// Build resolves defs against the catalog and validates them, inside tx. Statements are only
+// prepared, never executed, each under a savepoint so that a failing one leaves tx usable.
+func Build(ctx context.Context, tx pgx.Tx, defs []registry.Enrichment) (*Plan, error) {
+	b := &builder{ctx: ctx, conn: tx, rels: map[pgident.Table]*discovery.Relation{}, p: &Plan{}}
+	if err := b.build(defs); err != nil {
+		return nil, err
+	}
+	if len(b.problems) > 0 {
+		return nil, &ValidationError{Problems: b.problems}
+	}
+	return b.p, nil
+}
+
+type builder struct {
+	ctx      context.Context
+	conn     pgx.Tx
+	rels     map[pgident.Table]*discovery.Relation
+	p        *Plan
+	problems []string
+	stale    map[uint32]bool
+}
+
+func (b *builder) fail(e *registry.Enrichment, format string, args ...any) {
+	b.problems = append(b.problems, fmt.Sprintf("enrichment %s: ", e.Name)+fmt.Sprintf(format, args...))
+}
+
+func (b *builder) relation(t pgident.Table) (*discovery.Relation, error) {
+	if r, ok := b.rels[t]; ok {
+		return r, nil
+	}
+	r, err := discovery.LookupRelation(b.ctx, b.conn, t)
+	if err != nil {
+		return nil, err
+	}
+	b.rels[t] = r
+	return r, nil
+}
+
+func (b *builder) build(defs []registry.Enrichment) error {
+	tables, err := discovery.Scan(b.ctx, b.conn)
+	if err != nil {
+		return err
+	}
+	b.stale = map[uint32]bool{}
+	for _, t := range tables {
+		b.stale[t.OID] = t.StaleIndex
+	}
+	targets := map[pgident.Table]*Target{}
+	owner := map[pgident.Table]map[string]string{}
+	for i := range defs {
+		d := defs[i]
+		rel, err := b.relation(d.Target)
+		if err != nil {
+			return err
+		}
+		if rel == nil {
+			b.fail(&d, "table %s does not exist", d.Target)
+			continue
+		}
+		d.Target = rel.Name
+		stamp, ok := rel.Column("materialized_at")
+		switch {
+		case !ok:
+			b.fail(&d, "table %s has no materialized_at column; add one: ALTER TABLE %s ADD COLUMN materialized_at timestamptz",
+				rel.Name, rel.Name.Sanitize())
+			continue
+		case stamp.Type != "timestamp with time zone":
+			b.fail(&d, "%s.materialized_at is %s; it must be timestamptz", rel.Name, stamp.Type)
+			continue
+		case stamp.NotNull:
+			b.fail(&d, "%s.materialized_at is NOT NULL; it must be nullable (NULL means stale)", rel.Name)
+			continue
+		}
+		if len(rel.Key) == 0 {
+			b.fail(&d, "table %s has no primary key; matcol addresses rows by primary key", rel.Name)
+			continue
+		}
+		t := targets[rel.Name]
+		if t == nil {
+			t = &Target{ID: d.TargetID, Table: rel.Name, OID: rel.OID, Key: rel.Key, Columns: rel.Columns, StaleIndex: b.stale[rel.OID], Hash: Hash(rel.Name)}
+			targets[rel.Name] = t
+			owner[rel.Name] = map[string]string{}
+		}
+		colsOK := true
+		for _, c := range d.Columns {
+			if _, ok := rel.Column(c); !ok {
+				b.fail(&d, "column %q does not exist in %s", c, rel.Name)
+				colsOK = false
+				continue
+			}
+			if slices.ContainsFunc(rel.Key, func(k discovery.Column) bool { return k.Name == c }) {
+				b.fail(&d, "column %q is part of the primary key of %s and cannot be materialized", c, rel.Name)
+				colsOK = false
+				continue
+			}
+			if other, taken := owner[rel.Name][c]; taken {
+				b.fail(&d, "column %q of %s is already owned by enrichment %s", c, rel.Name, other)
+				colsOK = false
+				continue
+			}
+			owner[rel.Name][c] = d.Name
+		}
+		e := &Enrichment{Enrichment: d, Target: t}
+		if colsOK && b.checkSQL(e, rel) {
+			b.checkWrite(e)
+		}
+		t.Enrichments = append(t.Enrichments, e)
+		t.Owned = append(t.Owned, d.Columns...)
+		if d.Self {
+			t.Self = true
+		}
+	}
+	for _, t := range targets {
+		b.p.Targets = append(b.p.Targets, t)
+		if !t.StaleIndex {
+			b.p.Warnings = append(b.p.Warnings, fmt.Sprintf(
+				"table %s has no index on stale rows; create one: CREATE INDEX CONCURRENTLY ON %s (%s) WHERE materialized_at IS NULL",
+				t.Table, t.Table.Sanitize(), keyList(t.Key, "")))
+		}
+	}
+	sort.Slice(b.p.Targets, func(i, j int) bool { return b.p.Targets[i].Table.String() < b.p.Targets[j].Table.String() })
+	return b.buildSources(targets)
+}
+
+// checkSQL prepares the enrichment's SQL and checks its parameters and output columns.
+func (b *builder) checkSQL(e *Enrichment, rel *discovery.Relation) bool {
+	sd, err := b.prepare(e.SQL)
+	if err != nil {
+		b.fail(&e.Enrichment, "sql does not prepare: %s", pgMessage(err))
+		return false
+	}
+	t := e.Target
+	ok := true
+	if len(sd.ParamOIDs) != len(t.Key) {
+		b.fail(&e.Enrichment, "sql uses %d parameters; it must take one array per primary-key column of %s (%s), as $1..$%d",
+			len(sd.ParamOIDs), t.Table, keyList(t.Key, ""), len(t.Key))
+		ok = false
+	} else {
+		for i, k := range t.Key {
+			want, err := b.arrayOf(k.TypeOID)
+			if err != nil {
+				b.problems = append(b.problems, err.Error())
+				return false
+			}
+			if sd.ParamOIDs[i] != want {
+				b.fail(&e.Enrichment, "$%d is used as %s; it must be %s[] (the type of key column %q), for example = ANY($%d)",
+					i+1, b.typeName(sd.ParamOIDs[i]), k.Type, k.Name, i+1)
+				ok = false
+			}
+		}
+	}
+	want := map[string]bool{}
+	for _, k := range t.Key {
+		want[k.Name] = true
+	}
+	for _, c := range e.Columns {
+		want[c] = true
+	}
+	got := map[string]bool{}
+	for _, f := range sd.Fields {
+		name := f.Name
+		if got[name] {
+			b.fail(&e.Enrichment, "sql returns column %q twice", name)
+			ok = false
+		}
+		got[name] = true
+		if !want[name] {
+			b.fail(&e.Enrichment, "sql returns column %q, which is neither a key column of %s nor listed in columns", name, t.Table)
+			ok = false
+		}
+	}
+	for _, k := range t.Key {
+		if !got[k.Name] {
+			b.fail(&e.Enrichment, "sql must return key column %q of %s", k.Name, t.Table)
+			ok = false
+		}
+	}
+	for _, c := range e.Columns {
+		if !got[c] {
+			b.fail(&e.Enrichment, "sql does not return listed column %q", c)
+			ok = false
+		}
+	}
+	_ = rel
+	return ok
+}
+
+// checkWrite prepares the generated write statement, which is where PostgreSQL checks that every
+// output type is assignable to its column.
+func (b *builder) checkWrite(e *Enrichment) {
+	sql := WriteSQL(e.Target, []*Enrichment{e}, true)
+	if _, err := b.prepare(sql); err != nil {
+		b.fail(&e.Enrichment, "its output cannot be written to %s: %s", e.Target.Table, pgMessage(err))
+	}
+}
+
+func (b *builder) buildSources(targets map[pgident.Table]*Target) error {
+	sources := map[pgident.Table]*Source{}
+	for _, t := range b.p.Targets {
+		for _, e := range t.Enrichments {
+			for i := range e.DependsOn {
+				d := &Dep{Dependency: e.DependsOn[i], Enrichment: e, Target: t}
+				rel, err := b.relation(d.Source)
+				if err != nil {
+					return err
+				}
+				if rel == nil {
+					b.fail(&e.Enrichment, "depends_on table %s does not exist", d.Source)
+					continue
+				}
+				if rel.Name.Schema == "matcol" {
+					b.fail(&e.Enrichment, "depends_on table %s is matcol's own", rel.Name)
+					continue
+				}
+				d.Source = rel.Name
+				e.DependsOn[i].Source = rel.Name
+				if !b.checkDep(d, rel) {
+					continue
+				}
+				s := sources[rel.Name]
+				if s == nil {
+					s = &Source{Table: rel.Name, OID: rel.OID, Relation: rel, Hash: Hash(rel.Name), Ignored: []string{"materialized_at"}}
+					if tt := targets[rel.Name]; tt != nil {
+						s.Ignored = append(s.Ignored, tt.Owned...)
+					}
+					sources[rel.Name] = s
+				}
+				s.Deps = append(s.Deps, d)
+			}
+		}
+	}
+	for _, s := range sources {
+		b.p.Sources = append(b.p.Sources, s)
+	}
+	sort.Slice(b.p.Sources, func(i, j int) bool { return b.p.Sources[i].Table.String() < b.p.Sources[j].Table.String() })
+	return nil
+}
+
+func (b *builder) checkDep(d *Dep, rel *discovery.Relation) bool {
+	e := &d.Enrichment.Enrichment
+	var cols []discovery.Column
+	for _, c := range d.Columns {
+		col, ok := rel.Column(c)
+		if !ok {
+			b.fail(e, "depends_on %s: column %q does not exist", rel.Name, c)
+			return false
+		}
+		cols = append(cols, col)
+	}
+	if d.Direct() {
+		if len(cols) != len(d.Target.Key) {
+			b.fail(e, "depends_on %s lists %d columns but %s has %d key columns (%s); give sql to map them",
+				rel.Name, len(cols), d.Target.Table, len(d.Target.Key), keyList(d.Target.Key, ""))
+			return false
+		}
+		for i, c := range cols {
+			k := d.Target.Key[i]
+			probe := fmt.Sprintf("SELECT NULL::%s::%s", c.Type, k.Type)
+			if _, err := b.prepare(probe); err != nil {
+				b.fail(e, "depends_on %s: column %q (%s) cannot be a value of key column %q (%s)", rel.Name, c.Name, c.Type, k.Name, k.Type)
+				return false
+			}
+		}
+		return true
+	}
+	sd, err := b.prepare(d.SQL)
+	if err != nil {
+		b.fail(e, "depends_on %s: sql does not prepare: %s", rel.Name, pgMessage(err))
+		return false
+	}
+	if len(sd.ParamOIDs) != len(cols) {
+		b.fail(e, "depends_on %s: sql uses %d parameters; it takes one array per listed column (%d)", rel.Name, len(sd.ParamOIDs), len(cols))
+		return false
+	}
+	if len(sd.Fields) != len(d.Target.Key) {
+		b.fail(e, "depends_on %s: sql returns %d columns; it must return the %d key columns of %s (%s)",
+			rel.Name, len(sd.Fields), len(d.Target.Key), d.Target.Table, keyList(d.Target.Key, ""))
+		return false
+	}
+	if _, err := b.prepare(InvalidateMappedSQL(d)); err != nil {
+		b.fail(e, "depends_on %s: sql output does not match the key of %s: %s", rel.Name, d.Target.Table, pgMessage(err))
+		return false
+	}
+	return true
+}
+
+// prepare parses sql without running it, under a savepoint.
+func (b *builder) prepare(sql string) (*pgconn.StatementDescription, error) {
+	if _, err := b.conn.Exec(b.ctx, "SAVEPOINT matcol_check"); err != nil {
+		return nil, err
+	}
+	sd, err := b.conn.Conn().PgConn().Prepare(b.ctx, "", sql, nil)
+	if err != nil {
+		if _, rbErr := b.conn.Exec(b.ctx, "ROLLBACK TO SAVEPOINT matcol_check"); rbErr != nil {
+			return nil, rbErr
+		}
+		return nil, err
+	}
+	_, err = b.conn.Exec(b.ctx, "RELEASE SAVEPOINT matcol_check")
+	return sd, err
+}
+
+// Definitions returns the enrichments with every table name resolved as in the catalog.
+func (p *Plan) Definitions() []registry.Enrichment {
+	var out []registry.Enrichment
+	for _, t := range p.Targets {
+		for _, e := range t.Enrichments {
+			out = append(out, e.Enrichment)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (b *builder) arrayOf(oid uint32) (uint32, error) {
+	var arr uint32
+	if err := b.conn.QueryRow(b.ctx, `SELECT typarray FROM pg_type WHERE oid = $1`, oid).Scan(&arr); err != nil {
+		return 0, fmt.Errorf("read array type of %d: %w", oid, err)
+	}
+	return arr, nil
+}
+
+func (b *builder) typeName(oid uint32) string {
+	var s string
+	if err := b.conn.QueryRow(b.ctx, `SELECT format_type($1, NULL)`, oid).Scan(&s); err != nil {
+		return fmt.Sprint(oid)
+	}
+	return s
+}
+
+func pgMessage(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		msg := pe.Message
+		if pe.Position > 0 {
+			msg += fmt.Sprintf(" (at character %d)", pe.Position)
+		}
+		if pe.Hint != "" {
+			msg += "; hint: " + pe.Hint
+		}
+		return msg
+	}
+	return err.Error()
+}
+
+func keyList(cols []discovery.Column, prefix string) string {
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		parts[i] = prefix + pgx.Identifier{c.Name}.Sanitize()
+	}
+	return strings.Join(parts, ", ")
+}

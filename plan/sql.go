@@ -1,0 +1,232 @@
+package plan
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/matcol/matcol/discovery"
+)
+
+func ident(s string) string { return pgx.Identifier{s}.Sanitize() }
+
+// Aliases inside generated statements. They contain spaces so that they cannot shadow a table
+// that an enrichment's SQL names.
+const (
+	aliasTarget = `"matcol t"`
+	aliasKeys   = `"matcol k"`
+	aliasLocked = `"matcol l"`
+	aliasDone   = `"matcol u"`
+	aliasDup    = `"matcol dup"`
+)
+
+func enrichAlias(i int) string { return fmt.Sprintf(`"matcol e%d"`, i) }
+
+// keyArrayParams returns "$1::int8[], $2::text[]" for the key columns.
+func keyArrayParams(key []discovery.Column, first int) string {
+	parts := make([]string, len(key))
+	for i, k := range key {
+		parts[i] = fmt.Sprintf("$%d::%s[]", first+i, k.Type)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func keyMatch(key []discovery.Column, a, b string) string {
+	parts := make([]string, len(key))
+	for i, k := range key {
+		parts[i] = fmt.Sprintf("%s.%s = %s.%s", a, ident(k.Name), b, ident(k.Name))
+	}
+	return strings.Join(parts, " AND ")
+}
+
+func keyCols(key []discovery.Column, alias string) string {
+	return keyList(key, alias+".")
+}
+
+func trimSQL(s string) string {
+	return strings.TrimRight(strings.TrimSpace(s), "; \t\n")
+}
+
+// ClaimSQL locks up to $1 stale rows of t that nobody else holds and returns their keys as text.
+// It is the first statement of a batch; the write comes in a later statement, whose snapshot then
+// sees every change committed before the locks were taken (DESIGN invariant 2).
+func ClaimSQL(t *Target) string {
+	texts := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		texts[i] = ident(k.Name) + "::text"
+	}
+	return fmt.Sprintf("SELECT %s FROM %s WHERE materialized_at IS NULL LIMIT $1 FOR UPDATE SKIP LOCKED",
+		strings.Join(texts, ", "), t.Table.Sanitize())
+}
+
+// LockKeysSQL locks the given rows (keys as text arrays), waiting for them, and returns the keys
+// it locked. Backfills use it: the rows are fresh, so the claim cannot find them.
+func LockKeysSQL(t *Target) string {
+	texts := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		texts[i] = aliasTarget + "." + ident(k.Name) + "::text"
+	}
+	return fmt.Sprintf("SELECT %s FROM %s AS %s JOIN unnest(%s) AS %s(%s) ON %s ORDER BY %s FOR UPDATE OF %s",
+		strings.Join(texts, ", "), t.Table.Sanitize(), aliasTarget, keyArrayParams(t.Key, 1), aliasKeys, keyList(t.Key, ""),
+		keyMatch(t.Key, aliasTarget, aliasKeys), keyCols(t.Key, aliasTarget), aliasTarget)
+}
+
+// NextKeysSQL returns, in key order, the keys after the cursor ($1..$n as text, or all rows when
+// $n+1 is false), at most $n+2 of them. Backfills walk the table with it.
+func NextKeysSQL(t *Target, where string) string {
+	texts := make([]string, len(t.Key))
+	cursor := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		texts[i] = ident(k.Name) + "::text"
+		cursor[i] = fmt.Sprintf("$%d::%s", i+1, k.Type)
+	}
+	n := len(t.Key)
+	cond := fmt.Sprintf("(NOT $%d::bool OR (%s) > (%s))", n+1, keyList(t.Key, ""), strings.Join(cursor, ", "))
+	if strings.TrimSpace(where) != "" {
+		cond += " AND (" + where + ")"
+	}
+	return fmt.Sprintf("SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT $%d",
+		strings.Join(texts, ", "), t.Table.Sanitize(), cond, keyList(t.Key, ""), n+2)
+}
+
+// WriteSQL computes enrichments for the keys in $1..$n (typed arrays) and writes their columns in
+// one statement. With stamp it also sets materialized_at = now(): now() is the transaction start,
+// before this statement's snapshot, so the stamp never claims more freshness than the data has.
+// A key missing from an enrichment's output gets NULLs; a key returned twice raises.
+func WriteSQL(t *Target, es []*Enrichment, stamp bool) string {
+	var b strings.Builder
+	b.WriteString("WITH ")
+	for i, e := range es {
+		fmt.Fprintf(&b, "%s AS (\n%s\n),\n", enrichAlias(i), trimSQL(e.SQL))
+	}
+	b.WriteString(aliasDup + " AS (\n")
+	for i, e := range es {
+		if i > 0 {
+			b.WriteString("  UNION ALL\n")
+		}
+		fmt.Fprintf(&b, "  SELECT 1 FROM %s GROUP BY %s HAVING count(*) > 1 AND matcol.raise(%s || %s)\n",
+			enrichAlias(i), keyList(t.Key, ""),
+			quoteLiteral(fmt.Sprintf("enrichment %s returned a key more than once: ", e.Name)),
+			rowText(t.Key))
+	}
+	b.WriteString(")\n")
+	fmt.Fprintf(&b, "UPDATE %s AS %s SET ", t.Table.Sanitize(), aliasTarget)
+	var sets []string
+	for i, e := range es {
+		for _, c := range e.Columns {
+			sets = append(sets, fmt.Sprintf("%s = %s.%s", ident(c), enrichAlias(i), ident(c)))
+		}
+	}
+	if stamp {
+		sets = append(sets, "materialized_at = now()")
+	}
+	b.WriteString(strings.Join(sets, ", "))
+	fmt.Fprintf(&b, "\nFROM unnest(%s) AS %s(%s)", keyArrayParams(t.Key, 1), aliasKeys, keyList(t.Key, ""))
+	for i := range es {
+		fmt.Fprintf(&b, "\nLEFT JOIN %s ON %s", enrichAlias(i), keyMatch(t.Key, enrichAlias(i), aliasKeys))
+	}
+	fmt.Fprintf(&b, "\nWHERE %s AND NOT EXISTS (SELECT FROM %s)", keyMatch(t.Key, aliasTarget, aliasKeys), aliasDup)
+	return b.String()
+}
+
+func rowText(key []discovery.Column) string {
+	parts := make([]string, len(key))
+	for i, k := range key {
+		parts[i] = fmt.Sprintf("coalesce(%s::text, 'NULL')", ident(k.Name))
+	}
+	return "'(' || " + strings.Join(parts, " || ', ' || ") + " || ')'"
+}
+
+// quoteLiteral quotes s as an SQL string literal for generated code.
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// invalidateTail locks the rows of t named by keysCTE without waiting, sets them stale, and
+// returns the keys that exist but were locked by someone else, for a later retry.
+func invalidateTail(t *Target, keysCTE string) string {
+	return fmt.Sprintf(`WITH %s AS (%s),
+%s AS (SELECT %s FROM %s AS %s JOIN %s ON %s ORDER BY %s FOR UPDATE OF %s SKIP LOCKED),
+%s AS (UPDATE %s AS %s SET materialized_at = NULL FROM %s WHERE %s RETURNING %s)
+SELECT jsonb_build_array(%s)::text FROM %s
+WHERE NOT EXISTS (SELECT FROM %s WHERE %s)
+  AND EXISTS (SELECT FROM %s AS %s WHERE %s)`,
+		aliasKeys, keysCTE,
+		aliasLocked, keyCols(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, aliasKeys,
+		keyMatch(t.Key, aliasTarget, aliasKeys), keyCols(t.Key, aliasTarget), aliasTarget,
+		aliasDone, t.Table.Sanitize(), aliasTarget, aliasLocked, keyMatch(t.Key, aliasTarget, aliasLocked), keyCols(t.Key, aliasTarget),
+		keyCols(t.Key, aliasKeys), aliasKeys,
+		aliasDone, keyMatch(t.Key, aliasDone, aliasKeys),
+		t.Table.Sanitize(), aliasTarget, keyMatch(t.Key, aliasTarget, aliasKeys))
+}
+
+// InvalidateKeysSQL sets stale the rows whose keys are in $1 (JSON arrays of key values, as text).
+func InvalidateKeysSQL(t *Target) string {
+	casts := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		casts[i] = fmt.Sprintf("(s::jsonb->>%d)::%s AS %s", i, k.Type, ident(k.Name))
+	}
+	keys := fmt.Sprintf("SELECT DISTINCT %s FROM unnest($1::text[]) AS s", strings.Join(casts, ", "))
+	return invalidateTail(t, keys)
+}
+
+// InvalidateMappedSQL sets stale the rows that d's sql maps the source values ($1..$n) to.
+func InvalidateMappedSQL(d *Dep) string {
+	keys := fmt.Sprintf("SELECT DISTINCT * FROM (\n%s\n) AS m(%s)", trimSQL(d.SQL), keyList(d.Target.Key, ""))
+	return invalidateTail(d.Target, keys)
+}
+
+
+// InvalidateAllSQL sets stale up to $n+2 rows of t in key order after the cursor ($1..$n, used
+// when $n+1 is true) and returns the last key it reached, as text.
+func InvalidateAllSQL(t *Target) string {
+	return fmt.Sprintf(`WITH %s AS (%s),
+%s AS (UPDATE %s AS %s SET materialized_at = NULL FROM %s WHERE %s AND %s.materialized_at IS NOT NULL)
+SELECT %s FROM %s ORDER BY %s DESC LIMIT 1`,
+		aliasKeys, NextKeysSQL(t, ""),
+		aliasDone, t.Table.Sanitize(), aliasTarget, aliasKeys, keyMatchText(t.Key, aliasTarget, aliasKeys), aliasTarget,
+		keyCols(t.Key, aliasKeys), aliasKeys, keyOrderText(t.Key, aliasKeys))
+}
+
+func keyMatchText(key []discovery.Column, a, textAlias string) string {
+	parts := make([]string, len(key))
+	for i, k := range key {
+		parts[i] = fmt.Sprintf("%s.%s = %s.%s::%s", a, ident(k.Name), textAlias, ident(k.Name), k.Type)
+	}
+	return strings.Join(parts, " AND ")
+}
+
+func keyOrderText(key []discovery.Column, alias string) string {
+	parts := make([]string, len(key))
+	for i, k := range key {
+		parts[i] = fmt.Sprintf("%s.%s::%s", alias, ident(k.Name), k.Type)
+	}
+	return strings.Join(parts, " DESC, ")
+}
+
+// ArrayLiteral renders values as a PostgreSQL array literal ({"a","b",NULL}), for parameters whose
+// element type only the server knows. Every element is quoted, so any type's text form fits.
+func ArrayLiteral(vals []*string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, v := range vals {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		if v == nil {
+			b.WriteString("NULL")
+			continue
+		}
+		b.WriteByte('"')
+		for _, r := range *v {
+			if r == '"' || r == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteRune(r)
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
+}

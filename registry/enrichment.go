@@ -1,0 +1,208 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/matcol/matcol/internal/pgident"
+)
+
+// Enrichment is a registered enrichment.
+type Enrichment struct {
+	Name         string
+	Target       pgident.Table
+	TargetID     int
+	Columns      []string
+	SQL          string
+	ExpiresAfter time.Duration
+	Self         bool
+	Settings     Settings
+	DependsOn    []Dependency
+}
+
+// Settings are per-enrichment knobs, stored as JSON.
+type Settings struct {
+	BatchSize        int           `json:"batch_size,omitempty"`
+	StatementTimeout time.Duration `json:"statement_timeout,omitempty"`
+	LockTimeout      time.Duration `json:"lock_timeout,omitempty"`
+	WorkMem          string        `json:"work_mem,omitempty"`
+}
+
+// Dependency is a registered source of invalidations.
+type Dependency struct {
+	ID      int
+	Source  pgident.Table
+	Columns []string
+	SQL     string
+}
+
+// Load returns every registered enrichment, ordered by name.
+func Load(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}) ([]Enrichment, error) {
+	rows, err := q.Query(ctx, `
+		SELECT e.name, t.id, t.schema_name, t.table_name, e.columns, e.sql,
+		       coalesce(extract(epoch FROM e.expires_after), 0)::float8, e.self, e.settings,
+		       coalesce((SELECT jsonb_agg(jsonb_build_object('id', d.id, 'schema', d.source_schema,
+		                  'table', d.source_table, 'columns', d.columns, 'sql', coalesce(d.sql, '')) ORDER BY d.id)
+		                 FROM matcol.dependency d WHERE d.enrichment = e.name), '[]')
+		FROM matcol.enrichment e JOIN matcol.target t ON t.id = e.target_id
+		ORDER BY e.name`)
+	if err != nil {
+		return nil, fmt.Errorf("load enrichments: %w", err)
+	}
+	defer rows.Close()
+	var out []Enrichment
+	for rows.Next() {
+		var e Enrichment
+		var expires float64
+		var settings, deps []byte
+		if err := rows.Scan(&e.Name, &e.TargetID, &e.Target.Schema, &e.Target.Name, &e.Columns, &e.SQL,
+			&expires, &e.Self, &settings, &deps); err != nil {
+			return nil, fmt.Errorf("load enrichments: %w", err)
+		}
+		e.ExpiresAfter = time.Duration(expires * float64(time.Second))
+		if err := json.Unmarshal(settings, &e.Settings); err != nil {
+			return nil, fmt.Errorf("load enrichment %s settings: %w", e.Name, err)
+		}
+		var ds []struct {
+			ID      int      `json:"id"`
+			Schema  string   `json:"schema"`
+			Table   string   `json:"table"`
+			Columns []string `json:"columns"`
+			SQL     string   `json:"sql"`
+		}
+		if err := json.Unmarshal(deps, &ds); err != nil {
+			return nil, fmt.Errorf("load enrichment %s dependencies: %w", e.Name, err)
+		}
+		for _, d := range ds {
+			e.DependsOn = append(e.DependsOn, Dependency{ID: d.ID, Source: pgident.Table{Schema: d.Schema, Name: d.Table},
+				Columns: d.Columns, SQL: d.SQL})
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// Changes summarises what Sync did.
+type Changes struct {
+	Added, Updated, Removed []string
+}
+
+// Sync makes the registry hold exactly defs: new ones are added, changed ones updated, missing ones
+// removed. Target and dependency ids stay stable for unchanged entries, so queued invalidations
+// keep their meaning. It runs inside tx, which the caller commits.
+func Sync(ctx context.Context, tx pgx.Tx, defs []Enrichment) (Changes, error) {
+	var ch Changes
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(lockInstall)); err != nil {
+		return ch, fmt.Errorf("lock registry: %w", err)
+	}
+	existing, err := Load(ctx, tx)
+	if err != nil {
+		return ch, err
+	}
+	byName := map[string]Enrichment{}
+	for _, e := range existing {
+		byName[e.Name] = e
+	}
+	keep := map[string]bool{}
+	for _, d := range defs {
+		keep[d.Name] = true
+		var targetID int
+		err := tx.QueryRow(ctx, `
+			WITH ins AS (
+				INSERT INTO matcol.target (schema_name, table_name) VALUES ($1, $2)
+				ON CONFLICT (schema_name, table_name) DO NOTHING RETURNING id)
+			SELECT id FROM ins UNION ALL
+			SELECT id FROM matcol.target WHERE schema_name = $1 AND table_name = $2`,
+			d.Target.Schema, d.Target.Name).Scan(&targetID)
+		if err != nil {
+			return ch, fmt.Errorf("register target %s: %w", d.Target, err)
+		}
+		settings, _ := json.Marshal(d.Settings)
+		var expires any
+		if d.ExpiresAfter > 0 {
+			expires = d.ExpiresAfter
+		}
+		old, had := byName[d.Name]
+		tag, err := tx.Exec(ctx, `
+			INSERT INTO matcol.enrichment (name, target_id, columns, sql, expires_after, self, settings)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)
+			ON CONFLICT (name) DO UPDATE SET target_id = excluded.target_id, columns = excluded.columns,
+				sql = excluded.sql, expires_after = excluded.expires_after, self = excluded.self,
+				settings = excluded.settings, updated_at = now()
+			WHERE (matcol.enrichment.target_id, matcol.enrichment.columns, matcol.enrichment.sql,
+			       matcol.enrichment.expires_after, matcol.enrichment.self, matcol.enrichment.settings)
+			  IS DISTINCT FROM (excluded.target_id, excluded.columns, excluded.sql,
+			       excluded.expires_after, excluded.self, excluded.settings)`,
+			d.Name, targetID, d.Columns, d.SQL, expires, d.Self, settings)
+		if err != nil {
+			return ch, fmt.Errorf("register enrichment %s: %w", d.Name, err)
+		}
+		if err := syncDeps(ctx, tx, d); err != nil {
+			return ch, err
+		}
+		switch {
+		case !had:
+			ch.Added = append(ch.Added, d.Name)
+		case tag.RowsAffected() > 0 || !depsEqual(old.DependsOn, d.DependsOn):
+			ch.Updated = append(ch.Updated, d.Name)
+		}
+	}
+	for _, e := range existing {
+		if keep[e.Name] {
+			continue
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM matcol.enrichment WHERE name = $1`, e.Name); err != nil {
+			return ch, fmt.Errorf("remove enrichment %s: %w", e.Name, err)
+		}
+		ch.Removed = append(ch.Removed, e.Name)
+	}
+	// A target with no enrichment left takes its queued invalidations with it.
+	if _, err := tx.Exec(ctx, `
+		WITH gone AS (DELETE FROM matcol.target t
+		              WHERE NOT EXISTS (SELECT 1 FROM matcol.enrichment e WHERE e.target_id = t.id) RETURNING id)
+		DELETE FROM matcol.pending p USING gone WHERE p.target_id = gone.id`); err != nil {
+		return ch, fmt.Errorf("remove unused targets: %w", err)
+	}
+	return ch, nil
+}
+
+func syncDeps(ctx context.Context, tx pgx.Tx, d Enrichment) error {
+	var keepIDs []int32
+	for _, dep := range d.DependsOn {
+		var id int32
+		err := tx.QueryRow(ctx, `
+			INSERT INTO matcol.dependency (enrichment, source_schema, source_table, columns, sql)
+			VALUES ($1, $2, $3, $4, nullif($5, ''))
+			ON CONFLICT (enrichment, source_schema, source_table, columns)
+			DO UPDATE SET sql = excluded.sql
+			RETURNING id`,
+			d.Name, dep.Source.Schema, dep.Source.Name, dep.Columns, dep.SQL).Scan(&id)
+		if err != nil {
+			return fmt.Errorf("register dependency of %s on %s: %w", d.Name, dep.Source, err)
+		}
+		keepIDs = append(keepIDs, id)
+	}
+	// Queued invalidations of a removed dependency become whole-target invalidations: the rows
+	// they named are stale, and without the mapping nobody knows which.
+	_, err := tx.Exec(ctx, `
+		WITH gone AS (DELETE FROM matcol.dependency WHERE enrichment = $1 AND NOT (id = ANY($2)) RETURNING id)
+		UPDATE matcol.pending p SET dependency_id = NULL, vals = NULL FROM gone WHERE p.dependency_id = gone.id`,
+		d.Name, keepIDs)
+	if err != nil {
+		return fmt.Errorf("remove old dependencies of %s: %w", d.Name, err)
+	}
+	return nil
+}
+
+func depsEqual(a, b []Dependency) bool {
+	return slices.EqualFunc(a, b, func(x, y Dependency) bool {
+		return x.Source == y.Source && slices.Equal(x.Columns, y.Columns) && x.SQL == y.SQL
+	})
+}

@@ -1,0 +1,120 @@
+// Package registry owns schema matcol: its versioned migrations, and the enrichments registered
+// there so that every daemon instance and every CLI call agrees.
+package registry
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// Migration is one versioned step of the registry schema.
+type Migration struct {
+	Version int
+	Name    string
+	SQL     string
+}
+
+// Migrations returns every migration in version order.
+func Migrations() []Migration {
+	entries, err := fs.ReadDir(migrationFS, "migrations")
+	if err != nil {
+		panic(err)
+	}
+	var out []Migration
+	for _, e := range entries {
+		base := strings.TrimSuffix(e.Name(), ".sql")
+		num, name, _ := strings.Cut(base, "_")
+		v, err := strconv.Atoi(num)
+		if err != nil {
+			panic("migration file without a version: " + e.Name())
+		}
+		b, err := migrationFS.ReadFile("migrations/" + e.Name())
+		if err != nil {
+			panic(err)
+		}
+		out = append(out, Migration{Version: v, Name: name, SQL: string(b)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Version < out[j].Version })
+	return out
+}
+
+// LatestVersion is the schema version this build installs.
+func LatestVersion() int {
+	m := Migrations()
+	return m[len(m)-1].Version
+}
+
+// lockInstall serialises install and apply across instances.
+const lockInstall = 0x6d6174636f6c0001
+
+// Install creates or upgrades schema matcol. It is idempotent and safe to run from several
+// processes at once. It returns the migrations it applied.
+func Install(ctx context.Context, conn interface {
+	Begin(context.Context) (pgx.Tx, error)
+}) ([]Migration, error) {
+	var applied []Migration
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(lockInstall)); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS matcol;
+			CREATE TABLE IF NOT EXISTS matcol.schema_migration (
+				version    int PRIMARY KEY,
+				name       text NOT NULL,
+				applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+			return err
+		}
+		var current int
+		if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM matcol.schema_migration`).Scan(&current); err != nil {
+			return err
+		}
+		if current > LatestVersion() {
+			return fmt.Errorf("schema matcol is at version %d, newer than this matcol (%d): upgrade matcol", current, LatestVersion())
+		}
+		for _, m := range Migrations() {
+			if m.Version <= current {
+				continue
+			}
+			if _, err := tx.Exec(ctx, m.SQL); err != nil {
+				return fmt.Errorf("migration %d (%s): %w", m.Version, m.Name, err)
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO matcol.schema_migration (version, name) VALUES ($1, $2)`, m.Version, m.Name); err != nil {
+				return err
+			}
+			applied = append(applied, m)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("install schema matcol: %w", err)
+	}
+	return applied, nil
+}
+
+// Version returns the installed schema version, 0 when schema matcol does not exist.
+func Version(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (int, error) {
+	var exists bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass('matcol.schema_migration') IS NOT NULL`).Scan(&exists); err != nil {
+		return 0, fmt.Errorf("read schema matcol version: %w", err)
+	}
+	if !exists {
+		return 0, nil
+	}
+	var v int
+	if err := q.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM matcol.schema_migration`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("read schema matcol version: %w", err)
+	}
+	return v, nil
+}
