@@ -346,4 +346,3 @@ func Redact(dsn string) string {
 	re := regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
 	return re.ReplaceAllString(dsn, "${1}xxxxx")
 }
-

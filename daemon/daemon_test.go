@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,7 +39,10 @@ func testLogger(t *testing.T) hclog.Logger {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
 
 // startDaemon runs the daemon until the test ends.
 func startDaemon(t *testing.T, cfg *config.Config) *daemon.Daemon {

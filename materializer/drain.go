@@ -61,9 +61,9 @@ type DrainResult struct {
 }
 
 type group struct {
-	direct   []string                // JSON arrays of key values
-	mapped   map[int]*[][]*string    // dependency id → column values
-	deps     map[int]*plan.Dep       // dependency id → dependency
+	direct   []string             // JSON arrays of key values
+	mapped   map[int]*[][]*string // dependency id → column values
+	deps     map[int]*plan.Dep    // dependency id → dependency
 	earliest time.Time
 }
 
@@ -299,4 +299,3 @@ func (m *Materializer) invalidateTable(ctx context.Context, t *plan.Target) erro
 		cursor[len(t.Key)] = true
 	}
 }
-

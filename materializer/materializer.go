@@ -269,3 +269,29 @@ func (m *Materializer) logBatchError(t *target, err error) {
 	}
 	m.log.Error("batch failed; retrying with backoff", "table", t.plan.Table.String(), "error", err)
 }
+
+// MaterializeAll runs batches on every target until none has stale rows left, in the calling
+// goroutine. Tests and one-shot catch-ups use it.
+func (m *Materializer) MaterializeAll(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		m.mu.Lock()
+		targets := make([]*target, 0, len(m.byID))
+		for _, t := range m.byID {
+			targets = append(targets, t)
+		}
+		m.mu.Unlock()
+		did := 0
+		for _, t := range targets {
+			n, err := m.batch(ctx, t)
+			if err != nil {
+				return total, err
+			}
+			did += n
+		}
+		total += did
+		if did == 0 {
+			return total, nil
+		}
+	}
+}

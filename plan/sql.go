@@ -177,7 +177,6 @@ func InvalidateMappedSQL(d *Dep) string {
 	return invalidateTail(d.Target, keys)
 }
 
-
 // InvalidateAllSQL sets stale up to $n+2 rows of t in key order after the cursor ($1..$n, used
 // when $n+1 is true) and returns the last key it reached, as text.
 func InvalidateAllSQL(t *Target) string {

@@ -228,4 +228,3 @@ func collect(ctx context.Context, q Querier, sql string, width int, args ...any)
 	}
 	return keys, rows.Err()
 }
-
