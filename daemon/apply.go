@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/matcol/matcol/config"
+	"github.com/matcol/matcol/discovery"
 	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/internal/pgident"
 	"github.com/matcol/matcol/listener/trigger"
@@ -25,6 +26,8 @@ type Report struct {
 	Changes   registry.Changes
 	Triggers  []trigger.Change
 	Plan      *plan.Plan
+	// Unregistered are tables that carry materialized_at but have no enrichment.
+	Unregistered []pgident.Table
 }
 
 // Definitions turns the config's enrichments into registry entries. Table names are parsed here;
@@ -88,6 +91,19 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		if rep.Plan, err = plan.Build(ctx, tx, loaded); err != nil {
 			return err
 		}
+		tables, err := discovery.Scan(ctx, tx)
+		if err != nil {
+			return err
+		}
+		have := map[pgident.Table]bool{}
+		for _, t := range rep.Plan.Targets {
+			have[t.Table] = true
+		}
+		for _, t := range tables {
+			if !have[t.Name] {
+				rep.Unregistered = append(rep.Unregistered, t.Name)
+			}
+		}
 		triggerPlan := rep.Plan
 		if cfg.Invalidation.Mode != "trigger" {
 			triggerPlan = nil
@@ -104,6 +120,9 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 	}
 	for _, w := range rep.Plan.Warnings {
 		log.Warn(w)
+	}
+	for _, t := range rep.Unregistered {
+		log.Info("table has materialized_at but no enrichment; matcol leaves it alone", "table", t.String())
 	}
 	return rep, nil
 }

@@ -1,0 +1,142 @@
+package trigger_test
+
+import (
+	"context"
+	"os"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/matcol/matcol/internal/pgident"
+	"github.com/matcol/matcol/internal/pgtest"
+	"github.com/matcol/matcol/listener/trigger"
+	"github.com/matcol/matcol/plan"
+	"github.com/matcol/matcol/registry"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+const schema = `
+CREATE TABLE venue (id bigint PRIMARY KEY, name text, seat_count bigint, materialized_at timestamptz);
+CREATE TABLE event (id bigint PRIMARY KEY, venue_id bigint, seats int, note text);
+INSERT INTO venue (id) SELECT generate_series(1, 5);
+INSERT INTO event VALUES (1, 1, 10, 'a'), (2, 2, 20, 'b');
+`
+
+var defs = []registry.Enrichment{{
+	Name: "venue_seats", Target: pgident.Table{Schema: "public", Name: "venue"}, Columns: []string{"seat_count"}, Self: true,
+	SQL:       `SELECT v.id, sum(e.seats)::bigint AS seat_count FROM venue v LEFT JOIN event e ON e.venue_id = v.id WHERE v.id = ANY($1) GROUP BY v.id`,
+	DependsOn: []registry.Dependency{{Source: pgident.Table{Schema: "public", Name: "event"}, Columns: []string{"venue_id"}}},
+}}
+
+func apply(t *testing.T, conn *pgx.Conn, defs []registry.Enrichment) []trigger.Change {
+	t.Helper()
+	ctx := context.Background()
+	var changes []trigger.Change
+	require.NoError(t, pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := registry.Install(ctx, tx); err != nil {
+			return err
+		}
+		p, err := plan.Build(ctx, tx, defs)
+		if err != nil {
+			return err
+		}
+		if _, err := registry.Sync(ctx, tx, p.Definitions()); err != nil {
+			return err
+		}
+		loaded, err := registry.Load(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if len(loaded) == 0 {
+			changes, err = trigger.Sync(ctx, tx, nil)
+			return err
+		}
+		p, err = plan.Build(ctx, tx, loaded)
+		if err != nil {
+			return err
+		}
+		changes, err = trigger.Sync(ctx, tx, p)
+		return err
+	}))
+	return changes
+}
+
+func queued(t *testing.T, conn *pgx.Conn) []string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), `SELECT coalesce(vals::text, 'ALL') FROM matcol.pending ORDER BY 1`)
+	require.NoError(t, err)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	pgtest.Exec(t, conn, `DELETE FROM matcol.pending`)
+	return out
+}
+
+func setup(t *testing.T) *pgx.Conn {
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	pgtest.Exec(t, conn, schema)
+	apply(t, conn, defs)
+	return conn
+}
+
+func TestSourceTriggers(t *testing.T) {
+	conn := setup(t)
+	pgtest.Exec(t, conn, `INSERT INTO event VALUES (3, 3, 5, 'c'), (4, 3, 5, 'd'), (5, NULL, 1, 'e')`)
+	require.Equal(t, []string{"[3]"}, queued(t, conn), "one entry per distinct target key; NULL keys skipped")
+
+	pgtest.Exec(t, conn, `UPDATE event SET venue_id = 4 WHERE id = 1`)
+	require.Equal(t, []string{"[1]", "[4]"}, queued(t, conn), "a moved row invalidates its old and new target")
+
+	pgtest.Exec(t, conn, `UPDATE event SET venue_id = venue_id, seats = seats`)
+	require.Empty(t, queued(t, conn), "an UPDATE that changes nothing invalidates nothing")
+
+	pgtest.Exec(t, conn, `UPDATE event SET note = 'changed' WHERE id = 2`)
+	require.Equal(t, []string{"[2]"}, queued(t, conn), "any other column may feed the enrichment")
+
+	pgtest.Exec(t, conn, `DELETE FROM event WHERE id = 2`)
+	require.Equal(t, []string{"[2]"}, queued(t, conn))
+
+	pgtest.Exec(t, conn, `TRUNCATE event`)
+	require.Equal(t, []string{"ALL"}, queued(t, conn))
+}
+
+func TestSelfTrigger(t *testing.T) {
+	conn := setup(t)
+	ctx := context.Background()
+	pgtest.Exec(t, conn, `UPDATE venue SET materialized_at = now(), seat_count = 1`)
+	var stale int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM venue WHERE materialized_at IS NULL`).Scan(&stale))
+	require.Zero(t, stale, "writing only matcol's columns keeps rows fresh")
+
+	pgtest.Exec(t, conn, `UPDATE venue SET name = 'x' WHERE id = 2`)
+	pgtest.Exec(t, conn, `UPDATE venue SET name = name WHERE id = 3`)
+	pgtest.Exec(t, conn, `INSERT INTO venue (id, materialized_at) VALUES (9, now())`)
+	rows, err := conn.Query(ctx, `SELECT id FROM venue WHERE materialized_at IS NULL ORDER BY id`)
+	require.NoError(t, err)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	require.NoError(t, err)
+	require.Equal(t, []int64{2, 9}, ids, "a changed row and a new row are stale; a no-op update is not")
+}
+
+func TestDroppedColumnNeverBreaksWriters(t *testing.T) {
+	conn := setup(t)
+	pgtest.Exec(t, conn, `ALTER TABLE event DROP COLUMN venue_id`)
+	pgtest.Exec(t, conn, `INSERT INTO event (id, seats) VALUES (10, 1)`)
+	pgtest.Exec(t, conn, `UPDATE event SET seats = 2 WHERE id = 10`)
+	require.Empty(t, queued(t, conn))
+}
+
+func TestSyncIsIdempotentAndRemoves(t *testing.T) {
+	conn := setup(t)
+	require.Empty(t, apply(t, conn, defs), "a second apply changes no trigger")
+	changes := apply(t, conn, nil)
+	require.Len(t, changes, 5, "4 source triggers and the self trigger are dropped")
+	var n int
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'matcol%'`).Scan(&n))
+	require.Zero(t, n)
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+		WHERE n.nspname = 'matcol' AND (proname LIKE 'inv%' OR proname LIKE 'self%')`).Scan(&n))
+	require.Zero(t, n, "trigger functions go with their triggers")
+}
