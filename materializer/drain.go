@@ -15,8 +15,21 @@ import (
 // drainLimit is how many queued invalidations one drain transaction takes.
 const drainLimit = 2000
 
+// drainLoop applies queued invalidations. While work keeps arriving it polls the queue, and
+// writers send no NOTIFY; after Linger without work it marks itself asleep in matcol.wake and
+// waits for one. Right after falling asleep it drains once more, and again shortly after, for
+// writers whose triggers read the flag before it changed.
 func (m *Materializer) drainLoop(ctx context.Context) {
 	attempt := 0
+	lastWork := time.Now()
+	asleep := false
+	var sleptAt time.Time
+	defer func() {
+		// Nobody listens once this daemon is gone: spare writers the NOTIFY.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = m.setSleeping(sctx, false)
+	}()
 	for ctx.Err() == nil {
 		res, err := m.Drain(ctx)
 		if err != nil {
@@ -29,28 +42,66 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 				m.log.Error("applying invalidations failed; retrying", "error", err)
 			}
 			attempt++
+			asleep = false // the flag may be gone with the server; set it again later
 			if !dial.Sleep(ctx, dial.Backoff(attempt, 30*time.Second)) {
 				return
 			}
 			continue
 		}
 		attempt = 0
-		switch {
-		case res.Taken >= drainLimit:
-			continue
-		case res.Requeued > 0:
-			// Rows held by someone else: retry soon, without spinning.
-			if !dial.Sleep(ctx, 200*time.Millisecond) {
-				return
+		if res.Taken > 0 {
+			lastWork = time.Now()
+			if asleep {
+				if err := m.setSleeping(ctx, false); err == nil {
+					asleep = false
+				}
+			}
+			if res.Taken >= drainLimit {
+				continue
+			}
+			if res.Requeued > 0 {
+				// Rows held by someone else: retry soon, without spinning.
+				dial.Sleep(ctx, 200*time.Millisecond)
+				continue
+			}
+		}
+		if !asleep {
+			if time.Since(lastWork) < m.cfg.Linger {
+				select {
+				case <-ctx.Done():
+					return
+				case <-m.drainCh:
+				case <-time.After(m.cfg.PollInterval):
+				}
+				continue
+			}
+			if err := m.setSleeping(ctx, true); err == nil {
+				asleep = true
+				sleptAt = time.Now()
 			}
 			continue
+		}
+		wait := m.cfg.SweepInterval
+		for _, recheck := range []time.Duration{100 * time.Millisecond, time.Second} {
+			if d := time.Until(sleptAt.Add(recheck)); d > 0 {
+				wait = min(wait, d)
+				break
+			}
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-m.drainCh:
+		case <-time.After(wait):
 		}
 	}
+}
+
+func (m *Materializer) setSleeping(ctx context.Context, v bool) error {
+	_, err := m.pool.Exec(ctx, `INSERT INTO matcol.wake (sleeping) VALUES ($1)
+		ON CONFLICT (id) DO UPDATE SET sleeping = excluded.sleeping
+		WHERE matcol.wake.sleeping IS DISTINCT FROM excluded.sleeping`, v)
+	return err
 }
 
 // DrainResult says what one Drain did.
@@ -126,7 +177,9 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 				g.earliest = at
 			}
 			if dep == nil {
-				g.direct = append(g.direct, vals)
+				if vals != "[]" { // [] only says the target has new stale rows
+					g.direct = append(g.direct, vals)
+				}
 				continue
 			}
 			d := deps[*dep]

@@ -239,6 +239,8 @@ func TestOwnWritesDoNotInvalidate(t *testing.T) {
 
 	// A real change to venue does reach the summary.
 	pgtest.Exec(t, b.conn, `INSERT INTO venue (id) VALUES (3)`)
-	require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM matcol.pending`).Scan(&after))
-	require.Equal(t, 1, after)
+	var summary int
+	require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM matcol.pending p JOIN matcol.target t ON t.id = p.target_id
+		WHERE t.table_name = 'summary'`).Scan(&summary))
+	require.Equal(t, 1, summary)
 }

@@ -28,6 +28,11 @@ type Config struct {
 	TargetBatchDuration time.Duration
 	// SweepInterval is the safety-net check for work no notification announced. Defaults to 5s.
 	SweepInterval time.Duration
+	// PollInterval is how often the queue is polled while work keeps arriving. Defaults to 50ms.
+	PollInterval time.Duration
+	// Linger is how long the drainer keeps polling after the last work before it sleeps and asks
+	// writers to notify it. Defaults to 2s.
+	Linger time.Duration
 }
 
 func (c *Config) defaults() {
@@ -42,6 +47,12 @@ func (c *Config) defaults() {
 	}
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = 5 * time.Second
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = 50 * time.Millisecond
+	}
+	if c.Linger <= 0 {
+		c.Linger = 2 * time.Second
 	}
 }
 

@@ -66,8 +66,9 @@ func Sync(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]Change, error) {
 			wanted[s.Table] = m
 		}
 		for _, t := range p.Targets {
-			functions = append(functions, SelfFunctionSQL(t))
+			functions = append(functions, SelfFunctionSQL(t), StaleFunctionSQL(t))
 			keepFn[SelfFunction(t)] = true
+			keepFn[StaleFunction(t)] = true
 			m := wanted[t.Table]
 			if m == nil {
 				m = map[string]want{}
@@ -78,6 +79,9 @@ func Sync(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]Change, error) {
 				events = "BEFORE INSERT ON"
 			}
 			m[TrigSelf] = want{create: SelfTriggerSQL(t), match: events}
+			for name, create := range StaleTriggersSQL(t) {
+				m[name] = want{create: create, match: StaleFunction(t)}
+			}
 		}
 	}
 	for _, f := range functions {
@@ -115,7 +119,7 @@ func Sync(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]Change, error) {
 	// Functions of sources and targets that are gone.
 	frows, err := tx.Query(ctx, `
 		SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-		WHERE n.nspname = 'matcol' AND (p.proname LIKE 'inv\_%' OR p.proname LIKE 'self\_%')`)
+		WHERE n.nspname = 'matcol' AND (p.proname LIKE 'inv\_%' OR p.proname LIKE 'self\_%' OR p.proname LIKE 'stale\_%')`)
 	if err != nil {
 		return nil, fmt.Errorf("read trigger functions: %w", err)
 	}

@@ -132,7 +132,7 @@ func TestSyncIsIdempotentAndRemoves(t *testing.T) {
 	conn := setup(t)
 	require.Empty(t, apply(t, conn, defs), "a second apply changes no trigger")
 	changes := apply(t, conn, nil)
-	require.Len(t, changes, 5, "4 source triggers and the self trigger are dropped")
+	require.Len(t, changes, 7, "4 source triggers, the self trigger and 2 stale-marker triggers are dropped")
 	var n int
 	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'matcol%'`).Scan(&n))
 	require.Zero(t, n)

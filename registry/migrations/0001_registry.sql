@@ -46,6 +46,16 @@ CREATE TABLE matcol.pending (
 -- Whole-target invalidations are rare and found by this index, not by a scan of the queue.
 CREATE INDEX pending_all_rows ON matcol.pending (target_id) WHERE vals IS NULL;
 
+-- Whether a daemon is idle and waiting for NOTIFY. Triggers only notify while it is: NOTIFY takes a
+-- database-wide lock at commit that would serialize every writer's commit. With no daemon running
+-- nobody listens, so the flag is false. Unlogged: a server crash empties it, which reads as false
+-- until a daemon writes it again.
+CREATE UNLOGGED TABLE matcol.wake (
+    id       boolean PRIMARY KEY DEFAULT true CHECK (id),
+    sleeping boolean NOT NULL
+);
+INSERT INTO matcol.wake (sleeping) VALUES (false);
+
 -- Daemon-wide switches such as pause.
 CREATE TABLE matcol.setting (
     name       text PRIMARY KEY,
