@@ -25,6 +25,7 @@ type Config struct {
 	Invalidation Invalidation `mapstructure:"invalidation"`
 	Status       Status       `mapstructure:"status"`
 	Materializer Materializer `mapstructure:"materializer"`
+	Throttle     Throttle     `mapstructure:"throttle"`
 	Enrichments  []Enrichment `mapstructure:"enrichments"`
 	Matviews     []Matview    `mapstructure:"matviews"`
 }
@@ -80,6 +81,16 @@ type Materializer struct {
 	RescanInterval time.Duration `mapstructure:"rescan_interval"`
 }
 
+// Throttle makes matcol yield when the database falls behind.
+type Throttle struct {
+	// MaxReplicaLag holds all work while any replica's replay lag exceeds it; 0 disables.
+	// Defaults to 30s.
+	MaxReplicaLag time.Duration `mapstructure:"max_replica_lag"`
+	// LatencyFactor backs a table off when a batch takes this many times its usual time per row;
+	// 0 disables. Defaults to 4.
+	LatencyFactor float64 `mapstructure:"latency_factor"`
+}
+
 // Enrichment is one registered query computing some columns of one target table.
 type Enrichment struct {
 	Name    string   `mapstructure:"name"`
@@ -99,6 +110,13 @@ type Enrichment struct {
 	LockTimeout time.Duration `mapstructure:"lock_timeout"`
 	// WorkMem is set locally for each batch, e.g. 64MB. Defaults to the server's.
 	WorkMem string `mapstructure:"work_mem"`
+	// Settings are further PostgreSQL settings applied with SET LOCAL to each batch, such as
+	// max_parallel_workers_per_gather. Defaults to none.
+	Settings map[string]string `mapstructure:"settings"`
+	// Priority orders tables when several have work: higher first. Defaults to 0.
+	Priority int `mapstructure:"priority"`
+	// MinInterval recomputes a row at most this often when its dependencies change. Defaults to 0.
+	MinInterval time.Duration `mapstructure:"min_interval"`
 }
 
 // SelfEnabled reports whether self invalidation is on.
@@ -134,7 +152,8 @@ func Defaults() Config {
 			Publication:    "matcol",
 			MaxRetainedWAL: 1 << 30,
 		},
-		Status: Status{Listen: "127.0.0.1:9180"},
+		Status:   Status{Listen: "127.0.0.1:9180"},
+		Throttle: Throttle{MaxReplicaLag: 30 * time.Second, LatencyFactor: 4},
 		Materializer: Materializer{
 			Workers:             4,
 			BatchSize:           500,
@@ -145,7 +164,10 @@ func Defaults() Config {
 	}
 }
 
-var slotRe = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+var (
+	slotRe = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+	gucRe  = regexp.MustCompile(`^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$`)
+)
 
 // Problems collects validation errors; Err joins them.
 type Problems []string
@@ -218,6 +240,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Materializer.RescanInterval <= 0 {
 		p.add("materializer.rescan_interval", "must be positive")
+	}
+	if c.Throttle.MaxReplicaLag < 0 {
+		p.add("throttle.max_replica_lag", "must not be negative")
+	}
+	if c.Throttle.LatencyFactor < 0 || (c.Throttle.LatencyFactor > 0 && c.Throttle.LatencyFactor < 1.5) {
+		p.add("throttle.latency_factor", "must be 0 (off) or at least 1.5")
 	}
 	if c.Database.MaxConnLifetime < 0 {
 		p.add("database.max_conn_lifetime", "must not be negative")
@@ -301,6 +329,14 @@ func (e Enrichment) validate(key string, p *Problems) {
 	}
 	if e.LockTimeout < 0 {
 		p.add(key+".lock_timeout", "must not be negative")
+	}
+	if e.MinInterval < 0 {
+		p.add(key+".min_interval", "must not be negative")
+	}
+	for name := range e.Settings {
+		if !gucRe.MatchString(name) {
+			p.add(key+".settings", "%q is not a setting name", name)
+		}
 	}
 	for j, d := range e.DependsOn {
 		dk := fmt.Sprintf("%s.depends_on[%d]", key, j)

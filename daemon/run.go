@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
@@ -75,6 +76,8 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		BatchSize:           cfg.Materializer.BatchSize,
 		TargetBatchDuration: cfg.Materializer.TargetBatchDuration,
 		SweepInterval:       cfg.Materializer.SweepInterval,
+		MaxReplicaLag:       cfg.Throttle.MaxReplicaLag,
+		LatencyFactor:       latencyFactor(cfg.Throttle.LatencyFactor),
 	}, log.Named("materializer"))
 	return &Daemon{cfg: cfg, log: log, pool: pool, Mat: m}, nil
 }
@@ -95,6 +98,12 @@ func (d *Daemon) Wait(ctx context.Context) error {
 	g.Go(func() error { return l.Run(gctx) })
 	g.Go(func() error { return d.Mat.Run(gctx) })
 	g.Go(func() error { d.rescanLoop(gctx); return nil })
+	g.Go(func() error {
+		materializer.RunQueuedBackfills(gctx, func(ctx context.Context) (*pgx.Conn, error) {
+			return dial.Connect(ctx, d.cfg.DatabaseURL, "backfill")
+		}, d.Mat.Plan, d.log.Named("backfill"), nil)
+		return nil
+	})
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -127,6 +136,14 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 			last = fp
 		}
 	}
+}
+
+// latencyFactor maps the config's 0 (off) to the materializer's negative (off).
+func latencyFactor(f float64) float64 {
+	if f == 0 {
+		return -1
+	}
+	return f
 }
 
 func fingerprint(p *plan.Plan) string {

@@ -2,17 +2,21 @@ package materializer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/plan"
 )
 
 // batch claims up to batchSize stale rows of t, computes them and stamps them, in one short
 // transaction of two statements: the claim takes the row locks, and the write's later snapshot
-// then sees every change committed before them.
+// then sees every change committed before them. A batch whose write fails is split until the
+// failing rows are isolated and quarantined; the others are written.
 func (m *Materializer) batch(ctx context.Context, t *target) (int, error) {
 	// Once started, a batch finishes even if ctx ends: rolling back would waste its work, and
 	// statement_timeout bounds it anyway.
@@ -28,46 +32,82 @@ func (m *Materializer) batch(ctx context.Context, t *target) (int, error) {
 		return 0, err
 	}
 	defer tx.Rollback(bctx) //nolint:errcheck // no-op after commit
-	s := t.plan.Enrichments[0].Settings
-	if _, err := tx.Exec(bctx, `SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),
-		set_config('work_mem', coalesce(nullif($3, ''), current_setting('work_mem')), true)`,
-		ms(s.StatementTimeout, 30*time.Second), ms(s.LockTimeout, 5*time.Second), s.WorkMem); err != nil {
+	var seq int64
+	if err := tx.QueryRow(bctx, batchSettingsSQL+`, (SELECT drain_seq FROM matcol.target WHERE id = $5)`,
+		append(settingsArgs(t.plan), t.plan.ID)...).Scan(nil, nil, nil, nil, &seq); err != nil {
 		return 0, fmt.Errorf("set batch settings: %w", err)
 	}
-	keys, err := claim(bctx, tx, t.claimSQL, len(t.plan.Key), t.batchSize)
+	keys, err := claim(bctx, tx, t.claimSQL, len(t.plan.Key), t.batchSize, t.plan.ID)
 	if err != nil {
 		return 0, fmt.Errorf("claim stale rows of %s: %w", t.plan.Table, err)
 	}
 	n := len(keys[0])
 	if n == 0 {
+		// Caught up: the target has no stale row left, unless a drain committed meanwhile.
+		if _, err := tx.Exec(bctx, `UPDATE matcol.target SET stale_since = NULL
+			WHERE id = $1 AND drain_seq = $2 AND stale_since IS NOT NULL`, t.plan.ID, seq); err != nil {
+			return 0, err
+		}
 		return 0, tx.Commit(bctx)
 	}
-	if _, err := tx.Exec(bctx, t.writeSQL, keyArgs(keys)...); err != nil {
-		return 0, fmt.Errorf("materialize %d rows of %s: %w", n, t.plan.Table, err)
+	if err := m.write(bctx, tx, t, keys); err != nil {
+		if dial.IsConnectionError(err) || !isRowError(err) {
+			return 0, fmt.Errorf("materialize %d rows of %s: %w", n, t.plan.Table, err)
+		}
+		_ = tx.Rollback(bctx)
+		conn.Release()
+		return m.isolate(bctx, t, keys, err)
 	}
 	if err := tx.Commit(bctx); err != nil {
 		return 0, fmt.Errorf("commit batch of %s: %w", t.plan.Table, err)
 	}
-	d := time.Since(start)
-	m.Stats.RowsMaterialized.Add(int64(n))
-	m.Stats.Batches.Add(1)
-	m.Stats.LastBatchNanos.Store(int64(d))
-	m.resize(t, n, d)
+	m.done(t, n, time.Since(start))
 	return n, nil
 }
 
-// resize steers the batch size toward the target duration, which bounds how long rows stay
-// locked: shrink fast when a batch runs long, grow gently when full batches run short.
-func (m *Materializer) resize(t *target, n int, d time.Duration) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	goal := m.cfg.TargetBatchDuration
-	switch {
-	case d > goal*3/2 && t.batchSize > 1:
-		t.batchSize = max(1, t.batchSize*2/3)
-	case d < goal/2 && n >= t.batchSize && t.batchSize < 20000:
-		t.batchSize = min(20000, t.batchSize*5/4+1)
+// write computes and stamps the claimed keys and clears their failure records.
+func (m *Materializer) write(ctx context.Context, tx pgx.Tx, t *target, keys [][]*string) error {
+	args := keyArgs(keys)
+	b := &pgx.Batch{}
+	b.Queue(t.writeSQL, args...)
+	if t.failures.Load() > 0 {
+		b.Queue(plan.ClearFailuresSQL(t.plan), append([]any{t.plan.ID}, args...)...)
 	}
+	return tx.SendBatch(ctx, b).Close()
+}
+
+func (m *Materializer) done(t *target, n int, d time.Duration) {
+	m.Stats.RowsMaterialized.Add(int64(n))
+	m.Stats.Batches.Add(1)
+	m.Stats.LastBatchNanos.Store(int64(d))
+	m.observe(t, n, d)
+}
+
+const batchSettingsSQL = `SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),
+	set_config('work_mem', coalesce(nullif($3, ''), current_setting('work_mem')), true),
+	(SELECT count(set_config(k, v, true)) FROM jsonb_each_text($4::jsonb) AS g(k, v))`
+
+func settingsArgs(t *plan.Target) []any {
+	s := t.Enrichments[0].Settings
+	gucs := "{}"
+	if len(s.GUCs) > 0 {
+		gucs = s.GUCsJSON()
+	}
+	return []any{ms(s.StatementTimeout, 30*time.Second), ms(s.LockTimeout, 5*time.Second), s.WorkMem, gucs}
+}
+
+// isRowError reports whether err may come from the data of some rows (an error in the enrichment
+// or in writing its result), which bisecting can isolate.
+func isRowError(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "22", "23", "42", "P0", "2F", "38", "39", "XX":
+		return true
+	}
+	return pe.Code == "57014" // statement timeout: a smaller batch may pass
 }
 
 func ms(d, def time.Duration) string {

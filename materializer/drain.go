@@ -31,6 +31,10 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 		_ = m.setSleeping(sctx, false)
 	}()
 	for ctx.Err() == nil {
+		if m.holding() {
+			dial.Sleep(ctx, time.Second)
+			continue
+		}
 		res, err := m.Drain(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -232,6 +236,12 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 					return fmt.Errorf("requeue locked rows of %s: %w", t.plan.Table, err)
 				}
 				res.Requeued += len(requeue)
+			}
+			// Remember since when the target has had stale rows, for lag figures that survive a
+			// restart; drain_seq tells workers a drain happened.
+			if _, err := tx.Exec(ctx, `UPDATE matcol.target SET stale_since = least(coalesce(stale_since, $2), $2),
+				drain_seq = drain_seq + 1 WHERE id = $1`, tid, g.earliest); err != nil {
+				return fmt.Errorf("record stale time of %s: %w", t.plan.Table, err)
 			}
 			touched[tid] = true
 		}

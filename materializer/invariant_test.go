@@ -183,7 +183,7 @@ func TestInvalidationDuringBatchLandsAfterIt(t *testing.T) {
 	tx, err := worker.Begin(ctx)
 	require.NoError(t, err)
 	var key string
-	require.NoError(t, tx.QueryRow(ctx, plan.ClaimSQL(target), 10).Scan(&key))
+	require.NoError(t, tx.QueryRow(ctx, plan.ClaimSQL(target), 10, target.ID).Scan(&key))
 	_, err = tx.Exec(ctx, plan.WriteSQL(target, target.Enrichments, true), "{"+key+"}")
 	require.NoError(t, err)
 

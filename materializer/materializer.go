@@ -33,6 +33,14 @@ type Config struct {
 	// Linger is how long the drainer keeps polling after the last work before it sleeps and asks
 	// writers to notify it. Defaults to 2s.
 	Linger time.Duration
+	// MaxReplicaLag holds work while any replica's replay lag exceeds it. 0 disables. Defaults to 0.
+	MaxReplicaLag time.Duration
+	// LatencyFactor backs off when a batch takes this many times the table's usual time per row.
+	// Defaults to 4.
+	LatencyFactor float64
+	// ExpiryBatch is how many expired rows per table one sweep invalidates, so that rows stamped
+	// together do not all expire in one burst. Defaults to 1000.
+	ExpiryBatch int
 }
 
 func (c *Config) defaults() {
@@ -54,6 +62,12 @@ func (c *Config) defaults() {
 	if c.Linger <= 0 {
 		c.Linger = 2 * time.Second
 	}
+	if c.LatencyFactor == 0 {
+		c.LatencyFactor = 4
+	}
+	if c.ExpiryBatch <= 0 {
+		c.ExpiryBatch = 1000
+	}
 }
 
 // Stats are running totals, safe to read at any time.
@@ -62,6 +76,9 @@ type Stats struct {
 	Batches          atomic.Int64
 	BatchErrors      atomic.Int64
 	RowsInvalidated  atomic.Int64
+	RowsFailed       atomic.Int64
+	RowsExpired      atomic.Int64
+	Throttled        atomic.Int64
 	LastBatchNanos   atomic.Int64
 }
 
@@ -79,6 +96,9 @@ type Materializer struct {
 	queue   []*target
 	ready   chan struct{} // a token per push, so idle workers wake
 	drainCh chan struct{}
+
+	paused        atomic.Bool
+	replicaBehind atomic.Bool
 }
 
 var _ listener.Sink = (*Materializer)(nil)
@@ -95,6 +115,10 @@ type target struct {
 	dirty   bool // marked while a batch ran
 	backoff int  // consecutive failures
 	retryAt time.Time
+
+	failures atomic.Int64 // quarantined rows, so batches know to clear records
+	perRow   float64      // baseline seconds per row (EWMA), for throttling
+	batches  int
 }
 
 // New returns a materializer for p.
@@ -186,25 +210,43 @@ func (m *Materializer) pushLocked(t *target) {
 	}
 }
 
-// next pops the next target that may run now, or returns nil.
+// next pops the next target that may run now, or returns nil. Among those, the highest priority
+// wins; equal priorities take turns, one batch each, so one table's flood cannot starve the rest.
 func (m *Materializer) next() *target {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := time.Now()
+	best := -1
 	for i, t := range m.queue {
 		if now.Before(t.retryAt) {
 			continue
 		}
-		m.queue = append(m.queue[:i:i], m.queue[i+1:]...)
-		t.queued = false
-		t.running++
-		if t.more {
-			// A backlog: let another worker take the same table meanwhile.
-			m.pushLocked(t)
+		if best < 0 || t.priority() > m.queue[best].priority() {
+			best = i
 		}
-		return t
 	}
-	return nil
+	if best < 0 {
+		return nil
+	}
+	t := m.queue[best]
+	m.queue = append(m.queue[:best:best], m.queue[best+1:]...)
+	t.queued = false
+	t.running++
+	if t.more {
+		// A backlog: let another worker take the same table meanwhile.
+		m.pushLocked(t)
+	}
+	return t
+}
+
+func (t *target) priority() int {
+	p := 0
+	for i, e := range t.plan.Enrichments {
+		if i == 0 || e.Settings.Priority > p {
+			p = e.Settings.Priority
+		}
+	}
+	return p
 }
 
 func (m *Materializer) finish(t *target, n int, failed bool) {
@@ -233,6 +275,7 @@ func (m *Materializer) Run(ctx context.Context) error {
 		g.Go(func() error { m.worker(ctx); return nil })
 	}
 	g.Go(func() error { m.drainLoop(ctx); return nil })
+	g.Go(func() error { m.watchLoad(ctx); return nil })
 	g.Go(func() error {
 		tick := time.NewTicker(m.cfg.SweepInterval)
 		defer tick.Stop()
@@ -242,6 +285,9 @@ func (m *Materializer) Run(ctx context.Context) error {
 				return nil
 			case <-tick.C:
 				m.Resync()
+				if !m.holding() {
+					m.sweep(ctx)
+				}
 			}
 		}
 	})
@@ -252,7 +298,10 @@ func (m *Materializer) worker(ctx context.Context) {
 	poll := time.NewTicker(time.Second) // picks up targets whose retry time has come
 	defer poll.Stop()
 	for ctx.Err() == nil {
-		t := m.next()
+		var t *target
+		if !m.holding() {
+			t = m.next()
+		}
 		if t == nil {
 			select {
 			case <-ctx.Done():
@@ -262,6 +311,7 @@ func (m *Materializer) worker(ctx context.Context) {
 			}
 			continue
 		}
+		start := time.Now()
 		n, err := m.batch(ctx, t)
 		if err != nil {
 			m.Stats.BatchErrors.Add(1)
@@ -270,6 +320,9 @@ func (m *Materializer) worker(ctx context.Context) {
 			}
 		}
 		m.finish(t, n, err != nil)
+		if wait := m.pace(t, n, time.Since(start)); wait > 0 {
+			dial.Sleep(ctx, wait)
+		}
 	}
 }
 

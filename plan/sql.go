@@ -49,15 +49,60 @@ func trimSQL(s string) string {
 }
 
 // ClaimSQL locks up to $1 stale rows of t that nobody else holds and returns their keys as text.
-// It is the first statement of a batch; the write comes in a later statement, whose snapshot then
-// sees every change committed before the locks were taken (DESIGN invariant 2).
+// Rows quarantined after a failure ($2 is the target id) wait for their next attempt. It is the
+// first statement of a batch; the write comes in a later statement, whose snapshot then sees every
+// change committed before the locks were taken (DESIGN invariant 2).
 func ClaimSQL(t *Target) string {
-	texts := make([]string, len(t.Key))
-	for i, k := range t.Key {
-		texts[i] = ident(k.Name) + "::text"
+	return fmt.Sprintf("SELECT %s FROM %s AS %s WHERE %s.materialized_at IS NULL AND %s LIMIT $1 FOR UPDATE OF %s SKIP LOCKED",
+		keyTexts(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, aliasTarget, notQuarantined(t, "$2"), aliasTarget)
+}
+
+// ClaimKeysSQL is ClaimSQL restricted to the keys in $2..$n+1 (typed arrays), for retrying parts
+// of a failed batch.
+func ClaimKeysSQL(t *Target) string {
+	return fmt.Sprintf("SELECT %s FROM %s AS %s JOIN unnest(%s) AS %s(%s) ON %s WHERE %s.materialized_at IS NULL FOR UPDATE OF %s SKIP LOCKED",
+		keyTexts(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, keyArrayParams(t.Key, 1), aliasKeys, keyList(t.Key, ""),
+		keyMatch(t.Key, aliasTarget, aliasKeys), aliasTarget, aliasTarget)
+}
+
+func keyTexts(key []discovery.Column, alias string) string {
+	texts := make([]string, len(key))
+	for i, k := range key {
+		texts[i] = alias + "." + ident(k.Name) + "::text"
 	}
-	return fmt.Sprintf("SELECT %s FROM %s WHERE materialized_at IS NULL LIMIT $1 FOR UPDATE SKIP LOCKED",
-		strings.Join(texts, ", "), t.Table.Sanitize())
+	return strings.Join(texts, ", ")
+}
+
+// KeyTextArray renders ARRAY[k1::text, …] for the row alias, the form matcol.failure stores.
+func KeyTextArray(key []discovery.Column, alias string) string {
+	return "ARRAY[" + keyTexts(key, alias) + "]"
+}
+
+func notQuarantined(t *Target, idParam string) string {
+	return fmt.Sprintf("NOT EXISTS (SELECT FROM matcol.failure f WHERE f.target_id = %s AND f.key = %s AND f.next_attempt_at > now())",
+		idParam, KeyTextArray(t.Key, aliasTarget))
+}
+
+// MarkStaleSQL sets stale the rows whose keys are in $1..$n (typed arrays).
+func MarkStaleSQL(t *Target) string {
+	return fmt.Sprintf("UPDATE %s AS %s SET materialized_at = NULL FROM unnest(%s) AS %s(%s) WHERE %s",
+		t.Table.Sanitize(), aliasTarget, keyArrayParams(t.Key, 1), aliasKeys, keyList(t.Key, ""), keyMatch(t.Key, aliasTarget, aliasKeys))
+}
+
+// ClearFailuresSQL deletes the failure records of the keys in $2..$n+1 (text arrays) of target $1.
+func ClearFailuresSQL(t *Target) string {
+	cols := make([]string, len(t.Key))
+	params := make([]string, len(t.Key))
+	for i := range t.Key {
+		cols[i] = fmt.Sprintf("u.c%d", i)
+		params[i] = fmt.Sprintf("$%d::text[]", i+2)
+	}
+	names := make([]string, len(t.Key))
+	for i := range names {
+		names[i] = fmt.Sprintf("c%d", i)
+	}
+	return fmt.Sprintf("DELETE FROM matcol.failure f USING unnest(%s) AS u(%s) WHERE f.target_id = $1 AND f.key = ARRAY[%s]",
+		strings.Join(params, ", "), strings.Join(names, ", "), strings.Join(cols, ", "))
 }
 
 // LockKeysSQL locks the given rows (keys as text arrays), waiting for them, and returns the keys
@@ -72,22 +117,27 @@ func LockKeysSQL(t *Target) string {
 		keyMatch(t.Key, aliasTarget, aliasKeys), keyCols(t.Key, aliasTarget), aliasTarget)
 }
 
+// BackfillKeysSQL is NextKeysSQL that also locks the rows, waiting for them (lock_timeout bounds
+// the wait): a backfill must hold the rows before it computes them, like a batch.
+func BackfillKeysSQL(t *Target, where string) string {
+	return NextKeysSQL(t, where) + " FOR UPDATE"
+}
+
 // NextKeysSQL returns, in key order, the keys after the cursor ($1..$n as text, or all rows when
 // $n+1 is false), at most $n+2 of them. Backfills walk the table with it.
 func NextKeysSQL(t *Target, where string) string {
-	texts := make([]string, len(t.Key))
 	cursor := make([]string, len(t.Key))
 	for i, k := range t.Key {
-		texts[i] = ident(k.Name) + "::text"
 		cursor[i] = fmt.Sprintf("$%d::%s", i+1, k.Type)
 	}
 	n := len(t.Key)
-	cond := fmt.Sprintf("(NOT $%d::bool OR (%s) > (%s))", n+1, keyList(t.Key, ""), strings.Join(cursor, ", "))
+	// Qualified names throughout: a bare name in ORDER BY would sort by the text output column.
+	cond := fmt.Sprintf("(NOT $%d::bool OR (%s) > (%s))", n+1, keyCols(t.Key, aliasTarget), strings.Join(cursor, ", "))
 	if strings.TrimSpace(where) != "" {
 		cond += " AND (" + where + ")"
 	}
-	return fmt.Sprintf("SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT $%d",
-		strings.Join(texts, ", "), t.Table.Sanitize(), cond, keyList(t.Key, ""), n+2)
+	return fmt.Sprintf("SELECT %s FROM %s AS %s WHERE %s ORDER BY %s LIMIT $%d",
+		keyTexts(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, cond, keyCols(t.Key, aliasTarget), n+2)
 }
 
 // WriteSQL computes enrichments for the keys in $1..$n (typed arrays) and writes their columns in

@@ -31,6 +31,18 @@ type Settings struct {
 	StatementTimeout time.Duration `json:"statement_timeout,omitempty"`
 	LockTimeout      time.Duration `json:"lock_timeout,omitempty"`
 	WorkMem          string        `json:"work_mem,omitempty"`
+	// GUCs are further settings applied with SET LOCAL to each batch.
+	GUCs map[string]string `json:"gucs,omitempty"`
+	// Priority orders tables when several have work: higher first. Defaults to 0.
+	Priority int `json:"priority,omitempty"`
+	// MinInterval debounces: a row is recomputed at most this often for dependency changes.
+	MinInterval time.Duration `json:"min_interval,omitempty"`
+}
+
+// GUCsJSON returns GUCs as a JSON object.
+func (s Settings) GUCsJSON() string {
+	b, _ := json.Marshal(s.GUCs)
+	return string(b)
 }
 
 // Dependency is a registered source of invalidations.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"os"
 	"runtime/debug"
@@ -56,6 +57,7 @@ func newRoot() *cobra.Command {
 	pf.String("log-format", "", "auto, json or text; env MATCOL_LOG_FORMAT")
 	root.AddCommand(
 		newInstall(g), newApply(g), newRun(g), newVerify(g), newDemo(g), newVersion(),
+		newBackfill(g), newFailures(g), newRetry(g), newPause(g, true), newPause(g, false),
 	)
 	return root
 }
@@ -83,6 +85,9 @@ func logger(cfg *config.Config) hclog.Logger {
 		Color:      hclog.AutoColor,
 	})
 }
+
+// context0 is a context for cleanup that outlives a cancelled command.
+func context0(cmd *cobra.Command) context.Context { return context.WithoutCancel(cmd.Context()) }
 
 func buildInfo() (string, string, string) {
 	v, c, d := version, commit, date

@@ -1,0 +1,390 @@
+package materializer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/matcol/matcol/plan"
+)
+
+// lockBackfill is the advisory-lock namespace of backfills: the process running backfill N holds
+// (lockBackfill, N) on its connection, so a crashed run releases it at once and another may resume.
+const lockBackfill = 0x6d617463
+
+// BackfillSpec says what to fill.
+type BackfillSpec struct {
+	Target      *plan.Target
+	Enrichments []*plan.Enrichment
+	// Where limits the rows (SQL over the target's columns).
+	Where string
+	// BatchSize is the starting rows per batch; it adapts toward TargetDuration. Defaults to 1000.
+	BatchSize int
+	// Rate caps rows per second; 0 means no cap.
+	Rate int
+	// TargetDuration bounds how long a batch holds its row locks. Defaults to 150ms.
+	TargetDuration time.Duration
+}
+
+// BackfillProgress is reported after each batch.
+type BackfillProgress struct {
+	ID       int64
+	Done     int64
+	Total    int64 // estimate; 0 when unknown
+	Elapsed  time.Duration
+	Rate     float64 // rows per second in this run
+	Failed   int64
+	Finished bool
+}
+
+// Backfill is a backfill bound to a connection that holds its lock.
+type Backfill struct {
+	ID     int64
+	spec   BackfillSpec
+	conn   *pgx.Conn
+	cursor []*string
+	done   int64
+	total  int64
+	log    hclog.Logger
+}
+
+// EnrichmentNames returns the sorted names a backfill row is keyed by.
+func (s BackfillSpec) EnrichmentNames() []string {
+	names := make([]string, len(s.Enrichments))
+	for i, e := range s.Enrichments {
+		names[i] = e.Name
+	}
+	slices.Sort(names)
+	return names
+}
+
+// ErrBackfillRunning means another live process runs that backfill.
+var ErrBackfillRunning = errors.New("backfill is running in another process")
+
+// QueueBackfill records a backfill for a running daemon to take (--async), or returns the one
+// already queued or running for the same enrichments.
+func QueueBackfill(ctx context.Context, conn *pgx.Conn, spec BackfillSpec, restart bool) (int64, error) {
+	var id int64
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if restart {
+			if _, err := tx.Exec(ctx, `UPDATE matcol.backfill SET status = 'cancelled', finished_at = now()
+				WHERE target_id = $1 AND enrichments = $2 AND status IN ('queued', 'running')`,
+				spec.Target.ID, spec.EnrichmentNames()); err != nil {
+				return err
+			}
+		}
+		return tx.QueryRow(ctx, `
+			WITH ins AS (
+				INSERT INTO matcol.backfill (target_id, enrichments, where_sql, batch_size, rate, rows_total, status)
+				VALUES ($1, $2, $3, $4, $5, $6, 'queued')
+				ON CONFLICT (target_id, enrichments) WHERE status IN ('queued', 'running') DO NOTHING
+				RETURNING id)
+			SELECT id FROM ins UNION ALL
+			SELECT id FROM matcol.backfill WHERE target_id = $1 AND enrichments = $2 AND status IN ('queued', 'running')
+			LIMIT 1`, spec.Target.ID, spec.EnrichmentNames(), spec.Where, spec.BatchSize, spec.Rate,
+			estimateRows(ctx, tx, spec)).Scan(&id)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("queue backfill: %w", err)
+	}
+	return id, nil
+}
+
+// OpenBackfill takes the backfill of spec on conn: it resumes an unfinished one from its
+// checkpoint, or starts one (restart starts over). conn must stay dedicated to it until Run ends.
+func OpenBackfill(ctx context.Context, conn *pgx.Conn, spec BackfillSpec, restart bool, log hclog.Logger) (*Backfill, error) {
+	id, err := QueueBackfill(ctx, conn, spec, restart)
+	if err != nil {
+		return nil, err
+	}
+	return claimBackfill(ctx, conn, spec, id, log)
+}
+
+func claimBackfill(ctx context.Context, conn *pgx.Conn, spec BackfillSpec, id int64, log hclog.Logger) (*Backfill, error) {
+	var got bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, $2)`, int32(lockBackfill), int32(id)).Scan(&got); err != nil {
+		return nil, err
+	}
+	if !got {
+		return nil, fmt.Errorf("backfill %d: %w", id, ErrBackfillRunning)
+	}
+	b := &Backfill{ID: id, spec: spec, conn: conn, log: log}
+	var total *int64
+	err := conn.QueryRow(ctx, `UPDATE matcol.backfill SET status = 'running', started_at = coalesce(started_at, now()),
+			owner = current_setting('application_name') || ' pid ' || pg_backend_pid(), updated_at = now()
+		WHERE id = $1 RETURNING cursor, rows_done, rows_total`, id).Scan(&b.cursor, &b.done, &total)
+	if err != nil {
+		_, _ = conn.Exec(ctx, `SELECT pg_advisory_unlock($1, $2)`, int32(lockBackfill), int32(id))
+		return nil, fmt.Errorf("start backfill %d: %w", id, err)
+	}
+	if total != nil {
+		b.total = *total
+	}
+	if b.spec.BatchSize <= 0 {
+		b.spec.BatchSize = 1000
+	}
+	if b.spec.TargetDuration <= 0 {
+		b.spec.TargetDuration = 150 * time.Millisecond
+	}
+	return b, nil
+}
+
+// Resumed reports whether the backfill continues from a checkpoint.
+func (b *Backfill) Resumed() bool { return b.cursor != nil }
+
+func estimateRows(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, spec BackfillSpec) *int64 {
+	var n int64
+	if spec.Where != "" {
+		return nil
+	}
+	if err := q.QueryRow(ctx, `SELECT reltuples::bigint FROM pg_class WHERE oid = $1`, spec.Target.OID).Scan(&n); err != nil {
+		return nil
+	}
+	if n < 0 { // never analyzed
+		if err := q.QueryRow(ctx, "SELECT count(*) FROM "+spec.Target.Table.Sanitize()).Scan(&n); err != nil {
+			return nil
+		}
+	}
+	return &n
+}
+
+// Run fills the columns batch by batch in key order until the end of the table, committing the
+// cursor with every batch. It writes only the spec's enrichments' columns and leaves
+// materialized_at alone. A row whose enrichment fails is marked stale and left to the daemon,
+// which quarantines it.
+func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) error {
+	defer func() {
+		_, _ = b.conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1, $2)`, int32(lockBackfill), int32(b.ID))
+	}()
+	t := b.spec.Target
+	write := plan.WriteSQL(t, b.spec.Enrichments, false)
+	next := plan.BackfillKeysSQL(t, b.spec.Where)
+	size := b.spec.BatchSize
+	start := time.Now()
+	startDone := b.done
+	var failed int64
+	report := func(finished bool) {
+		if progress == nil {
+			return
+		}
+		el := time.Since(start)
+		progress(BackfillProgress{ID: b.ID, Done: b.done, Total: b.total, Elapsed: el, Failed: failed, Finished: finished,
+			Rate: float64(b.done-startDone) / max(el.Seconds(), 1e-9)})
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		batchStart := time.Now()
+		var n int
+		var last []*string
+		err := pgx.BeginFunc(ctx, b.conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(t)...); err != nil {
+				return err
+			}
+			args := make([]any, len(t.Key)+2)
+			for i := range t.Key {
+				if b.cursor != nil {
+					args[i] = *b.cursor[i]
+				}
+			}
+			args[len(t.Key)] = b.cursor != nil
+			args[len(t.Key)+1] = size
+			keys, err := claim(ctx, tx, next, len(t.Key), args...)
+			if err != nil {
+				return fmt.Errorf("read next keys: %w", err)
+			}
+			if n = len(keys[0]); n == 0 {
+				_, err := tx.Exec(ctx, `UPDATE matcol.backfill SET status = 'done', finished_at = now(), updated_at = now()
+					WHERE id = $1`, b.ID)
+				return err
+			}
+			last = make([]*string, len(t.Key))
+			for i := range keys {
+				last[i] = keys[i][n-1]
+			}
+			if _, err := tx.Exec(ctx, "SAVEPOINT matcol_batch"); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, write, keyArgs(keys)...); err != nil {
+				if !isRowError(err) {
+					return err
+				}
+				if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT matcol_batch"); rbErr != nil {
+					return rbErr
+				}
+				f, err := b.isolate(ctx, tx, write, keys)
+				if err != nil {
+					return err
+				}
+				failed += f
+			}
+			_, err = tx.Exec(ctx, `UPDATE matcol.backfill SET cursor = $2, rows_done = rows_done + $3, updated_at = now()
+				WHERE id = $1`, b.ID, last, n)
+			return err
+		})
+		if err != nil {
+			if isLockTimeout(err) {
+				b.log.Info("rows are busy; retrying the batch", "table", t.Table.String())
+				size = max(1, size/2)
+				continue
+			}
+			_, _ = b.conn.Exec(context.WithoutCancel(ctx), `UPDATE matcol.backfill SET error = $2, updated_at = now() WHERE id = $1`,
+				b.ID, err.Error())
+			return fmt.Errorf("backfill %d of %s: %w", b.ID, t.Table, err)
+		}
+		if n == 0 {
+			report(true)
+			return nil
+		}
+		b.cursor = last
+		b.done += int64(n)
+		d := time.Since(batchStart)
+		switch {
+		case d > b.spec.TargetDuration*3/2 && size > 1:
+			size = max(1, size*2/3)
+		case d < b.spec.TargetDuration/2 && n >= size && size < 50000:
+			size = min(50000, size*3/2)
+		}
+		report(false)
+		if b.spec.Rate > 0 {
+			due := time.Duration(float64(b.done-startDone) / float64(b.spec.Rate) * float64(time.Second))
+			if wait := due - time.Since(start); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(wait):
+				}
+			}
+		}
+	}
+}
+
+// isolate writes the keys in halves under savepoints until the failing rows are alone, and marks
+// those stale for the daemon. It returns how many failed.
+func (b *Backfill) isolate(ctx context.Context, tx pgx.Tx, write string, keys [][]*string) (int64, error) {
+	n := len(keys[0])
+	if _, err := tx.Exec(ctx, "SAVEPOINT matcol_part"); err != nil {
+		return 0, err
+	}
+	_, err := tx.Exec(ctx, write, keyArgs(keys)...)
+	if err == nil {
+		_, err = tx.Exec(ctx, "RELEASE SAVEPOINT matcol_part")
+		return 0, err
+	}
+	if !isRowError(err) {
+		return 0, err
+	}
+	if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT matcol_part"); rbErr != nil {
+		return 0, rbErr
+	}
+	if n == 1 {
+		key := make([]string, len(keys))
+		for i := range keys {
+			key[i] = *keys[i][0]
+		}
+		b.log.Warn("row failed during backfill; marked stale for the daemon to retry", "table", b.spec.Target.Table.String(),
+			"key", key, "error", err)
+		t := b.spec.Target
+		_, uerr := tx.Exec(ctx, plan.MarkStaleSQL(t), keyArgs(keys)...)
+		return 1, uerr
+	}
+	a, err := b.isolate(ctx, tx, write, slice(keys, 0, n/2))
+	if err != nil {
+		return a, err
+	}
+	c, err := b.isolate(ctx, tx, write, slice(keys, n/2, n))
+	return a + c, err
+}
+
+func isLockTimeout(err error) bool {
+	var pe interface{ SQLState() string }
+	return errors.As(err, &pe) && pe.SQLState() == "55P03"
+}
+
+// RunQueuedBackfills takes backfills queued with --async (or left by a crashed run) and runs
+// them, one at a time, until ctx ends.
+func RunQueuedBackfills(ctx context.Context, connect func(context.Context) (*pgx.Conn, error), planOf func() *plan.Plan,
+	log hclog.Logger, progress func(BackfillProgress)) {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		if err := runOneQueued(ctx, connect, planOf, log, progress); err != nil && ctx.Err() == nil {
+			log.Warn("queued backfill failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func runOneQueued(ctx context.Context, connect func(context.Context) (*pgx.Conn, error), planOf func() *plan.Plan,
+	log hclog.Logger, progress func(BackfillProgress)) error {
+	conn, err := connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, `SELECT id, target_id, enrichments, where_sql, batch_size, rate FROM matcol.backfill
+		WHERE status IN ('queued', 'running') ORDER BY id`)
+	if err != nil {
+		return err
+	}
+	type row struct {
+		id          int64
+		target      int
+		names       []string
+		where       string
+		batch, rate int
+	}
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
+		var x row
+		return x, r.Scan(&x.id, &x.target, &x.names, &x.where, &x.batch, &x.rate)
+	})
+	if err != nil {
+		return err
+	}
+	p := planOf()
+	for _, x := range list {
+		spec, ok := specFor(p, x.target, x.names)
+		if !ok {
+			continue
+		}
+		spec.Where, spec.BatchSize, spec.Rate = x.where, x.batch, x.rate
+		b, err := claimBackfill(ctx, conn, spec, x.id, log)
+		if errors.Is(err, ErrBackfillRunning) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		log.Info("running queued backfill", "backfill", x.id, "table", spec.Target.Table.String(), "enrichments", x.names)
+		return b.Run(ctx, progress)
+	}
+	return nil
+}
+
+func specFor(p *plan.Plan, targetID int, names []string) (BackfillSpec, bool) {
+	for _, t := range p.Targets {
+		if t.ID != targetID {
+			continue
+		}
+		spec := BackfillSpec{Target: t}
+		for _, e := range t.Enrichments {
+			if slices.Contains(names, e.Name) {
+				spec.Enrichments = append(spec.Enrichments, e)
+			}
+		}
+		return spec, len(spec.Enrichments) == len(names)
+	}
+	return BackfillSpec{}, false
+}

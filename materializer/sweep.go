@@ -1,0 +1,82 @@
+package materializer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/matcol/matcol/plan"
+)
+
+// sweep runs the periodic chores: expiry, and refreshing the per-table failure counts.
+func (m *Materializer) sweep(ctx context.Context) {
+	m.mu.Lock()
+	targets := make([]*target, 0, len(m.byID))
+	for _, t := range m.byID {
+		targets = append(targets, t)
+	}
+	m.mu.Unlock()
+	counts := map[int]int64{}
+	rows, err := m.pool.Query(ctx, `SELECT target_id, count(*) FROM matcol.failure GROUP BY 1`)
+	if err == nil {
+		for rows.Next() {
+			var id int
+			var n int64
+			if rows.Scan(&id, &n) == nil {
+				counts[id] = n
+			}
+		}
+		rows.Close()
+		for _, t := range targets {
+			t.failures.Store(counts[t.plan.ID])
+		}
+	}
+	for _, t := range targets {
+		if ctx.Err() != nil {
+			return
+		}
+		exp := expiry(t.plan)
+		if exp <= 0 {
+			continue
+		}
+		n, err := m.Expire(ctx, t.plan, exp, m.cfg.ExpiryBatch)
+		if err != nil {
+			m.log.Warn("expiry sweep failed", "table", t.plan.Table.String(), "error", err)
+			continue
+		}
+		if n > 0 {
+			m.log.Debug("expired rows", "table", t.plan.Table.String(), "rows", n)
+			m.mu.Lock()
+			m.markLocked(t)
+			m.mu.Unlock()
+		}
+	}
+}
+
+// expiry is the shortest expires_after among the table's enrichments, or 0.
+func expiry(t *plan.Target) time.Duration {
+	var d time.Duration
+	for _, e := range t.Enrichments {
+		if e.ExpiresAfter > 0 && (d == 0 || e.ExpiresAfter < d) {
+			d = e.ExpiresAfter
+		}
+	}
+	return d
+}
+
+// Expire marks stale at most limit rows of t stamped longer than exp ago, oldest first, skipping
+// rows someone holds. Capping each sweep spreads a mass expiry over time instead of recomputing
+// everything stamped in the same minute at once.
+func (m *Materializer) Expire(ctx context.Context, t *plan.Target, exp time.Duration, limit int) (int, error) {
+	sql := fmt.Sprintf(`WITH x AS (
+			SELECT ctid FROM %[1]s WHERE materialized_at < now() - $1::interval
+			ORDER BY materialized_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+		u AS (UPDATE %[1]s SET materialized_at = NULL WHERE ctid IN (SELECT ctid FROM x) RETURNING 1)
+		SELECT count(*) FROM u`, t.Table.Sanitize())
+	var n int
+	if err := m.pool.QueryRow(ctx, sql, exp, limit).Scan(&n); err != nil {
+		return 0, err
+	}
+	m.Stats.RowsExpired.Add(int64(n))
+	return n, nil
+}

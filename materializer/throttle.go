@@ -1,0 +1,91 @@
+package materializer
+
+import (
+	"context"
+	"time"
+)
+
+// observe steers the batch size toward the target duration, which bounds how long rows stay
+// locked: shrink fast when a batch runs long, grow gently when full batches run short. It also
+// learns the table's usual time per row, which throttling compares against.
+func (m *Materializer) observe(t *target, n int, d time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	goal := m.cfg.TargetBatchDuration
+	switch {
+	case d > goal*3/2 && t.batchSize > 1:
+		t.batchSize = max(1, t.batchSize*2/3)
+	case d < goal/2 && n >= t.batchSize && t.batchSize < 20000:
+		t.batchSize = min(20000, t.batchSize*5/4+1)
+	}
+	per := d.Seconds() / float64(n)
+	t.batches++
+	if t.batches == 1 {
+		t.perRow = per
+	} else if per < t.perRow*m.cfg.LatencyFactor {
+		// Only normal batches move the baseline, so a slow spell cannot become the new normal.
+		t.perRow = 0.9*t.perRow + 0.1*per
+	}
+}
+
+// pace returns how long to wait before t's next batch: when the database is slow (a batch far
+// above the table's usual time per row) matcol backs off by as long as that batch took.
+func (m *Materializer) pace(t *target, n int, d time.Duration) time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if n == 0 || t.batches < 10 || m.cfg.LatencyFactor <= 0 {
+		return 0
+	}
+	if d.Seconds()/float64(n) > t.perRow*m.cfg.LatencyFactor {
+		m.Stats.Throttled.Add(1)
+		return d
+	}
+	return 0
+}
+
+// watchLoad keeps the pause switch and the replica-lag throttle current.
+func (m *Materializer) watchLoad(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		var paused bool
+		var lag float64
+		err := m.pool.QueryRow(ctx, `SELECT
+			coalesce((SELECT (value->>'paused')::bool FROM matcol.setting WHERE name = 'pause'), false),
+			coalesce((SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication), 0)::float8`).Scan(&paused, &lag)
+		if err == nil {
+			if paused != m.paused.Load() {
+				if paused {
+					m.log.Info("materialization paused")
+				} else {
+					m.log.Info("materialization resumed")
+				}
+			}
+			m.paused.Store(paused)
+			behind := m.cfg.MaxReplicaLag > 0 && lag > m.cfg.MaxReplicaLag.Seconds()
+			if behind != m.replicaBehind.Load() {
+				if behind {
+					m.log.Warn("replica lag above limit; throttling", "lag_seconds", lag, "limit", m.cfg.MaxReplicaLag)
+				} else {
+					m.log.Info("replica lag back under limit", "lag_seconds", lag)
+				}
+			}
+			m.replicaBehind.Store(behind)
+			if !paused && !behind {
+				select {
+				case m.ready <- struct{}{}:
+				default:
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// holding reports whether work must wait: paused, or replicas too far behind.
+func (m *Materializer) holding() bool { return m.paused.Load() || m.replicaBehind.Load() }
+
