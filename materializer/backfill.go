@@ -157,19 +157,22 @@ func estimateRows(ctx context.Context, q interface {
 
 // Run fills the columns batch by batch in key order until the end of the table, committing the
 // cursor with every batch. It writes only the spec's enrichments' columns and leaves
-// materialized_at alone. A row whose enrichment fails is marked stale and left to the daemon,
-// which quarantines it.
+// materialized_at alone. Rows are not locked before they are computed: the write only lands on
+// rows whose stamp is unchanged since the keys were read (see plan.BackfillWriteSQL); rows that
+// changed meanwhile are retried at the end. A row whose enrichment fails is marked stale and left
+// to the daemon, which quarantines it.
 func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) error {
 	defer func() {
 		_, _ = b.conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1, $2)`, int32(lockBackfill), int32(b.ID))
 	}()
 	t := b.spec.Target
-	write := plan.WriteSQL(t, b.spec.Enrichments, false)
-	next := plan.BackfillKeysSQL(t, b.spec.Where)
+	width := len(t.Key)
+	next := plan.BackfillNextSQL(t, b.spec.Where)
 	size := b.spec.BatchSize
 	start := time.Now()
 	startDone := b.done
 	var failed int64
+	var retry [][]*string // keys of rows that changed under a batch
 	report := func(finished bool) {
 		if progress == nil {
 			return
@@ -189,43 +192,31 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 			if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(t)...); err != nil {
 				return err
 			}
-			args := make([]any, len(t.Key)+2)
+			args := make([]any, width+2)
 			for i := range t.Key {
 				if b.cursor != nil {
 					args[i] = *b.cursor[i]
 				}
 			}
-			args[len(t.Key)] = b.cursor != nil
-			args[len(t.Key)+1] = size
-			keys, err := claim(ctx, tx, next, len(t.Key), args...)
+			args[width] = b.cursor != nil
+			args[width+1] = size
+			rows, err := claim(ctx, tx, next, width+1, args...)
 			if err != nil {
 				return fmt.Errorf("read next keys: %w", err)
 			}
-			if n = len(keys[0]); n == 0 {
-				_, err := tx.Exec(ctx, `UPDATE matcol.backfill SET status = 'done', finished_at = now(), updated_at = now()
-					WHERE id = $1`, b.ID)
+			if n = len(rows[0]); n == 0 {
+				return nil
+			}
+			last = make([]*string, width)
+			for i := range last {
+				last[i] = rows[i][n-1]
+			}
+			skipped, f, err := b.write(ctx, tx, rows)
+			if err != nil {
 				return err
 			}
-			last = make([]*string, len(t.Key))
-			for i := range keys {
-				last[i] = keys[i][n-1]
-			}
-			if _, err := tx.Exec(ctx, "SAVEPOINT matcol_batch"); err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, write, keyArgs(keys)...); err != nil {
-				if !isRowError(err) {
-					return err
-				}
-				if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT matcol_batch"); rbErr != nil {
-					return rbErr
-				}
-				f, err := b.isolate(ctx, tx, write, keys)
-				if err != nil {
-					return err
-				}
-				failed += f
-			}
+			failed += f
+			retry = append(retry, skipped...)
 			_, err = tx.Exec(ctx, `UPDATE matcol.backfill SET cursor = $2, rows_done = rows_done + $3, updated_at = now()
 				WHERE id = $1`, b.ID, last, n)
 			return err
@@ -241,8 +232,7 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 			return fmt.Errorf("backfill %d of %s: %w", b.ID, t.Table, err)
 		}
 		if n == 0 {
-			report(true)
-			return nil
+			break
 		}
 		b.cursor = last
 		b.done += int64(n)
@@ -265,43 +255,121 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 			}
 		}
 	}
+	if err := b.retryChanged(ctx, retry); err != nil {
+		return err
+	}
+	if _, err := b.conn.Exec(ctx, `UPDATE matcol.backfill SET status = 'done', finished_at = now(), updated_at = now()
+		WHERE id = $1`, b.ID); err != nil {
+		return err
+	}
+	report(true)
+	return nil
 }
 
-// isolate writes the keys in halves under savepoints until the failing rows are alone, and marks
-// those stale for the daemon. It returns how many failed.
-func (b *Backfill) isolate(ctx context.Context, tx pgx.Tx, write string, keys [][]*string) (int64, error) {
-	n := len(keys[0])
+// write runs the optimistic write for rows (key columns, then the stamp each row had) under a
+// savepoint. It returns the keys it skipped because their row changed meanwhile, and how many
+// rows failed; failing rows are isolated by halving and marked stale for the daemon.
+func (b *Backfill) write(ctx context.Context, tx pgx.Tx, rows [][]*string) ([][]*string, int64, error) {
 	if _, err := tx.Exec(ctx, "SAVEPOINT matcol_part"); err != nil {
-		return 0, err
+		return nil, 0, err
 	}
-	_, err := tx.Exec(ctx, write, keyArgs(keys)...)
+	width := len(b.spec.Target.Key)
+	args := append(keyArgs(rows[:width]), plan.ArrayLiteral(rows[width]))
+	got, err := claim(ctx, tx, plan.BackfillWriteSQL(b.spec.Target, b.spec.Enrichments), width, args...)
 	if err == nil {
 		_, err = tx.Exec(ctx, "RELEASE SAVEPOINT matcol_part")
-		return 0, err
+		return missing(rows[:width], got), 0, err
 	}
 	if !isRowError(err) {
-		return 0, err
+		return nil, 0, err
 	}
 	if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT matcol_part"); rbErr != nil {
-		return 0, rbErr
+		return nil, 0, rbErr
 	}
+	n := len(rows[0])
 	if n == 1 {
-		key := make([]string, len(keys))
-		for i := range keys {
-			key[i] = *keys[i][0]
+		key := make([]string, width)
+		for i := range key {
+			key[i] = *rows[i][0]
 		}
 		b.log.Warn("row failed during backfill; marked stale for the daemon to retry", "table", b.spec.Target.Table.String(),
 			"key", key, "error", err)
-		t := b.spec.Target
-		_, uerr := tx.Exec(ctx, plan.MarkStaleSQL(t), keyArgs(keys)...)
-		return 1, uerr
+		_, uerr := tx.Exec(ctx, plan.MarkStaleSQL(b.spec.Target), keyArgs(rows[:width])...)
+		return nil, 1, uerr
 	}
-	a, err := b.isolate(ctx, tx, write, slice(keys, 0, n/2))
+	s1, f1, err := b.write(ctx, tx, slice(rows, 0, n/2))
 	if err != nil {
-		return a, err
+		return nil, f1, err
 	}
-	c, err := b.isolate(ctx, tx, write, slice(keys, n/2, n))
-	return a + c, err
+	s2, f2, err := b.write(ctx, tx, slice(rows, n/2, n))
+	return append(s1, s2...), f1 + f2, err
+}
+
+// missing returns, one key per element, the keys of want that are not in got.
+func missing(want, got [][]*string) [][]*string {
+	seen := map[string]bool{}
+	for i := range got[0] {
+		seen[keyString(got, i)] = true
+	}
+	var out [][]*string
+	for i := range want[0] {
+		if !seen[keyString(want, i)] {
+			k := make([]*string, len(want))
+			for c := range want {
+				k[c] = want[c][i]
+			}
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func keyString(cols [][]*string, i int) string {
+	s := ""
+	for _, c := range cols {
+		if c[i] != nil {
+			s += *c[i]
+		}
+		s += "\x00"
+	}
+	return s
+}
+
+// retryChanged writes, with fresh stamps, rows that changed under their batch. A row that keeps
+// changing is left to the daemon, which recomputes it whole anyway.
+func (b *Backfill) retryChanged(ctx context.Context, keys [][]*string) error {
+	t := b.spec.Target
+	width := len(t.Key)
+	for round := 0; round < 3 && len(keys) > 0; round++ {
+		cols := make([][]*string, width)
+		for _, k := range keys {
+			for c := range cols {
+				cols[c] = append(cols[c], k[c])
+			}
+		}
+		err := pgx.BeginFunc(ctx, b.conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(t)...); err != nil {
+				return err
+			}
+			rows, err := claim(ctx, tx, plan.KeysWithStampSQL(t), width+1, keyArgs(cols)...)
+			if err != nil {
+				return err
+			}
+			if len(rows[0]) == 0 {
+				keys = nil
+				return nil
+			}
+			keys, _, err = b.write(ctx, tx, rows)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("backfill %d: retry changed rows: %w", b.ID, err)
+		}
+	}
+	if len(keys) > 0 {
+		b.log.Info("rows kept changing during the backfill; the daemon recomputes them", "rows", len(keys))
+	}
+	return nil
 }
 
 func isLockTimeout(err error) bool {

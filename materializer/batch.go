@@ -83,9 +83,13 @@ func (m *Materializer) done(t *target, n int, d time.Duration) {
 	m.observe(t, n, d)
 }
 
+// batchSettingsSQL sets each batch's limits. Batches read few rows by key, mostly from cache: a
+// random page costs about what a sequential one does, and without saying so the planner
+// scans whole tables for a few thousand keys. JIT compilation costs more than such a short
+// statement gains. An enrichment's own settings come last and win.
 const batchSettingsSQL = `SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),
 	set_config('work_mem', coalesce(nullif($3, ''), current_setting('work_mem')), true),
-	(SELECT count(set_config(k, v, true)) FROM jsonb_each_text($4::jsonb) AS g(k, v))`
+	(SELECT count(set_config(k, v, true)) FROM jsonb_each_text('{"random_page_cost": "1.1", "jit": "off"}'::jsonb || $4::jsonb) AS g(k, v))`
 
 func settingsArgs(t *plan.Target) []any {
 	s := t.Enrichments[0].Settings

@@ -88,4 +88,3 @@ func (m *Materializer) watchLoad(ctx context.Context) {
 
 // holding reports whether work must wait: paused, or replicas too far behind.
 func (m *Materializer) holding() bool { return m.paused.Load() || m.replicaBehind.Load() }
-

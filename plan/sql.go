@@ -117,6 +117,14 @@ func LockKeysSQL(t *Target) string {
 		keyMatch(t.Key, aliasTarget, aliasKeys), keyCols(t.Key, aliasTarget), aliasTarget)
 }
 
+// KeysWithStampSQL returns the given keys ($1..$n, typed arrays) that still exist, as text, with
+// each row's materialized_at last.
+func KeysWithStampSQL(t *Target) string {
+	return fmt.Sprintf("SELECT %s, %s.materialized_at::text FROM %s AS %s JOIN unnest(%s) AS %s(%s) ON %s ORDER BY %s",
+		keyTexts(t.Key, aliasTarget), aliasTarget, t.Table.Sanitize(), aliasTarget, keyArrayParams(t.Key, 1), aliasKeys,
+		keyList(t.Key, ""), keyMatch(t.Key, aliasTarget, aliasKeys), keyCols(t.Key, aliasTarget))
+}
+
 // BackfillKeysSQL is NextKeysSQL that also locks the rows, waiting for them (lock_timeout bounds
 // the wait): a backfill must hold the rows before it computes them, like a batch.
 func BackfillKeysSQL(t *Target, where string) string {
@@ -145,6 +153,25 @@ func NextKeysSQL(t *Target, where string) string {
 // before this statement's snapshot, so the stamp never claims more freshness than the data has.
 // A key missing from an enrichment's output gets NULLs; a key returned twice raises.
 func WriteSQL(t *Target, es []*Enrichment, stamp bool) string {
+	return writeSQL(t, es, stamp, false)
+}
+
+// BackfillWriteSQL writes the enrichments' columns for the keys in $1..$n without locking them
+// first: $n+1 holds each row's materialized_at as the key read saw it, and a row whose stamp has
+// changed since (a batch recomputed it, or it went stale) is left alone, even when the UPDATE had
+// to wait for it and re-checks the newer row version. So an older snapshot's value never lands on
+// a row stamped fresh. It returns the keys it wrote, as text.
+func BackfillWriteSQL(t *Target, es []*Enrichment) string {
+	return writeSQL(t, es, false, true)
+}
+
+// BackfillNextSQL is NextKeysSQL that also returns each row's materialized_at as text, last.
+func BackfillNextSQL(t *Target, where string) string {
+	q := NextKeysSQL(t, where)
+	return strings.Replace(q, " FROM ", ", "+aliasTarget+".materialized_at::text FROM ", 1)
+}
+
+func writeSQL(t *Target, es []*Enrichment, stamp, checkStamp bool) string {
 	var b strings.Builder
 	b.WriteString("WITH ")
 	for i, e := range es {
@@ -172,11 +199,20 @@ func WriteSQL(t *Target, es []*Enrichment, stamp bool) string {
 		sets = append(sets, "materialized_at = now()")
 	}
 	b.WriteString(strings.Join(sets, ", "))
-	fmt.Fprintf(&b, "\nFROM unnest(%s) AS %s(%s)", keyArrayParams(t.Key, 1), aliasKeys, keyList(t.Key, ""))
+	params, cols := keyArrayParams(t.Key, 1), keyList(t.Key, "")
+	if checkStamp {
+		params += fmt.Sprintf(", $%d::timestamptz[]", len(t.Key)+1)
+		cols += `, "matcol seen"`
+	}
+	fmt.Fprintf(&b, "\nFROM unnest(%s) AS %s(%s)", params, aliasKeys, cols)
 	for i := range es {
 		fmt.Fprintf(&b, "\nLEFT JOIN %s ON %s", enrichAlias(i), keyMatch(t.Key, enrichAlias(i), aliasKeys))
 	}
 	fmt.Fprintf(&b, "\nWHERE %s AND NOT EXISTS (SELECT FROM %s)", keyMatch(t.Key, aliasTarget, aliasKeys), aliasDup)
+	if checkStamp {
+		fmt.Fprintf(&b, "\n  AND %s.materialized_at IS NOT DISTINCT FROM %s.\"matcol seen\"\nRETURNING %s",
+			aliasTarget, aliasKeys, keyTexts(t.Key, aliasTarget))
+	}
 	return b.String()
 }
 
