@@ -70,9 +70,9 @@ func (m *Materializer) write(ctx context.Context, tx pgx.Tx, t *target, keys [][
 	args := keyArgs(keys)
 	b := &pgx.Batch{}
 	b.Queue(t.writeSQL, args...)
-	if t.failures.Load() > 0 {
-		b.Queue(plan.ClearFailuresSQL(t.plan), append([]any{t.plan.ID}, args...)...)
-	}
+	// In the same round trip; probing the small failure table costs less than tracking which keys
+	// were quarantined.
+	b.Queue(plan.ClearFailuresSQL(t.plan), append([]any{t.plan.ID}, args...)...)
 	return tx.SendBatch(ctx, b).Close()
 }
 

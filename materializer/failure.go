@@ -115,7 +115,6 @@ func (m *Materializer) quarantine(ctx context.Context, t *target, keys [][]*stri
 	if err != nil {
 		return fmt.Errorf("record failure of %s %v: %w", t.plan.Table, key, err)
 	}
-	t.failures.Add(1)
 	m.Stats.RowsFailed.Add(1)
 	m.log.Warn("row quarantined after its enrichment failed", "table", t.plan.Table.String(), "key", key,
 		"enrichment", culprit, "attempts", attempts, "error", msg)

@@ -116,7 +116,6 @@ type target struct {
 	backoff int  // consecutive failures
 	retryAt time.Time
 
-	failures atomic.Int64 // quarantined rows, so batches know to clear records
 	perRow   float64      // baseline seconds per row (EWMA), for throttling
 	batches  int
 }

@@ -8,7 +8,7 @@ import (
 	"github.com/matcol/matcol/plan"
 )
 
-// sweep runs the periodic chores: expiry, and refreshing the per-table failure counts.
+// sweep runs the periodic chores: for now, expiry.
 func (m *Materializer) sweep(ctx context.Context) {
 	m.mu.Lock()
 	targets := make([]*target, 0, len(m.byID))
@@ -16,21 +16,6 @@ func (m *Materializer) sweep(ctx context.Context) {
 		targets = append(targets, t)
 	}
 	m.mu.Unlock()
-	counts := map[int]int64{}
-	rows, err := m.pool.Query(ctx, `SELECT target_id, count(*) FROM matcol.failure GROUP BY 1`)
-	if err == nil {
-		for rows.Next() {
-			var id int
-			var n int64
-			if rows.Scan(&id, &n) == nil {
-				counts[id] = n
-			}
-		}
-		rows.Close()
-		for _, t := range targets {
-			t.failures.Store(counts[t.plan.ID])
-		}
-	}
 	for _, t := range targets {
 		if ctx.Err() != nil {
 			return
