@@ -241,3 +241,35 @@ func withoutDepIDs(e registry.Enrichment) registry.Enrichment {
 	e.DependsOn = deps
 	return e
 }
+
+// A migration role with the grants docs/security.md lists can register; without EXECUTE it
+// cannot, since registering chooses SQL that matcol's role will run.
+func TestSQLRegistrationPrivileges(t *testing.T) {
+	ctx := context.Background()
+	dsn, su := demoDB(t)
+	_, err := registry.Install(ctx, su)
+	require.NoError(t, err)
+	var db, user string
+	require.NoError(t, su.QueryRow(ctx, `SELECT current_database(), current_user`).Scan(&db, &user))
+	role := "migrator_" + strings.TrimPrefix(db, "matcol_test_")
+	pgtest.Exec(t, su, `CREATE ROLE `+role+` LOGIN`)
+	t.Cleanup(func() {
+		_, _ = su.Exec(context.Background(), `DROP OWNED BY `+role+`; DROP ROLE `+role)
+	})
+	conn := pgtest.Connect(t, strings.Replace(dsn, "://"+user+"@", "://"+role+"@", 1))
+	registerVenue := `SELECT matcol.register_enrichment('venue_cinema', 'public.venue', ARRAY['cinema_name'],
+		'SELECT v.id, c.name AS cinema_name FROM venue v JOIN cinema c ON c.id = v.cinema_id WHERE v.id = ANY($1)',
+		'[{"table": "public.cinema", "columns": ["id"], "sql": "SELECT id FROM public.venue WHERE cinema_id = ANY($1)"}]')`
+
+	pgtest.Exec(t, su, `GRANT USAGE ON SCHEMA matcol TO `+role)
+	_, err = conn.Exec(ctx, registerVenue)
+	require.ErrorContains(t, err, "permission denied for function register_enrichment")
+
+	pgtest.Exec(t, su, `GRANT EXECUTE ON FUNCTION matcol.register_enrichment(text, regclass, text[], text, jsonb, interval, boolean, jsonb),
+		matcol.unregister_enrichment(text) TO `+role+`;
+		GRANT SELECT, INSERT, UPDATE, DELETE ON matcol.target, matcol.enrichment, matcol.dependency, matcol.pending TO `+role)
+	require.Equal(t, "added", register(t, conn, registerVenue))
+	var existed bool
+	require.NoError(t, conn.QueryRow(ctx, `SELECT matcol.unregister_enrichment('venue_cinema')`).Scan(&existed))
+	require.True(t, existed)
+}

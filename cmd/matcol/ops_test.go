@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/matcol/matcol/internal/demo"
 	"github.com/matcol/matcol/internal/pgtest"
 )
 
@@ -138,4 +141,89 @@ func TestSQLRegistrationSurvivesApply(t *testing.T) {
 	r = matcol(t, env, "apply", "-c", writeConfig(t, "enrichments: []\n"))
 	require.Zero(t, r.code, r.stderr)
 	require.Contains(t, r.stdout, "removed enrichment venue_cinema")
+}
+
+// The grants docs/security.md lists are enough for trigger mode, and application roles need
+// nothing on schema matcol. Dropping a trigger needs ownership, as the doc says.
+func TestLeastPrivilegeRoles(t *testing.T) {
+	ctx := context.Background()
+	dsn := cinemaDB(t)
+	su := pgtest.Connect(t, dsn)
+	var db string
+	require.NoError(t, su.QueryRow(ctx, `SELECT current_database()`).Scan(&db))
+	suffix := strings.TrimPrefix(db, "matcol_test_")
+	owner, app := "matcol_"+suffix, "app_"+suffix
+	pgtest.Exec(t, su, fmt.Sprintf(`CREATE ROLE %s LOGIN; CREATE ROLE %s LOGIN`, owner, app))
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), dsn)
+		if err != nil {
+			return
+		}
+		_, _ = c.Exec(context.Background(), fmt.Sprintf(`DROP OWNED BY %s, %s CASCADE`, owner, app))
+		_ = c.Close(context.Background())
+		_, _ = su.Exec(context.Background(), fmt.Sprintf(`DROP ROLE IF EXISTS %s, %s`, owner, app))
+	})
+	// Exactly the grants of docs/security.md, for the demo's tables.
+	pgtest.Exec(t, su, fmt.Sprintf(`
+		GRANT CREATE ON DATABASE %[3]s TO %[1]s;
+		GRANT USAGE ON SCHEMA public TO %[1]s;
+		GRANT SELECT, TRIGGER ON cinema, venue, event, event_seat_state_change, seat_state TO %[1]s;
+		GRANT UPDATE ON venue, event_seat_state_change TO %[1]s;
+		GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO %[2]s;`, owner, app, db))
+	as := func(role string) string { return strings.Replace(dsn, "://"+userOf(t, dsn)+"@", "://"+role+"@", 1) }
+	env := []string{"MATCOL_DATABASE_URL=" + as(owner), "MATCOL_STATUS_LISTEN="}
+	cfg := writeConfig(t, demo.Config)
+
+	r := matcol(t, env, "install")
+	require.Zero(t, r.code, r.stderr)
+	r = matcol(t, env, "apply", "-c", cfg)
+	require.Zero(t, r.code, r.stderr)
+
+	cmd := exec.Command(binary, "run", "-c", cfg)
+	cmd.Env = append(os.Environ(), env...)
+	require.NoError(t, cmd.Start())
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	}()
+	stale := func() bool {
+		var n int
+		_ = su.QueryRow(ctx, `SELECT (SELECT count(*) FROM venue WHERE materialized_at IS NULL)
+			+ (SELECT count(*) FROM event_seat_state_change WHERE materialized_at IS NULL)
+			+ (SELECT count(*) FROM matcol.pending)`).Scan(&n)
+		return n == 0
+	}
+	require.Eventually(t, stale, 30*time.Second, 100*time.Millisecond)
+
+	// The application role writes through every kind of matcol trigger without any grant on
+	// schema matcol: the queueing functions are SECURITY DEFINER.
+	appConn := pgtest.Connect(t, as(app))
+	pgtest.Exec(t, appConn, `UPDATE event SET seat_count = seat_count + 1 WHERE id = (SELECT min(id) FROM event)`)
+	pgtest.Exec(t, appConn, `UPDATE cinema SET name = name || '!' WHERE id = (SELECT min(id) FROM cinema)`)
+	pgtest.Exec(t, appConn, `UPDATE venue SET name = name || '!' WHERE id = (SELECT min(id) FROM venue)`)
+	pgtest.Exec(t, appConn, `DELETE FROM seat_state WHERE ctid = (SELECT min(ctid) FROM seat_state)`)
+	_, err := appConn.Exec(ctx, `SELECT count(*) FROM matcol.pending`)
+	require.ErrorContains(t, err, "permission denied for schema matcol")
+	require.Eventually(t, stale, 30*time.Second, 100*time.Millisecond)
+	r = matcol(t, env, "verify", "-c", cfg, "--all")
+	require.Zero(t, r.code, r.stdout+r.stderr)
+
+	// Removing cinema's only dependency drops its triggers, which needs ownership of cinema.
+	start := strings.Index(demo.Config, "  - name: venue_cinema")
+	end := strings.Index(demo.Config, "  - name: seat_counts")
+	smaller := writeConfig(t, demo.Config[:start]+demo.Config[end:])
+	r = matcol(t, env, "apply", "-c", smaller)
+	require.NotZero(t, r.code)
+	require.Contains(t, r.stderr, "must be owner of relation cinema")
+	pgtest.Exec(t, su, fmt.Sprintf(`ALTER TABLE cinema OWNER TO %s`, owner))
+	r = matcol(t, env, "apply", "-c", smaller)
+	require.Zero(t, r.code, r.stderr)
+	require.Contains(t, r.stdout, "removed enrichment venue_cinema")
+}
+
+func userOf(t *testing.T, dsn string) string {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(dsn)
+	require.NoError(t, err)
+	return cfg.User
 }
