@@ -67,7 +67,7 @@ func runBriefly(t *testing.T, wrap []string, args ...string) string {
 	if wrap != nil {
 		argv = append(wrap, strings.Join(argv, " "), "/dev/null")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
