@@ -20,7 +20,11 @@ type Config struct {
 	// LogLevel is trace, debug, info, warn or error. Defaults to info.
 	LogLevel string `mapstructure:"log_level"`
 	// LogFormat is auto, json or text. Defaults to auto: text on a terminal, JSON otherwise.
-	LogFormat    string       `mapstructure:"log_format"`
+	LogFormat string `mapstructure:"log_format"`
+	// Registration is where enrichments are declared: yaml (the enrichments list; apply and run
+	// make the registry match it, removing anything else) or sql (matcol.register_enrichment in
+	// the team's migrations; apply and run leave the registry alone). Defaults to yaml.
+	Registration string       `mapstructure:"registration"`
 	Database     Database     `mapstructure:"database"`
 	Invalidation Invalidation `mapstructure:"invalidation"`
 	Status       Status       `mapstructure:"status"`
@@ -140,8 +144,9 @@ type Matview struct {
 // Defaults returns a Config with every default filled in.
 func Defaults() Config {
 	return Config{
-		LogLevel:  "info",
-		LogFormat: "auto",
+		LogLevel:     "info",
+		LogFormat:    "auto",
+		Registration: "yaml",
 		Database: Database{
 			MaxConnLifetime: 30 * time.Minute,
 			MaxCacheBytes:   64 << 20,
@@ -211,6 +216,15 @@ func (c *Config) Validate() error {
 	case "auto", "json", "text":
 	default:
 		p.add("log_format", "%q is not one of auto, json, text", c.LogFormat)
+	}
+	switch c.Registration {
+	case "yaml":
+	case "sql":
+		if len(c.Enrichments) > 0 {
+			p.add("enrichments", "must be empty with registration: sql (register them with matcol.register_enrichment)")
+		}
+	default:
+		p.add("registration", "%q is not one of yaml, sql", c.Registration)
 	}
 	switch c.Invalidation.Mode {
 	case "trigger", "logical":

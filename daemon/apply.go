@@ -78,12 +78,15 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		if rep.Installed, err = registry.Install(ctx, tx); err != nil {
 			return err
 		}
-		p, err := plan.Build(ctx, tx, defs)
-		if err != nil {
-			return err
-		}
-		if rep.Changes, err = registry.Sync(ctx, tx, p.Definitions()); err != nil {
-			return err
+		// With registration: sql the registry is the source of truth; the YAML declares nothing.
+		if cfg.Registration != "sql" {
+			p, err := plan.Build(ctx, tx, defs)
+			if err != nil {
+				return err
+			}
+			if rep.Changes, err = registry.Sync(ctx, tx, p.Definitions()); err != nil {
+				return err
+			}
 		}
 		loaded, err := registry.Load(ctx, tx)
 		if err != nil {
