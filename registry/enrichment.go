@@ -35,8 +35,6 @@ type Settings struct {
 	GUCs map[string]string `json:"gucs,omitempty"`
 	// Priority orders tables when several have work: higher first. Defaults to 0.
 	Priority int `json:"priority,omitempty"`
-	// MinInterval debounces: a row is recomputed at most this often for dependency changes.
-	MinInterval time.Duration `json:"min_interval,omitempty"`
 }
 
 // GUCsJSON returns GUCs as a JSON object.

@@ -74,15 +74,25 @@ func Install(ctx context.Context, conn interface {
 				applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 			return err
 		}
-		var current int
-		if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM matcol.schema_migration`).Scan(&current); err != nil {
+		rows, err := tx.Query(ctx, `SELECT version FROM matcol.schema_migration`)
+		if err != nil {
 			return err
 		}
-		if current > LatestVersion() {
-			return fmt.Errorf("schema matcol is at version %d, newer than this matcol (%d): upgrade matcol", current, LatestVersion())
+		have, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+		if err != nil {
+			return err
 		}
+		done := map[int]bool{}
+		for _, v := range have {
+			if int(v) > LatestVersion() {
+				return fmt.Errorf("schema matcol is at version %d, newer than this matcol (%d): upgrade matcol", v, LatestVersion())
+			}
+			done[int(v)] = true
+		}
+		// Every missing version is applied, not only those above the highest: a version merged
+		// after a later one still runs.
 		for _, m := range Migrations() {
-			if m.Version <= current {
+			if done[m.Version] {
 				continue
 			}
 			if _, err := tx.Exec(ctx, m.SQL); err != nil {
