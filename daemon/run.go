@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/matcol/matcol/config"
@@ -17,19 +18,24 @@ import (
 	"github.com/matcol/matcol/listener/trigger"
 	"github.com/matcol/matcol/materializer"
 	"github.com/matcol/matcol/plan"
+	"github.com/matcol/matcol/status"
 )
 
 // Daemon is a running matcol.
 type Daemon struct {
-	cfg  *config.Config
-	log  hclog.Logger
-	pool *pgxpool.Pool
-	Mat  *materializer.Materializer
+	cfg       *config.Config
+	log       hclog.Logger
+	pool      *pgxpool.Pool
+	Mat       *materializer.Materializer
+	started   time.Time
+	freshness prometheus.Histogram
+	// Version is reported by the status endpoint.
+	Version string
 }
 
 // Run applies the config, then keeps materialized columns fresh until ctx ends. An unreachable
 // database is retried with backoff, at start and later; invalid enrichments end it with an error.
-func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
+func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, version string) error {
 	d, err := Start(ctx, cfg, log)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -37,6 +43,7 @@ func Run(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		}
 		return err
 	}
+	d.Version = version
 	return d.Wait(ctx)
 }
 
@@ -79,16 +86,21 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		MaxReplicaLag:       cfg.Throttle.MaxReplicaLag,
 		LatencyFactor:       latencyFactor(cfg.Throttle.LatencyFactor),
 	}, log.Named("materializer"))
-	return &Daemon{cfg: cfg, log: log, pool: pool, Mat: m}, nil
+	d := &Daemon{cfg: cfg, log: log, pool: pool, Mat: m, started: time.Now(), freshness: status.NewFreshnessHistogram(),
+		Version: "dev"}
+	m.OnFresh = func(lat time.Duration) { d.freshness.Observe(lat.Seconds()) }
+	return d, nil
 }
 
 // Wait runs the listener, the materializer and the rescan loop until ctx ends.
 func (d *Daemon) Wait(ctx context.Context) error {
 	defer d.pool.Close()
 	var l listener.Listener
+	var streaming func() bool
 	switch d.cfg.Invalidation.Mode {
 	case "trigger":
-		l = &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("listener")}
+		tl := &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("listener")}
+		l, streaming = tl, tl.Streaming
 	default:
 		return errors.New("invalidation.mode " + d.cfg.Invalidation.Mode + " is not available in this build")
 	}
@@ -98,6 +110,10 @@ func (d *Daemon) Wait(ctx context.Context) error {
 	g.Go(func() error { return l.Run(gctx) })
 	g.Go(func() error { return d.Mat.Run(gctx) })
 	g.Go(func() error { d.rescanLoop(gctx); return nil })
+	if d.cfg.Status.Listen != "" {
+		srv := d.statusServer(streaming)
+		g.Go(func() error { return srv.Run(gctx) })
+	}
 	g.Go(func() error {
 		materializer.RunQueuedBackfills(gctx, func(ctx context.Context) (*pgx.Conn, error) {
 			return dial.Connect(ctx, d.cfg.DatabaseURL, "backfill")

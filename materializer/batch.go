@@ -61,6 +61,7 @@ func (m *Materializer) batch(ctx context.Context, t *target) (int, error) {
 	if err := tx.Commit(bctx); err != nil {
 		return 0, fmt.Errorf("commit batch of %s: %w", t.plan.Table, err)
 	}
+	m.noteMaterialized(t, keys)
 	m.done(t, n, time.Since(start))
 	return n, nil
 }
@@ -77,6 +78,8 @@ func (m *Materializer) write(ctx context.Context, tx pgx.Tx, t *target, keys [][
 }
 
 func (m *Materializer) done(t *target, n int, d time.Duration) {
+	t.rows.Add(int64(n))
+	t.lastBatch.Store(int64(d))
 	m.Stats.RowsMaterialized.Add(int64(n))
 	m.Stats.Batches.Add(1)
 	m.Stats.LastBatchNanos.Store(int64(d))

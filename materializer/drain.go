@@ -181,6 +181,11 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 				g.earliest = at
 			}
 			if dep == nil {
+				if t := byID[tid]; t != nil {
+					m.mu.Lock()
+					m.noteQueued(t, vals, at)
+					m.mu.Unlock()
+				}
 				if vals != "[]" { // [] only says the target has new stale rows
 					g.direct = append(g.direct, vals)
 				}

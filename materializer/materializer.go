@@ -99,7 +99,25 @@ type Materializer struct {
 
 	paused        atomic.Bool
 	replicaBehind atomic.Bool
+
+	// OnFresh, when set before Run, receives the latency from a change's commit to its row's
+	// stamp, for each change the materializer can attribute.
+	OnFresh func(time.Duration)
 }
+
+// TargetStats returns the rows this process materialized for a target, and its last batch time.
+func (m *Materializer) TargetStats(id int) (int64, time.Duration) {
+	m.mu.Lock()
+	t := m.byID[id]
+	m.mu.Unlock()
+	if t == nil {
+		return 0, 0
+	}
+	return t.rows.Load(), time.Duration(t.lastBatch.Load())
+}
+
+// Paused reports whether materialization is paused.
+func (m *Materializer) Paused() bool { return m.paused.Load() }
 
 var _ listener.Sink = (*Materializer)(nil)
 
@@ -116,8 +134,11 @@ type target struct {
 	backoff int  // consecutive failures
 	retryAt time.Time
 
-	perRow   float64      // baseline seconds per row (EWMA), for throttling
-	batches  int
+	rows      atomic.Int64 // materialized by this process
+	lastBatch atomic.Int64 // nanoseconds
+	perRow    float64      // baseline seconds per row (EWMA), for throttling
+	batches   int
+	fresh     freshness
 }
 
 // New returns a materializer for p.

@@ -88,7 +88,8 @@ func newRun(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return daemon.Run(cmd.Context(), cfg, logger(cfg))
+			v, _, _ := buildInfo()
+			return daemon.Run(cmd.Context(), cfg, logger(cfg), v)
 		},
 	}
 }

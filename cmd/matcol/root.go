@@ -57,7 +57,7 @@ func newRoot() *cobra.Command {
 	pf.String("log-format", "", "auto, json or text; env MATCOL_LOG_FORMAT")
 	root.AddCommand(
 		newInstall(g), newApply(g), newRun(g), newVerify(g), newDemo(g), newVersion(),
-		newBackfill(g), newFailures(g), newRetry(g), newPause(g, true), newPause(g, false),
+		newBackfill(g), newFailures(g), newRetry(g), newPause(g, true), newPause(g, false), newStatus(g),
 	)
 	return root
 }

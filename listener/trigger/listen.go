@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -20,7 +21,12 @@ type Listener struct {
 	DSN  string
 	Sink listener.Sink
 	Log  hclog.Logger
+
+	streaming atomic.Bool
 }
+
+// Streaming reports whether the listener is connected and listening.
+func (l *Listener) Streaming() bool { return l.streaming.Load() }
 
 var _ listener.Listener = (*Listener)(nil)
 
@@ -51,6 +57,8 @@ func (l *Listener) session(ctx context.Context, connected func()) error {
 		return err
 	}
 	connected()
+	l.streaming.Store(true)
+	defer l.streaming.Store(false)
 	l.Log.Debug("listening for invalidations", "channel", listener.Channel)
 	l.Sink.Resync()
 	for {

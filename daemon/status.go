@@ -1,0 +1,71 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/matcol/matcol/status"
+)
+
+// statusServer builds the HTTP status server over this daemon's pool and live figures.
+func (d *Daemon) statusServer(streaming func() bool) *status.Server {
+	return &status.Server{
+		Addr:      d.cfg.Status.Listen,
+		Token:     d.cfg.Status.Token,
+		DB:        d.pool,
+		Plan:      d.Mat.Plan,
+		Opts:      status.Options{Mode: d.cfg.Invalidation.Mode, Slot: d.cfg.Invalidation.Slot},
+		Live:      d.live,
+		Freshness: d.freshness,
+		Log:       d.log.Named("status"),
+		Ready: func(ctx context.Context) error {
+			if err := d.pool.Ping(ctx); err != nil {
+				return errors.New("database unreachable")
+			}
+			if streaming != nil && !streaming() {
+				return errors.New("listener not streaming")
+			}
+			return nil
+		},
+	}
+}
+
+// live adds what only the running daemon knows to a report read from the database.
+func (d *Daemon) live(r *status.Report) {
+	p := d.Mat.Plan()
+	ids := map[string]int{}
+	for _, t := range p.Targets {
+		for _, e := range t.Enrichments {
+			ids[e.Name] = t.ID
+		}
+	}
+	up := time.Since(d.started).Seconds()
+	for i := range r.Enrichments {
+		e := &r.Enrichments[i]
+		rows, last := d.Mat.TargetStats(ids[e.Name])
+		rate := float64(rows) / max(up, 1)
+		secs := last.Seconds()
+		e.RowsPerSecond, e.LastBatchSeconds, e.RowsMaterializedTotal = &rate, &secs, &rows
+	}
+	r.Daemon = &status.Daemon{Version: d.Version, StartedAt: d.started.UTC(), UptimeSeconds: up, Paused: d.Mat.Paused(),
+		Connections: []status.Connection{}}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	rows, err := d.pool.Query(ctx, `SELECT pid, application_name, backend_start, coalesce(state, ''),
+			CASE WHEN pid = pg_backend_pid() AND current_setting('server_version_num')::int >= 140000
+			     THEN (SELECT sum(total_bytes)::bigint FROM pg_backend_memory_contexts WHERE name = 'CacheMemoryContext') END
+		FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'matcol%' ORDER BY pid`)
+	if err != nil {
+		return
+	}
+	conns, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (status.Connection, error) {
+		var c status.Connection
+		return c, row.Scan(&c.PID, &c.ApplicationName, &c.BackendStart, &c.State, &c.CacheBytes)
+	})
+	if err == nil {
+		r.Daemon.Connections = conns
+	}
+}
