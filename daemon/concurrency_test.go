@@ -87,3 +87,26 @@ func TestIdleDaemonWritesNothing(t *testing.T) {
 	require.Equal(t, before, stamp(), "no row may be re-stamped while nothing changes")
 	require.Equal(t, batches, d.Mat.Stats.Batches.Load(), "no batch may write while nothing changes")
 }
+
+// The daemon survives a PostgreSQL crash and restart, and catches up on what was written after.
+func TestSurvivesPostgresRestart(t *testing.T) {
+	cl := pgtest.Cluster(t)
+	if cl == nil {
+		t.Skip("needs the test cluster to restart PostgreSQL")
+	}
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	ctx := context.Background()
+	pgtest.Exec(t, conn, demo.Schema)
+	require.NoError(t, demo.Seed(ctx, conn, 1))
+	d := startDaemon(t, loadConfig(t, dsn, demo.Config))
+	waitFresh(t, conn, d, 30*time.Second)
+
+	require.NoError(t, cl.Restart(ctx, "immediate"))
+	conn2 := pgtest.Connect(t, dsn)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 200; i++ {
+		require.NoError(t, demo.Write(ctx, conn2, 1, r))
+	}
+	waitFresh(t, conn2, d, 60*time.Second)
+}

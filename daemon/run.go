@@ -18,6 +18,7 @@ import (
 	"github.com/matcol/matcol/listener/trigger"
 	"github.com/matcol/matcol/materializer"
 	"github.com/matcol/matcol/plan"
+	"github.com/matcol/matcol/registry"
 	"github.com/matcol/matcol/status"
 )
 
@@ -148,10 +149,39 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 		}
 		if fp := fingerprint(p); fp != last {
 			d.log.Info("registry changed; reloading", "targets", len(p.Targets))
+			if d.cfg.Invalidation.Mode == "trigger" {
+				// Enrichments registered in SQL need their triggers too.
+				if err := syncTriggers(ctx, d.pool, d.log); err != nil {
+					d.log.Warn("regenerating triggers failed; retrying at the next rescan", "error", err)
+					continue
+				}
+			}
 			d.Mat.SetPlan(p)
 			last = fp
 		}
 	}
+}
+
+// syncTriggers regenerates the triggers of what is registered now, in one transaction.
+func syncTriggers(ctx context.Context, pool *pgxpool.Pool, log hclog.Logger) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '10s'`); err != nil {
+			return err
+		}
+		defs, err := registry.Load(ctx, tx)
+		if err != nil {
+			return err
+		}
+		p, err := plan.Build(ctx, tx, defs)
+		if err != nil {
+			return err
+		}
+		changes, err := trigger.Sync(ctx, tx, p)
+		for _, c := range changes {
+			log.Info(c.Action, "table", c.Table.String())
+		}
+		return err
+	})
 }
 
 // latencyFactor maps the config's 0 (off) to the materializer's negative (off).

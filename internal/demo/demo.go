@@ -57,7 +57,7 @@ func Write(ctx context.Context, conn *pgx.Conn, scale int, r *rand.Rand) error {
 		_, err = conn.Exec(ctx, `UPDATE seat_state SET state = $1 WHERE change_id = $2 AND seat_id = $3`,
 			[]string{"SOLD", "RESERVED", "EMPTY"}[r.IntN(3)], 1+r.IntN(changes), 1+r.IntN(50))
 	case 4:
-		_, err = conn.Exec(ctx, `UPDATE cinema SET name = 'Cinema ' || $1::text WHERE id = $2`, r.IntN(1000), 1+r.IntN(10*scale))
+		_, err = conn.Exec(ctx, `UPDATE cinema SET name = 'Cinema ' || $1::text WHERE id = $2`, fmt.Sprint(r.IntN(1000)), 1+r.IntN(10*scale))
 	case 5:
 		_, err = conn.Exec(ctx, `UPDATE event SET seat_count = seat_count + 1 WHERE id = $1`, 1+r.IntN(events))
 	}
