@@ -38,3 +38,20 @@ func applyDefs(t *testing.T, conn *pgx.Conn, defs []registry.Enrichment) {
 		return err
 	}))
 }
+
+type planT = plan.Plan
+
+func loadPlanFrom(ctx context.Context, pool interface {
+	Begin(context.Context) (pgx.Tx, error)
+}) (*plan.Plan, error) {
+	var p *plan.Plan
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		defs, err := registry.Load(ctx, tx)
+		if err != nil {
+			return err
+		}
+		p, err = plan.Build(ctx, tx, defs)
+		return err
+	})
+	return p, err
+}
