@@ -217,3 +217,40 @@ enrichments:
 		return stale == 0
 	}, 20*time.Second, 100*time.Millisecond)
 }
+
+// One table's flood does not starve another: tables take turns, a batch each.
+func TestFairnessAcrossTables(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	ctx := context.Background()
+	pgtest.Exec(t, conn, `CREATE TABLE big (id int PRIMARY KEY, v int, materialized_at timestamptz);
+		CREATE TABLE small (id int PRIMARY KEY, v int, materialized_at timestamptz);
+		INSERT INTO big (id) SELECT generate_series(1, 30000);`)
+	cfg := loadConfig(t, dsn, `
+materializer: {workers: 1, batch_size: 100, target_batch_duration: 20ms}
+enrichments:
+  - name: big_v
+    table: big
+    columns: [v]
+    sql: SELECT id, id * 2 AS v FROM big WHERE id = ANY($1) AND pg_sleep(0.01) IS NOT NULL
+  - name: small_v
+    table: small
+    columns: [v]
+    sql: SELECT id, id * 3 AS v FROM small WHERE id = ANY($1)
+`)
+	startDaemon(t, cfg)
+	require.Eventually(t, func() bool {
+		var n int
+		_ = conn.QueryRow(ctx, `SELECT count(*) FROM big WHERE materialized_at IS NOT NULL`).Scan(&n)
+		return n > 0
+	}, 20*time.Second, 20*time.Millisecond, "the flood has started")
+	pgtest.Exec(t, conn, `INSERT INTO small (id) SELECT generate_series(1, 10)`)
+	require.Eventually(t, func() bool {
+		var n int
+		_ = conn.QueryRow(ctx, `SELECT count(*) FROM small WHERE materialized_at IS NULL`).Scan(&n)
+		return n == 0
+	}, 10*time.Second, 20*time.Millisecond, "the small table must not wait for the big one")
+	var bigStale int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM big WHERE materialized_at IS NULL`).Scan(&bigStale))
+	require.Greater(t, bigStale, 10000, "the big table was still busy: the small one went in between")
+}
