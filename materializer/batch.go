@@ -126,26 +126,7 @@ func ms(d, def time.Duration) string {
 
 // claim runs a claim or lock statement and returns the keys it got, column by column, as text.
 func claim(ctx context.Context, tx pgx.Tx, sql string, width int, args ...any) ([][]*string, error) {
-	rows, err := tx.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	keys := make([][]*string, width)
-	dest := make([]any, width)
-	for rows.Next() {
-		vals := make([]*string, width)
-		for i := range vals {
-			dest[i] = &vals[i]
-		}
-		if err := rows.Scan(dest...); err != nil {
-			return nil, err
-		}
-		for i, v := range vals {
-			keys[i] = append(keys[i], v)
-		}
-	}
-	return keys, rows.Err()
+	return plan.CollectKeys(ctx, tx, sql, width, args...)
 }
 
 // keyArgs renders key columns as array literals; the server parses them as the key types.

@@ -207,24 +207,5 @@ func columnType(t *plan.Target, name string) string {
 func literal(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 func collect(ctx context.Context, q Querier, sql string, width int, args ...any) ([][]*string, error) {
-	rows, err := q.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	keys := make([][]*string, width)
-	dest := make([]any, width)
-	for rows.Next() {
-		vals := make([]*string, width)
-		for i := range vals {
-			dest[i] = &vals[i]
-		}
-		if err := rows.Scan(dest...); err != nil {
-			return nil, err
-		}
-		for i, v := range vals {
-			keys[i] = append(keys[i], v)
-		}
-	}
-	return keys, rows.Err()
+	return plan.CollectKeys(ctx, q, sql, width, args...)
 }

@@ -160,11 +160,7 @@ func newFailures(g *globals) *cobra.Command {
 		Short: "List quarantined rows whose enrichment failed",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := g.load(cmd)
-			if err != nil {
-				return err
-			}
-			conn, err := dial.Connect(cmd.Context(), cfg.DatabaseURL, "cli")
+			conn, err := g.connect(cmd, "cli")
 			if err != nil {
 				return err
 			}
@@ -231,11 +227,7 @@ func newRetry(g *globals) *cobra.Command {
 		Short: "Re-queue quarantined rows for their next attempt now",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := g.load(cmd)
-			if err != nil {
-				return err
-			}
-			conn, err := dial.Connect(cmd.Context(), cfg.DatabaseURL, "cli")
+			conn, err := g.connect(cmd, "cli")
 			if err != nil {
 				return err
 			}
@@ -266,11 +258,7 @@ func newPause(g *globals, paused bool) *cobra.Command {
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := g.load(cmd)
-			if err != nil {
-				return err
-			}
-			conn, err := dial.Connect(cmd.Context(), cfg.DatabaseURL, "cli")
+			conn, err := g.connect(cmd, "cli")
 			if err != nil {
 				return err
 			}

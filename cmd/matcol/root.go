@@ -7,10 +7,12 @@ import (
 	"runtime/debug"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5"
 	"github.com/mattn/go-isatty"
 	"github.com/spf13/cobra"
 
 	"github.com/matcol/matcol/config"
+	"github.com/matcol/matcol/internal/dial"
 )
 
 // Build details, set with -ldflags "-X main.version=… -X main.commit=… -X main.date=…".
@@ -72,6 +74,15 @@ func (g *globals) load(cmd *cobra.Command) (*config.Config, error) {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// connect loads the config and opens one connection named for role.
+func (g *globals) connect(cmd *cobra.Command, role string) (*pgx.Conn, error) {
+	cfg, err := g.load(cmd)
+	if err != nil {
+		return nil, err
+	}
+	return dial.Connect(cmd.Context(), cfg.DatabaseURL, role)
 }
 
 // logger builds the root logger: human-readable on a terminal, JSON otherwise.
