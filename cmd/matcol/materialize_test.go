@@ -1,0 +1,104 @@
+package main_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/matcol/matcol/internal/pgtest"
+)
+
+const ordersConfig = `
+enrichments:
+  - name: order_total
+    table: orders
+    columns: [total]
+    sql: SELECT o.id, (SELECT sum(cents) FROM line l WHERE l.order_id = o.id)::bigint AS total FROM orders o WHERE o.id = ANY($1)
+    depends_on: [{table: line, columns: [order_id]}]
+  - name: order_inverse
+    table: orders
+    columns: [inv]
+    sql: SELECT id, 1 / (id - 777)::numeric AS inv FROM orders WHERE id = ANY($1)
+`
+
+// The issue's scenario: a new column on otherwise fresh rows is filled by one enrichment; a
+// backfill killed with SIGKILL resumes and finishes; a failing row shows in matcol failures.
+func TestBackfillKilledResumesAndFailuresList(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	ctx := context.Background()
+	pgtest.Exec(t, conn, `CREATE TABLE orders (id bigint PRIMARY KEY, total bigint, inv numeric, materialized_at timestamptz);
+		CREATE TABLE line (id bigserial PRIMARY KEY, order_id bigint NOT NULL, cents bigint NOT NULL);
+		CREATE INDEX ON line (order_id);
+		INSERT INTO orders (id, inv, materialized_at) SELECT g, 0, now() FROM generate_series(1, 30000) g;
+		INSERT INTO line (order_id, cents) SELECT 1 + g % 30000, g FROM generate_series(1, 90000) g;`)
+	env := []string{"MATCOL_DATABASE_URL=" + dsn, "MATCOL_STATUS_LISTEN=", "MATCOL_LOG_FORMAT=text"}
+	cfg := writeConfig(t, ordersConfig)
+	r := matcol(t, env, "apply", "-c", cfg)
+	require.Zero(t, r.code, r.stderr)
+
+	cmd := exec.Command(binary, "backfill", "-c", cfg, "--enrichment", "order_total", "--rate", "5000", "--batch", "500")
+	cmd.Env = append(os.Environ(), env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	require.Eventually(t, func() bool {
+		var done int64
+		_ = conn.QueryRow(ctx, `SELECT coalesce(max(rows_done), 0) FROM matcol.backfill`).Scan(&done)
+		return done >= 5000
+	}, 30*time.Second, 50*time.Millisecond)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	_ = cmd.Wait()
+	var done int64
+	require.NoError(t, conn.QueryRow(ctx, `SELECT rows_done FROM matcol.backfill`).Scan(&done))
+	require.Less(t, done, int64(30000), "killed halfway")
+
+	r = matcol(t, env, "backfill", "-c", cfg, "--enrichment", "order_total")
+	require.Zero(t, r.code, r.stdout+r.stderr)
+	require.Contains(t, r.stdout, "resuming backfill 1")
+	require.Contains(t, r.stdout, "backfill 1 done: 30000 rows")
+	var wrong, restamped int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM orders o
+		WHERE total IS DISTINCT FROM (SELECT sum(cents) FROM line l WHERE l.order_id = o.id)`).Scan(&wrong))
+	require.Zero(t, wrong)
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM orders WHERE inv <> 0`).Scan(&restamped))
+	require.Zero(t, restamped, "the table's other enrichment must not run")
+
+	// The daemon quarantines the row whose enrichment fails; everything else gets fresh.
+	pgtest.Exec(t, conn, `UPDATE orders SET materialized_at = NULL WHERE id BETWEEN 700 AND 800`)
+	run := exec.Command(binary, "run", "-c", cfg)
+	run.Env = append(os.Environ(), env...)
+	require.NoError(t, run.Start())
+	defer func() { _ = run.Process.Signal(syscall.SIGTERM); _ = run.Wait() }()
+	require.Eventually(t, func() bool {
+		var stale int
+		_ = conn.QueryRow(ctx, `SELECT count(*) FROM orders WHERE materialized_at IS NULL`).Scan(&stale)
+		return stale == 1
+	}, 30*time.Second, 100*time.Millisecond)
+	r = matcol(t, env, "failures", "-c", cfg, "--json")
+	require.Zero(t, r.code, r.stderr)
+	var list []struct {
+		Table      string   `json:"table"`
+		Key        []string `json:"key"`
+		Enrichment string   `json:"enrichment"`
+		Error      string   `json:"error"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &list))
+	require.Len(t, list, 1)
+	require.Equal(t, []string{"777"}, list[0].Key)
+	require.Equal(t, "order_inverse", list[0].Enrichment)
+	require.Contains(t, list[0].Error, "division by zero")
+	var id int64
+	require.NoError(t, conn.QueryRow(ctx, `SELECT id FROM orders WHERE materialized_at IS NULL`).Scan(&id))
+	require.Equal(t, int64(777), id)
+	r = matcol(t, env, "retry", "-c", cfg)
+	require.Zero(t, r.code, r.stderr)
+	require.Contains(t, r.stdout, "1 rows re-queued")
+}
