@@ -94,6 +94,9 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		if rep.Plan, err = plan.Build(ctx, tx, loaded); err != nil {
 			return err
 		}
+		if err := plan.Sample(ctx, tx, rep.Plan, 100); err != nil {
+			return err
+		}
 		tables, err := discovery.Scan(ctx, tx)
 		if err != nil {
 			return err

@@ -217,6 +217,12 @@ func TestApplyRejectsBadInputNamingTheCulprit(t *testing.T) {
 		{"dependency column", fmt.Sprintf(base, "e11", "public.venue", "seat_count", `"`+venueSQL+`"`) +
 			"    depends_on:\n      - table: public.event\n        columns: [venue]\n",
 			[]string{"enrichment e11", `depends_on public.event: column "venue" does not exist`}},
+		{"duplicate keys", fmt.Sprintf(base, "e13", "public.venue", "seat_count",
+			`"SELECT v.id, 1::bigint AS seat_count FROM venue v JOIN event e ON e.venue_id = v.id WHERE v.id = ANY($1)"`),
+			[]string{"enrichment e13", "fails on existing rows of public.venue", "returned a key more than once"}},
+		{"runtime error", fmt.Sprintf(base, "e14", "public.venue", "seat_count",
+			`"SELECT v.id, (1 / (v.id - 5))::bigint AS seat_count FROM venue v WHERE v.id = ANY($1)"`),
+			[]string{"enrichment e14", "fails on existing rows", "division by zero"}},
 		{"key param type", fmt.Sprintf(base, "e12", "public.venue", "seat_count", `"SELECT v.id, 1::bigint AS seat_count FROM venue v WHERE v.id::text = ANY($1)"`),
 			[]string{"enrichment e12", "$1 is used as text[]", "bigint[]"}},
 	}

@@ -1,0 +1,44 @@
+package plan
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Sample runs each enrichment on a few existing rows, inside tx and under a savepoint that is
+// rolled back, to catch at apply time what preparing cannot: SQL that fails on real data, or
+// that returns a key more than once. Nothing it does is kept.
+func Sample(ctx context.Context, tx pgx.Tx, p *Plan, rows int) error {
+	var problems []string
+	for _, t := range p.Targets {
+		keys, err := CollectKeys(ctx, tx, NextKeysSQL(t, ""), len(t.Key), nil, false, rows)
+		if err != nil {
+			return fmt.Errorf("sample keys of %s: %w", t.Table, err)
+		}
+		if len(keys[0]) == 0 {
+			continue
+		}
+		args := make([]any, len(keys))
+		for i, c := range keys {
+			args[i] = ArrayLiteral(c)
+		}
+		for _, e := range t.Enrichments {
+			if _, err := tx.Exec(ctx, "SAVEPOINT matcol_sample"); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, WriteSQL(t, []*Enrichment{e}, false), args...)
+			if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT matcol_sample"); rbErr != nil {
+				return rbErr
+			}
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("enrichment %s: fails on existing rows of %s: %s", e.Name, t.Table, pgMessage(err)))
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return &ValidationError{Problems: problems}
+	}
+	return nil
+}
