@@ -13,14 +13,16 @@ import (
 func Sample(ctx context.Context, tx pgx.Tx, p *Plan, rows int) error {
 	var problems []string
 	for _, t := range p.Targets {
-		keys, err := CollectKeys(ctx, tx, NextKeysSQL(t, ""), len(t.Key), nil, false, rows)
+		args := make([]any, len(t.Key)+2) // no cursor: from the start
+		args[len(t.Key)], args[len(t.Key)+1] = false, rows
+		keys, err := CollectKeys(ctx, tx, NextKeysSQL(t, ""), len(t.Key), args...)
 		if err != nil {
 			return fmt.Errorf("sample keys of %s: %w", t.Table, err)
 		}
 		if len(keys[0]) == 0 {
 			continue
 		}
-		args := make([]any, len(keys))
+		args = make([]any, len(keys))
 		for i, c := range keys {
 			args[i] = ArrayLiteral(c)
 		}
