@@ -355,12 +355,9 @@ func (s *Scheduler) claim(ctx context.Context, conn *pgxpool.Conn, only *int) (*
 	if err != nil {
 		return c, fmt.Errorf("record execution of %s: %w", c.view, err)
 	}
-	next := "next_due_at"
-	if c.mode == ModeSkipped {
-		next = "$2::timestamptz + make_interval(secs => $3)"
-	}
 	if _, err := tx.Exec(ctx, `UPDATE matcol.matview_schedule SET last_attempted_at = $2,
-			next_due_at = `+next+` WHERE id = $1`, c.id, c.startedAt, c.interval.Seconds()); err != nil {
+			next_due_at = CASE WHEN $4 THEN $2::timestamptz + make_interval(secs => $3) ELSE next_due_at END
+		WHERE id = $1`, c.id, c.startedAt, c.interval.Seconds(), c.mode == ModeSkipped); err != nil {
 		return c, fmt.Errorf("claim %s: %w", c.view, err)
 	}
 	if c.mode == ModeSkipped {
