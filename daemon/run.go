@@ -16,6 +16,7 @@ import (
 	"github.com/matcol/matcol/listener/trigger"
 	"github.com/matcol/matcol/materializer"
 	"github.com/matcol/matcol/plan"
+	"github.com/matcol/matcol/refresh"
 )
 
 // Daemon is a running matcol.
@@ -79,7 +80,8 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 	return &Daemon{cfg: cfg, log: log, pool: pool, Mat: m}, nil
 }
 
-// Wait runs the listener, the materializer and the rescan loop until ctx ends.
+// Wait runs the listener, the materializer, the rescan loop and the matview scheduler until ctx
+// ends.
 func (d *Daemon) Wait(ctx context.Context) error {
 	defer d.pool.Close()
 	var l listener.Listener
@@ -95,6 +97,9 @@ func (d *Daemon) Wait(ctx context.Context) error {
 	g.Go(func() error { return l.Run(gctx) })
 	g.Go(func() error { return d.Mat.Run(gctx) })
 	g.Go(func() error { d.rescanLoop(gctx); return nil })
+	g.Go(func() error {
+		return refresh.Run(gctx, d.cfg.DatabaseURL, refresh.Config{}, d.cfg.Database.MaxConnLifetime, d.log.Named("refresh"))
+	})
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -149,5 +154,14 @@ func logReport(log hclog.Logger, rep *Report) {
 	}
 	for _, c := range rep.Triggers {
 		log.Info(c.Action, "table", c.Table.String())
+	}
+	for _, n := range rep.Matviews.Added {
+		log.Info("scheduled matview", "view", n)
+	}
+	for _, n := range rep.Matviews.Updated {
+		log.Info("updated matview schedule", "view", n)
+	}
+	for _, n := range rep.Matviews.Removed {
+		log.Info("unscheduled matview", "view", n)
 	}
 }
