@@ -160,6 +160,9 @@ func Sync(ctx context.Context, tx pgx.Tx, views []config.Matview) (Changes, erro
 			problems = append(problems, fmt.Errorf("matviews: %w", err))
 			continue
 		}
+		if _, dup := want[t]; dup {
+			problems = append(problems, fmt.Errorf("matviews: %s is listed twice", t))
+		}
 		want[t] = m
 	}
 	if err := errors.Join(problems...); err != nil {

@@ -1,8 +1,17 @@
 package main_test
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/stretchr/testify/require"
 
@@ -97,4 +106,81 @@ func TestSchedule(t *testing.T) {
 		names = append(names, n)
 	}
 	require.Equal(t, []string{"forgotten"}, names)
+}
+
+// The issue's check through `matcol run`: three views at 2 s; a (unique index) and b (built on a)
+// refresh at least twice within 14 s, a CONCURRENTLY, and c's error shows in `schedule list`.
+func TestRunRefreshesScheduledViews(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	pgtest.Exec(t, conn, `CREATE TABLE src (id int PRIMARY KEY);
+		INSERT INTO src SELECT generate_series(1, 10);
+		CREATE MATERIALIZED VIEW a AS SELECT id FROM src;
+		CREATE UNIQUE INDEX ON a (id);
+		CREATE MATERIALIZED VIEW b AS SELECT count(*) AS n FROM a;
+		CREATE TABLE divisor (x int);
+		CREATE MATERIALIZED VIEW c AS SELECT 1 / (SELECT count(*)::int FROM divisor) AS q WITH NO DATA`)
+	env := []string{"MATCOL_DATABASE_URL=" + dsn, "MATCOL_STATUS_LISTEN="}
+	cfg := writeConfig(t, `matviews:
+  - name: public.a
+    refresh_interval: 2s
+  - name: public.b
+    refresh_interval: 2s
+  - name: public.c
+    refresh_interval: 2s
+`)
+	cmd := exec.Command(binary, "run", "-c", cfg, "--log-format", "json")
+	cmd.Env = append(os.Environ(), env...)
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
+	began := time.Now()
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	})
+	count := func(view, mode string) int {
+		var n int
+		require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM matcol.matview_execution e
+			JOIN matcol.matview_schedule s ON s.id = e.schedule_id
+			WHERE s.view_name = $1 AND e.mode = $2 AND e.execution_is_successful`, view, mode).Scan(&n))
+		return n
+	}
+	require.Eventually(t, func() bool {
+		if v, _ := registryVersion(conn); v < 2 {
+			return false
+		}
+		return count("a", "concurrently") >= 2 && count("b", "plain") >= 2
+	}, 14*time.Second-time.Since(began), 100*time.Millisecond, "a and b were not both refreshed twice within 14s")
+
+	r := matcol(t, env, "schedule", "list", "-c", cfg)
+	require.Zero(t, r.code, r.stderr)
+	require.Contains(t, r.stdout, "division_by_zero: division by zero")
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, cmd.Wait(), stderr.String())
+}
+
+func registryVersion(conn *pgx.Conn) (int, error) {
+	var v int
+	err := conn.QueryRow(context.Background(), `SELECT coalesce(max(version), 0) FROM matcol.schema_migration`).Scan(&v)
+	return v, err
+}
+
+// lockedBuffer collects a child's output while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
