@@ -137,6 +137,11 @@ type Matview struct {
 	Name                     string        `mapstructure:"name"`
 	RefreshInterval          time.Duration `mapstructure:"refresh_interval"`
 	MaximumExecutionDuration time.Duration `mapstructure:"maximum_execution_duration"`
+	// SkipIfUnchanged skips a refresh when the tables the view reads show no modification since
+	// the last successful one. Defaults to false.
+	SkipIfUnchanged bool `mapstructure:"skip_if_unchanged"`
+	// KeepExecutions bounds the view's execution history. Defaults to 100.
+	KeepExecutions int `mapstructure:"keep_executions"`
 }
 
 // Defaults returns a Config with every default filled in.
@@ -296,6 +301,9 @@ func (c *Config) Validate() error {
 		}
 		if m.MaximumExecutionDuration < 0 {
 			p.add(key+".maximum_execution_duration", "must not be negative")
+		}
+		if m.KeepExecutions < 0 {
+			p.add(key+".keep_executions", "must not be negative")
 		}
 	}
 	return p.Err()

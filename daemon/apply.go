@@ -17,6 +17,7 @@ import (
 	"github.com/matcol/matcol/internal/pgident"
 	"github.com/matcol/matcol/listener/trigger"
 	"github.com/matcol/matcol/plan"
+	"github.com/matcol/matcol/refresh"
 	"github.com/matcol/matcol/registry"
 )
 
@@ -28,6 +29,8 @@ type Report struct {
 	Plan      *plan.Plan
 	// Unregistered are tables that carry materialized_at but have no enrichment.
 	Unregistered []pgident.Table
+	// Matviews is what the sync of matviews: into the refresh schedule changed.
+	Matviews refresh.Changes
 }
 
 // Definitions turns the config's enrichments into registry entries. Table names are parsed here;
@@ -114,7 +117,11 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		if cfg.Invalidation.Mode != "trigger" {
 			triggerPlan = nil
 		}
-		rep.Triggers, err = trigger.Sync(ctx, tx, triggerPlan)
+		if rep.Triggers, err = trigger.Sync(ctx, tx, triggerPlan); err != nil {
+			return err
+		}
+		// The matview refresh schedule: matviews: entries, in the same transaction.
+		rep.Matviews, err = refresh.Sync(ctx, tx, cfg.Matviews)
 		return err
 	})
 	if err != nil {

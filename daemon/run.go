@@ -18,6 +18,7 @@ import (
 	"github.com/matcol/matcol/listener/trigger"
 	"github.com/matcol/matcol/materializer"
 	"github.com/matcol/matcol/plan"
+	"github.com/matcol/matcol/refresh"
 	"github.com/matcol/matcol/registry"
 	"github.com/matcol/matcol/status"
 )
@@ -93,7 +94,8 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 	return d, nil
 }
 
-// Wait runs the listener, the materializer and the rescan loop until ctx ends.
+// Wait runs the listener, the materializer, the rescan loop and the matview scheduler until ctx
+// ends.
 func (d *Daemon) Wait(ctx context.Context) error {
 	defer d.pool.Close()
 	var l listener.Listener
@@ -120,6 +122,9 @@ func (d *Daemon) Wait(ctx context.Context) error {
 			return dial.Connect(ctx, d.cfg.DatabaseURL, "backfill")
 		}, d.Mat.Plan, d.log.Named("backfill"), nil)
 		return nil
+	})
+	g.Go(func() error {
+		return refresh.Run(gctx, d.cfg.DatabaseURL, refresh.Config{}, d.cfg.Database.MaxConnLifetime, d.log.Named("refresh"))
 	})
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
@@ -212,5 +217,14 @@ func logReport(log hclog.Logger, rep *Report) {
 	}
 	for _, c := range rep.Triggers {
 		log.Info(c.Action, "table", c.Table.String())
+	}
+	for _, n := range rep.Matviews.Added {
+		log.Info("scheduled matview", "view", n)
+	}
+	for _, n := range rep.Matviews.Updated {
+		log.Info("updated matview schedule", "view", n)
+	}
+	for _, n := range rep.Matviews.Removed {
+		log.Info("unscheduled matview", "view", n)
 	}
 }

@@ -15,13 +15,11 @@ import (
 
 	"github.com/matcol/matcol/internal/pgident"
 	"github.com/matcol/matcol/plan"
+	"github.com/matcol/matcol/refresh"
 )
 
-// Querier is what Collect needs.
-type Querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
+// Querier is what Collect needs; pgx connections and pools fit.
+type Querier = refresh.Querier
 
 // Report is the /status document.
 type Report struct {
@@ -302,7 +300,22 @@ func tableString(schema, name string) string {
 	return pgident.Table{Schema: schema, Name: name}.String()
 }
 
-// matviews reads the refresh schedule, when the registry has one.
+// matviews reads the refresh schedule.
 func matviews(ctx context.Context, q Querier) ([]Matview, error) {
-	return []Matview{}, nil
+	views, err := refresh.List(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	out := []Matview{}
+	for _, v := range views {
+		m := Matview{Name: v.Name.String(), LastSuccessAt: v.LastSuccessAt}
+		due := v.NextDueAt
+		m.NextDueAt = &due
+		if v.LastError != "" {
+			e := v.LastError
+			m.LastError = &e
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }

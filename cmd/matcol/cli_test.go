@@ -85,7 +85,7 @@ func TestVersionAndHelp(t *testing.T) {
 	require.Contains(t, r.stdout, "commit:")
 	r = matcol(t, nil, "--help")
 	require.Zero(t, r.code)
-	for _, c := range []string{"install", "apply", "run", "verify", "demo", "version"} {
+	for _, c := range []string{"install", "apply", "run", "verify", "schedule", "demo", "version"} {
 		require.Contains(t, r.stdout, c)
 	}
 }

@@ -72,6 +72,15 @@ func newApply(g *globals) *cobra.Command {
 			for _, c := range rep.Triggers {
 				fmt.Fprintf(out, "%s on %s\n", c.Action, c.Table)
 			}
+			for _, n := range rep.Matviews.Added {
+				fmt.Fprintf(out, "scheduled matview %s\n", n)
+			}
+			for _, n := range rep.Matviews.Updated {
+				fmt.Fprintf(out, "updated the schedule of matview %s\n", n)
+			}
+			for _, n := range rep.Matviews.Removed {
+				fmt.Fprintf(out, "unscheduled matview %s\n", n)
+			}
 			fmt.Fprintf(out, "%d enrichments on %d tables are registered\n", len(rep.Plan.Definitions()), len(rep.Plan.Targets))
 			return nil
 		},

@@ -58,7 +58,7 @@ func newRoot() *cobra.Command {
 	pf.String("log-level", "", "trace, debug, info, warn or error; env MATCOL_LOG_LEVEL")
 	pf.String("log-format", "", "auto, json or text; env MATCOL_LOG_FORMAT")
 	root.AddCommand(
-		newInstall(g), newApply(g), newRun(g), newVerify(g), newDemo(g), newVersion(),
+		newInstall(g), newApply(g), newRun(g), newVerify(g), newSchedule(g), newDemo(g), newVersion(),
 		newBackfill(g), newFailures(g), newRetry(g), newPause(g, true), newPause(g, false), newStatus(g),
 	)
 	return root
