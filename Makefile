@@ -5,7 +5,7 @@ COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 DATE    ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 
-.PHONY: all build demo test test/race test/short lint fuzz bench clean
+.PHONY: all build demo test test/race test/short test/chaos lint fuzz bench clean
 
 all: build
 
@@ -21,6 +21,10 @@ test: lint test/race
 
 test/race:
 	$(GO) test -race -timeout 12m $(PKGS)
+
+# The chaos test for longer: MATCOL_CHAOS_SECONDS=300 make test/chaos
+test/chaos:
+	MATCOL_CHAOS_SECONDS=$${MATCOL_CHAOS_SECONDS:-120} $(GO) test -run Chaos -count=1 -timeout 30m -v ./cmd/matcol
 
 test/short:
 	$(GO) test -short -timeout 5m $(PKGS)
