@@ -31,6 +31,7 @@ type Daemon struct {
 	Mat       *materializer.Materializer
 	started   time.Time
 	freshness prometheus.Histogram
+	cache     *dial.CacheGuard
 	// Version is reported by the status endpoint.
 	Version string
 }
@@ -70,8 +71,9 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 	if maxConns == 0 {
 		maxConns = cfg.Materializer.Workers + 4
 	}
+	guard := &dial.CacheGuard{MaxBytes: int64(cfg.Database.MaxCacheBytes)}
 	pool, err := dial.Pool(ctx, cfg.DatabaseURL, "worker", dial.PoolOptions{
-		MaxConns: int32(maxConns), MaxConnLifetime: cfg.Database.MaxConnLifetime})
+		MaxConns: int32(maxConns), MaxConnLifetime: cfg.Database.MaxConnLifetime, Cache: guard})
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +91,7 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		LatencyFactor:       latencyFactor(cfg.Throttle.LatencyFactor),
 	}, log.Named("materializer"))
 	d := &Daemon{cfg: cfg, log: log, pool: pool, Mat: m, started: time.Now(), freshness: status.NewFreshnessHistogram(),
-		Version: "dev"}
+		Version: "dev", cache: guard}
 	m.OnFresh = func(lat time.Duration) { d.freshness.Observe(lat.Seconds()) }
 	return d, nil
 }

@@ -54,18 +54,22 @@ func (d *Daemon) live(r *status.Report) {
 		Connections: []status.Connection{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	rows, err := d.pool.Query(ctx, `SELECT pid, application_name, backend_start, coalesce(state, ''),
-			CASE WHEN pid = pg_backend_pid() AND current_setting('server_version_num')::int >= 140000
-			     THEN (SELECT sum(total_bytes)::bigint FROM pg_backend_memory_contexts WHERE name = 'CacheMemoryContext') END
+	rows, err := d.pool.Query(ctx, `SELECT pid, application_name, backend_start, coalesce(state, '')
 		FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'matcol%' ORDER BY pid`)
 	if err != nil {
 		return
 	}
 	conns, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (status.Connection, error) {
 		var c status.Connection
-		return c, row.Scan(&c.PID, &c.ApplicationName, &c.BackendStart, &c.State, &c.CacheBytes)
+		return c, row.Scan(&c.PID, &c.ApplicationName, &c.BackendStart, &c.State)
 	})
 	if err == nil {
+		sizes := d.cache.Sizes()
+		for i := range conns {
+			if n, ok := sizes[uint32(conns[i].PID)]; ok {
+				conns[i].CacheBytes = &n
+			}
+		}
 		r.Daemon.Connections = conns
 	}
 }

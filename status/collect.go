@@ -96,7 +96,7 @@ type Connection struct {
 	ApplicationName string    `json:"application_name"`
 	BackendStart    time.Time `json:"backend_start"`
 	State           string    `json:"state"`
-	// CacheBytes is the backend's catalog cache, where it can be measured (its own backend).
+	// CacheBytes is the backend's catalog cache as last measured (pooled backends, PostgreSQL 14+).
 	CacheBytes *int64 `json:"cache_bytes,omitempty"`
 }
 

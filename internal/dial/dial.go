@@ -68,6 +68,8 @@ func Connect(ctx context.Context, dsn, role string) (*pgx.Conn, error) {
 type PoolOptions struct {
 	MaxConns        int32
 	MaxConnLifetime time.Duration
+	// Cache, when set, recycles connections whose catalog cache outgrows its cap.
+	Cache *CacheGuard
 }
 
 // Pool opens a pool whose connections are recycled after MaxConnLifetime with 20% jitter, so
@@ -89,6 +91,10 @@ func Pool(ctx context.Context, dsn, role string, opts PoolOptions) (*pgxpool.Poo
 		cfg.MaxConnLifetimeJitter = opts.MaxConnLifetime / 5
 	}
 	cfg.MinConns = 0
+	if opts.Cache != nil {
+		cfg.AfterRelease = opts.Cache.keep
+		cfg.BeforeClose = opts.Cache.forget
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, Describe(err, cfg.ConnConfig)
