@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"go.yaml.in/yaml/v3"
+	yamlv3 "go.yaml.in/yaml/v3"
 )
 
 // The dashboard and the alert rules only use metrics the server exports.
@@ -46,7 +46,7 @@ func TestDashboardAndAlertsUseExportedMetrics(t *testing.T) {
 	}
 	b, err = os.ReadFile("../docs/prometheus-alerts.yaml")
 	require.NoError(t, err)
-	require.NoError(t, yaml.Unmarshal(b, &rules))
+	require.NoError(t, yamlv3.Unmarshal(b, &rules))
 	n := 0
 	for _, g := range rules.Groups {
 		for _, r := range g.Rules {
