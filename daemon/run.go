@@ -13,6 +13,7 @@ import (
 	"github.com/matcol/matcol/config"
 	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/listener"
+	"github.com/matcol/matcol/listener/logical"
 	"github.com/matcol/matcol/listener/trigger"
 	"github.com/matcol/matcol/materializer"
 	"github.com/matcol/matcol/plan"
@@ -24,6 +25,8 @@ type Daemon struct {
 	log  hclog.Logger
 	pool *pgxpool.Pool
 	Mat  *materializer.Materializer
+	// Logical is the logical-mode listener, nil in trigger mode; its Stats feed the status endpoint.
+	Logical *logical.Listener
 }
 
 // Run applies the config, then keeps materialized columns fresh until ctx ends. An unreachable
@@ -83,9 +86,17 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 func (d *Daemon) Wait(ctx context.Context) error {
 	defer d.pool.Close()
 	var l listener.Listener
+	var wake listener.Listener
 	switch d.cfg.Invalidation.Mode {
 	case "trigger":
 		l = &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("listener")}
+	case "logical":
+		d.Logical = &logical.Listener{DSN: d.cfg.DatabaseURL, Slot: d.cfg.Invalidation.Slot,
+			Publication: d.cfg.Invalidation.Publication, MaxRetainedWAL: int64(d.cfg.Invalidation.MaxRetainedWAL),
+			Plan: d.Mat.Plan, Sink: d.Mat, Log: d.log.Named("listener")}
+		l = d.Logical
+		// Every instance, leader or not, is woken by the leader's NOTIFY on queued entries.
+		wake = &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("wake")}
 	default:
 		return errors.New("invalidation.mode " + d.cfg.Invalidation.Mode + " is not available in this build")
 	}
@@ -93,6 +104,9 @@ func (d *Daemon) Wait(ctx context.Context) error {
 		"workers", d.cfg.Materializer.Workers)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return l.Run(gctx) })
+	if wake != nil {
+		g.Go(func() error { return wake.Run(gctx) })
+	}
 	g.Go(func() error { return d.Mat.Run(gctx) })
 	g.Go(func() error { d.rescanLoop(gctx); return nil })
 	err := g.Wait()
@@ -149,5 +163,8 @@ func logReport(log hclog.Logger, rep *Report) {
 	}
 	for _, c := range rep.Triggers {
 		log.Info(c.Action, "table", c.Table.String())
+	}
+	for _, c := range rep.Publication {
+		log.Info("logical mode setup", "change", c)
 	}
 }
