@@ -79,7 +79,13 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		TargetBatchDuration: cfg.Materializer.TargetBatchDuration,
 		SweepInterval:       cfg.Materializer.SweepInterval,
 	}, log.Named("materializer"))
-	return &Daemon{cfg: cfg, log: log, pool: pool, Mat: m}, nil
+	d := &Daemon{cfg: cfg, log: log, pool: pool, Mat: m}
+	if cfg.Invalidation.Mode == "logical" {
+		d.Logical = &logical.Listener{DSN: cfg.DatabaseURL, Slot: cfg.Invalidation.Slot,
+			Publication: cfg.Invalidation.Publication, MaxRetainedWAL: int64(cfg.Invalidation.MaxRetainedWAL),
+			Plan: m.Plan, Sink: m, Log: log.Named("listener")}
+	}
+	return d, nil
 }
 
 // Wait runs the listener, the materializer and the rescan loop until ctx ends.
@@ -91,9 +97,6 @@ func (d *Daemon) Wait(ctx context.Context) error {
 	case "trigger":
 		l = &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("listener")}
 	case "logical":
-		d.Logical = &logical.Listener{DSN: d.cfg.DatabaseURL, Slot: d.cfg.Invalidation.Slot,
-			Publication: d.cfg.Invalidation.Publication, MaxRetainedWAL: int64(d.cfg.Invalidation.MaxRetainedWAL),
-			Plan: d.Mat.Plan, Sink: d.Mat, Log: d.log.Named("listener")}
 		l = d.Logical
 		// Every instance, leader or not, is woken by the leader's NOTIFY on queued entries.
 		wake = &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("wake")}

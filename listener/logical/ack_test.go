@@ -63,7 +63,7 @@ func waitPending(t *testing.T, b *bundle, where string, atLeast int, within time
 // A crash after the entries are applied and before the ack: the slot has not moved, so a new
 // listener receives the same changes again (at least once), and the end state is fresh.
 func TestCrashBetweenApplyAndAck(t *testing.T) {
-	b := setup(t, "")
+	b := setup(t)
 	ctx := context.Background()
 	_, err := daemon.Apply(ctx, b.cfg, testLogger(t, "apply"))
 	require.NoError(t, err)
@@ -109,7 +109,7 @@ func TestCrashBetweenApplyAndAck(t *testing.T) {
 // An idle slot advances while another database on the server writes WAL: confirmed_flush_lsn
 // trails pg_current_wal_lsn() by less than 1 MB within 20 s.
 func TestIdleSlotAdvances(t *testing.T) {
-	b := setup(t, "")
+	b := setup(t)
 	r := startDaemon(t, b, "matcol")
 	waitFresh(t, b.conn, r.d.Mat.Plan(), 60*time.Second)
 

@@ -35,9 +35,18 @@ type bundle struct {
 
 // setup creates a database with the demo schema and a logical-mode config on a unique slot,
 // which is dropped at cleanup (a database with a slot cannot be dropped).
-func setup(t *testing.T, yaml string) *bundle {
+func setup(t *testing.T) *bundle {
 	t.Helper()
 	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	pgtest.Exec(t, conn, demo.Schema)
+	require.NoError(t, demo.Seed(context.Background(), conn, 1))
+	return setupDB(t, dsn, conn, demo.Config)
+}
+
+// setupDB is setup on a database the caller prepared, with its own config.
+func setupDB(t *testing.T, dsn string, conn *pgx.Conn, yaml string) *bundle {
+	t.Helper()
 	b := make([]byte, 4)
 	_, _ = crand.Read(b)
 	slot := "matcol_t_" + hex.EncodeToString(b)
@@ -56,12 +65,6 @@ func setup(t *testing.T, yaml string) *bundle {
 			time.Sleep(200 * time.Millisecond)
 		}
 	})
-	conn := pgtest.Connect(t, dsn)
-	if yaml == "" {
-		pgtest.Exec(t, conn, demo.Schema)
-		require.NoError(t, demo.Seed(context.Background(), conn, 1))
-		yaml = demo.Config
-	}
 	yaml = strings.Replace(yaml, "mode: trigger", "mode: logical\n  slot: "+slot+"\n  publication: "+slot+"\n  fix_replica_identity: true", 1)
 	f := t.TempDir() + "/matcol.yaml"
 	require.NoError(t, os.WriteFile(f, []byte(yaml), 0o600))

@@ -12,7 +12,7 @@ import (
 
 // A key change invalidates the old and the new target; a delete and a TRUNCATE reach theirs.
 func TestKeyChangeOldAndNewTargets(t *testing.T) {
-	b := setup(t, "")
+	b := setup(t)
 	r := startDaemon(t, b, "matcol")
 	p := r.d.Mat.Plan()
 	waitFresh(t, b.conn, p, 60*time.Second)

@@ -12,7 +12,7 @@ import (
 
 // The daemon is stopped and restarted three times while writers keep going.
 func TestRestartDaemonUnderLoad(t *testing.T) {
-	b := setup(t, "")
+	b := setup(t)
 	r := startDaemon(t, b, "matcol")
 	waitFresh(t, b.conn, r.d.Mat.Plan(), 60*time.Second)
 	stopLoad := make(chan struct{})
@@ -37,7 +37,7 @@ func TestPostgresImmediateRestartUnderLoad(t *testing.T) {
 	if c == nil {
 		t.Skip("needs the throwaway cluster")
 	}
-	b := setup(t, "")
+	b := setup(t)
 	r := startDaemon(t, b, "matcol")
 	waitFresh(t, b.conn, r.d.Mat.Plan(), 60*time.Second)
 	stopLoad := make(chan struct{})
@@ -56,7 +56,7 @@ func TestPostgresImmediateRestartUnderLoad(t *testing.T) {
 // A slot dropped while the daemon is down: the daemon recreates it and resyncs every target, so
 // changes made meanwhile are not lost.
 func TestSlotDroppedWhileDown(t *testing.T) {
-	b := setup(t, "")
+	b := setup(t)
 	r := startDaemon(t, b, "matcol")
 	waitFresh(t, b.conn, r.d.Mat.Plan(), 60*time.Second)
 	r.stop(t)
@@ -80,7 +80,7 @@ func TestSlotDroppedWhileDown(t *testing.T) {
 // The WAL guard: a slot that retains more than max_retained_wal is recreated and every target
 // resynced, loudly, rather than left to fill the disk.
 func TestRetainedWALCapRecreatesSlot(t *testing.T) {
-	b := setup(t, "")
+	b := setup(t)
 	b.cfg.Invalidation.MaxRetainedWAL = 16 << 20
 	r := startDaemon(t, b, "matcol")
 	waitFresh(t, b.conn, r.d.Mat.Plan(), 60*time.Second)
