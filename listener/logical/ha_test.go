@@ -75,7 +75,7 @@ func TestOwnWritesDoNotInvalidate(t *testing.T) {
 	b := setupDB(t, dsn, conn, selfSourceConfig)
 	r := startDaemon(t, b, "matcol")
 	p := r.d.Mat.Plan()
-	waitSlot(t, conn, b.slot, 20*time.Second) // after the first-start resync is queued
+	waitStreaming(t, r, 20*time.Second) // after the first-start resync is queued
 	waitFresh(t, conn, p, 60*time.Second)
 
 	stamp := func() (s string) {
@@ -123,7 +123,7 @@ enrichments:
 `)
 	r := startDaemon(t, b, "matcol")
 	p := r.d.Mat.Plan()
-	waitSlot(t, conn, b.slot, 20*time.Second)
+	waitStreaming(t, r, 20*time.Second)
 	waitFresh(t, conn, p, 60*time.Second)
 
 	var peak atomic.Uint64

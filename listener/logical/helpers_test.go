@@ -231,3 +231,13 @@ func waitSlot(t *testing.T, conn *pgx.Conn, slot string, within time.Duration) {
 	}
 	t.Fatalf("slot %s not active within %s", slot, within)
 }
+
+// waitStreaming polls until the daemon streams from its slot, after any first-start resync.
+func waitStreaming(t *testing.T, r *running, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !r.d.Logical.Stats().Streaming {
+		require.True(t, time.Now().Before(deadline), "not streaming within %s", within)
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -52,7 +52,9 @@ var _ listener.Listener = (*Listener)(nil)
 
 // Stats are the listener's figures for the status endpoint.
 type Stats struct {
-	Leader            bool
+	Leader bool
+	// Streaming is true once the slot is resumed (and any resync queued) until the stream ends.
+	Streaming         bool
 	Slot              string
 	ConfirmedFlushLSN string
 	RetainedWALBytes  int64
@@ -218,6 +220,8 @@ func (l *Listener) session(ctx context.Context, conn *pgx.Conn, streaming func()
 		return err
 	}
 	streaming()
+	l.update(func(s *Stats) { s.Streaming = true })
+	defer l.update(func(s *Stats) { s.Streaming = false })
 	l.Log.Info("streaming invalidations", "slot", l.Slot, "from", start.String())
 	return l.stream(ctx, conn, rc, m, start)
 }
