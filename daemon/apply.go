@@ -116,6 +116,10 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 				cfg.Invalidation.FixReplicaIdentity)
 			return err
 		}
+		// Trigger mode: a slot left from logical mode would retain WAL forever.
+		if rep.Publication, err = logical.Retire(ctx, tx, rep.Plan, cfg.Invalidation.Slot, cfg.Invalidation.Publication); err != nil {
+			return err
+		}
 		// --- end of logical mode ---
 		triggerPlan := rep.Plan
 		if cfg.Invalidation.Mode != "trigger" {

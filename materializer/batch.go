@@ -34,7 +34,10 @@ func (m *Materializer) batch(ctx context.Context, t *target) (int, error) {
 		ms(s.StatementTimeout, 30*time.Second), ms(s.LockTimeout, 5*time.Second), s.WorkMem); err != nil {
 		return 0, fmt.Errorf("set batch settings: %w", err)
 	}
-	keys, err := claim(bctx, tx, t.claimSQL, len(t.plan.Key), t.batchSize)
+	m.mu.Lock() // resize writes it from other workers on the same target
+	size := t.batchSize
+	m.mu.Unlock()
+	keys, err := claim(bctx, tx, t.claimSQL, len(t.plan.Key), size)
 	if err != nil {
 		return 0, fmt.Errorf("claim stale rows of %s: %w", t.plan.Table, err)
 	}

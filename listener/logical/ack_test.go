@@ -133,3 +133,28 @@ func TestIdleSlotAdvances(t *testing.T) {
 	st := r.d.Logical.Stats()
 	require.True(t, st.Leader)
 }
+
+// Switching back to trigger mode drops the inactive slot (it would retain WAL forever) and the
+// publication, queueing a resync so that changes the slot still held are not lost.
+func TestTriggerModeRetiresSlot(t *testing.T) {
+	b := setup(t)
+	r := startDaemon(t, b, "matcol")
+	waitStreaming(t, r, 20*time.Second)
+	r.stop(t)
+	b.cfg.Invalidation.Mode = "trigger"
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rep, err := daemon.Apply(context.Background(), b.cfg, testLogger(t, "apply"))
+		require.NoError(t, err)
+		if len(rep.Publication) == 2 {
+			break
+		}
+		require.Empty(t, rep.Publication, "retired only in part")
+		require.True(t, time.Now().Before(deadline), "slot not retired: %v", rep.Publication)
+		time.Sleep(200 * time.Millisecond)
+	}
+	var n int
+	require.NoError(t, b.conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, b.slot).Scan(&n))
+	require.Zero(t, n)
+	require.Equal(t, len(r.d.Mat.Plan().Targets), pendingCount(t, b, "vals IS NULL"))
+}

@@ -270,3 +270,47 @@ func equalSets(a, b map[string]bool) bool {
 	}
 	return true
 }
+
+// Retire undoes logical mode when apply runs in trigger mode, inside tx: a forgotten slot would
+// hold WAL back until the disk fills. An inactive pgoutput slot of this database named slot is
+// dropped, with a resync of every target queued in the same transaction (the changes it still
+// held are not lost), and the publication is dropped. An active slot is left alone: a logical-mode
+// daemon still runs.
+func Retire(ctx context.Context, tx pgx.Tx, p *plan.Plan, slot, publication string) ([]string, error) {
+	var changes []string
+	var active, dropped bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active)`, slot).Scan(&active); err != nil {
+		return nil, fmt.Errorf("read replication slot %s: %w", slot, err)
+	}
+	if active {
+		return nil, nil
+	}
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+		WHERE slot_name = $1 AND plugin = 'pgoutput' AND database = current_database() AND NOT active)`, slot).Scan(&dropped)
+	if err != nil {
+		return nil, fmt.Errorf("drop replication slot %s: %w", slot, err)
+	}
+	if dropped {
+		ids := make([]int32, len(p.Targets))
+		for i, t := range p.Targets {
+			ids[i] = int32(t.ID)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO matcol.pending (target_id, vals) SELECT unnest($1::int[]), NULL`, ids); err != nil {
+			return nil, fmt.Errorf("queue resync: %w", err)
+		}
+		changes = append(changes, "dropped replication slot "+slot+" and queued a resync of every target")
+	}
+	if nameRe.MatchString(publication) {
+		tag, err := tx.Exec(ctx, `SELECT 1 FROM pg_publication WHERE pubname = $1`, publication)
+		if err != nil {
+			return nil, fmt.Errorf("read publication %s: %w", publication, err)
+		}
+		if tag.RowsAffected() > 0 {
+			if _, err := tx.Exec(ctx, "DROP PUBLICATION "+pgx.Identifier{publication}.Sanitize()); err != nil {
+				return nil, fmt.Errorf("drop publication %s: %w", publication, err)
+			}
+			changes = append(changes, "dropped publication "+publication)
+		}
+	}
+	return changes, nil
+}
