@@ -285,10 +285,15 @@ func Retire(ctx context.Context, tx pgx.Tx, p *plan.Plan, slot, publication stri
 	if active {
 		return nil, nil
 	}
-	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-		WHERE slot_name = $1 AND plugin = 'pgoutput' AND database = current_database() AND NOT active)`, slot).Scan(&dropped)
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots
+		WHERE slot_name = $1 AND plugin = 'pgoutput' AND database = current_database())`, slot).Scan(&dropped)
 	if err != nil {
-		return nil, fmt.Errorf("drop replication slot %s: %w", slot, err)
+		return nil, fmt.Errorf("read replication slot %s: %w", slot, err)
+	}
+	if dropped {
+		if _, err := tx.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
+			return nil, fmt.Errorf("drop replication slot %s: %w", slot, err)
+		}
 	}
 	if dropped {
 		ids := make([]int32, len(p.Targets))

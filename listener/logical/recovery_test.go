@@ -58,6 +58,7 @@ func TestPostgresImmediateRestartUnderLoad(t *testing.T) {
 func TestSlotDroppedWhileDown(t *testing.T) {
 	b := setup(t)
 	r := startDaemon(t, b, "matcol")
+	waitStreaming(t, r, 20*time.Second)
 	waitFresh(t, b.conn, r.d.Mat.Plan(), 60*time.Second)
 	r.stop(t)
 	pgtest.Exec(t, b.conn, `UPDATE event SET seat_count = seat_count + 7 WHERE id % 10 = 0`)
@@ -83,6 +84,7 @@ func TestRetainedWALCapRecreatesSlot(t *testing.T) {
 	b := setup(t)
 	b.cfg.Invalidation.MaxRetainedWAL = 16 << 20
 	r := startDaemon(t, b, "matcol")
+	waitStreaming(t, r, 20*time.Second)
 	waitFresh(t, b.conn, r.d.Mat.Plan(), 60*time.Second)
 	// An open transaction pins restart_lsn while WAL accumulates behind it.
 	holder := pgtest.Connect(t, b.dsn)
@@ -90,8 +92,13 @@ func TestRetainedWALCapRecreatesSlot(t *testing.T) {
 	pgtest.Exec(t, holder, `SELECT txid_current()`)
 	pgtest.Exec(t, b.conn, `CREATE TABLE noise AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 200000) g`)
 	pgtest.Exec(t, b.conn, `UPDATE event SET seat_count = seat_count + 1 WHERE id < 100`)
-	pgtest.Exec(t, holder, `COMMIT`)
+	// Hold it until the guard stops the stream (a new slot could not be created while it runs).
 	deadline := time.Now().Add(40 * time.Second)
+	for r.d.Logical.Stats().Streaming {
+		require.True(t, time.Now().Before(deadline), "the guard did not trip; stats %+v", r.d.Logical.Stats())
+		time.Sleep(100 * time.Millisecond)
+	}
+	pgtest.Exec(t, holder, `COMMIT`)
 	for r.d.Logical.Stats().Resyncs < 2 {
 		require.True(t, time.Now().Before(deadline), "slot was not recreated; stats %+v", r.d.Logical.Stats())
 		time.Sleep(200 * time.Millisecond)
