@@ -87,9 +87,11 @@ func TestRetainedWALCapRecreatesSlot(t *testing.T) {
 	waitStreaming(t, r, 20*time.Second)
 	waitFresh(t, b.conn, r.d.Mat.Plan(), 60*time.Second)
 	// An open transaction pins restart_lsn while WAL accumulates behind it.
+	// Its first WAL record is where decoding must restart, until it ends.
+	pgtest.Exec(t, b.conn, `CREATE TABLE pin (x int)`)
 	holder := pgtest.Connect(t, b.dsn)
 	pgtest.Exec(t, holder, `BEGIN`)
-	pgtest.Exec(t, holder, `SELECT txid_current()`)
+	pgtest.Exec(t, holder, `INSERT INTO pin VALUES (1)`)
 	pgtest.Exec(t, b.conn, `CREATE TABLE noise AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 200000) g`)
 	pgtest.Exec(t, b.conn, `UPDATE event SET seat_count = seat_count + 1 WHERE id < 100`)
 	// Hold it until the guard stops the stream (a new slot could not be created while it runs).
