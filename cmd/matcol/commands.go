@@ -72,6 +72,9 @@ func newApply(g *globals) *cobra.Command {
 			for _, c := range rep.Triggers {
 				fmt.Fprintf(out, "%s on %s\n", c.Action, c.Table)
 			}
+			for _, c := range rep.Publication {
+				fmt.Fprintln(out, c)
+			}
 			fmt.Fprintf(out, "%d enrichments on %d tables are registered\n", len(rep.Plan.Definitions()), len(rep.Plan.Targets))
 			return nil
 		},

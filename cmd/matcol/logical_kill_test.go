@@ -155,3 +155,22 @@ func (w *lockedWriter) Write(p []byte) (int, error) {
 	defer w.mu.Unlock()
 	return w.b.Write(p)
 }
+
+// Without fix_replica_identity, apply in logical mode fails and prints the exact statement to run;
+// with it, apply runs the statement.
+func TestLogicalApplyChecksReplicaIdentity(t *testing.T) {
+	dsn := cinemaDB(t)
+	cfg := writeConfig(t, demo.Config)
+	env := []string{"MATCOL_DATABASE_URL=" + dsn, "MATCOL_INVALIDATION_MODE=logical",
+		"MATCOL_INVALIDATION_PUBLICATION=matcol_ri_test"}
+	r := matcol(t, env, "apply", "-c", cfg)
+	require.NotZero(t, r.code)
+	require.Contains(t, r.stdout+r.stderr, `ALTER TABLE "public"."event" REPLICA IDENTITY FULL;`)
+	r = matcol(t, append(env, "MATCOL_INVALIDATION_FIX_REPLICA_IDENTITY=true"), "apply", "-c", cfg)
+	require.Zero(t, r.code, r.stderr)
+	require.Contains(t, r.stdout, `ran ALTER TABLE "public"."event" REPLICA IDENTITY FULL;`)
+	conn := pgtest.Connect(t, dsn)
+	var ident string
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT relreplident::text FROM pg_class WHERE oid = 'public.event'::regclass`).Scan(&ident))
+	require.Equal(t, "f", ident)
+}
