@@ -44,6 +44,13 @@ func TestKeyChangeOldAndNewTargets(t *testing.T) {
 	require.NoError(t, b.conn.QueryRow(ctx, `SELECT sold_count FROM event_seat_state_change WHERE id = 5`).Scan(&sold))
 	require.Equal(t, 0, sold)
 
+	// DDL on a source does not stop the stream.
+	pgtest.Exec(t, b.conn, `ALTER TABLE event ADD COLUMN note text`)
+	pgtest.Exec(t, b.conn, `UPDATE event SET note = 'x', seat_count = seat_count + 100 WHERE id = 2`)
+	pgtest.Exec(t, b.conn, `ALTER TABLE event DROP COLUMN note`)
+	pgtest.Exec(t, b.conn, `UPDATE event SET seat_count = seat_count + 100 WHERE id = 3`)
+	waitFresh(t, b.conn, p, 20*time.Second)
+
 	// A new target row arrives stale and is materialized through the stream's marker.
 	pgtest.Exec(t, b.conn, `INSERT INTO venue (id, cinema_id, name) VALUES (100001, 1, 'New')`)
 	waitFresh(t, b.conn, p, 20*time.Second)
