@@ -159,3 +159,43 @@ func TestTriggerModeRetiresSlot(t *testing.T) {
 	require.Zero(t, n)
 	require.Equal(t, len(r.d.Mat.Plan().Targets), pendingCount(t, b, "vals IS NULL")-before)
 }
+
+// Invariant 4: while the entries of a commit cannot be inserted (matcol.pending is locked), the
+// slot does not move past that commit; once they land, it does.
+func TestNoAckBeforeApply(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	_, err := daemon.Apply(ctx, b.cfg, testLogger(t, "apply"))
+	require.NoError(t, err)
+	p, _, err := daemon.LoadPlan(ctx, b.conn)
+	require.NoError(t, err)
+	stop := runListener(t, b, p, false)
+	defer stop()
+	waitPending(t, b, "vals IS NULL", len(p.Targets), 20*time.Second) // streaming, first resync done
+	time.Sleep(1500 * time.Millisecond)
+
+	locker := pgtest.Connect(t, b.dsn)
+	pgtest.Exec(t, locker, `BEGIN`)
+	pgtest.Exec(t, locker, `LOCK TABLE matcol.pending IN ACCESS EXCLUSIVE MODE`)
+	pgtest.Exec(t, b.conn, `UPDATE event SET seat_count = seat_count + 1 WHERE id = 42`)
+	var changeLSN string
+	require.NoError(t, b.conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&changeLSN))
+	time.Sleep(3 * time.Second) // three status intervals
+	confirmed, _ := slotLag(t, b.conn, b.slot)
+	c, _ := pglogrepl.ParseLSN(confirmed)
+	w, _ := pglogrepl.ParseLSN(changeLSN)
+	require.Less(t, uint64(c), uint64(w), "slot acked a commit whose entries are not applied")
+
+	pgtest.Exec(t, locker, `COMMIT`)
+	waitPending(t, b, "vals IS NOT NULL", 1, 10*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		confirmed, _ = slotLag(t, b.conn, b.slot)
+		c, _ = pglogrepl.ParseLSN(confirmed)
+		if c >= w {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "slot did not advance after the entries landed")
+		time.Sleep(100 * time.Millisecond)
+	}
+}
