@@ -255,6 +255,11 @@ func (l *Listener) flush(ctx context.Context, conn *pgx.Conn, m *mapper, clearRe
 		}
 	}
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		// The ack that follows is only sound if this commit is on disk first: with
+		// synchronous_commit off, a crash could keep the slot's new position and lose the entries.
+		if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = on`); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `INSERT INTO matcol.pending (target_id, dependency_id, vals)
 			SELECT t, nullif(d, 0), v::jsonb FROM unnest($1::int[], $2::int[], $3::text[]) AS u(t, d, v)`,
 			tids, deps, vals); err != nil {
