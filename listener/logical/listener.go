@@ -161,6 +161,9 @@ func (l *Listener) lead(ctx context.Context, streaming func()) error {
 // between resyncs again rather than skipping.
 func (l *Listener) resyncKey() string { return "logical.resync." + l.Slot }
 
+// SlotKey names the matcol.setting row that says matcol created the slot.
+func SlotKey(slot string) string { return "logical.slot." + slot }
+
 // session is the slot handler: it resumes the slot from confirmed_flush_lsn, or creates it and
 // resyncs, then streams.
 func (l *Listener) session(ctx context.Context, conn *pgx.Conn, streaming func()) error {
@@ -202,6 +205,11 @@ func (l *Listener) session(ctx context.Context, conn *pgx.Conn, streaming func()
 		}
 		if start, err = rc.createSlot(ctx, l.Slot); err != nil {
 			return err
+		}
+		// Claims the slot as matcol's, so that trigger mode's apply may retire it.
+		if _, err := conn.Exec(ctx, `INSERT INTO matcol.setting (name, value) VALUES ($1, 'true')
+			ON CONFLICT (name) DO NOTHING`, SlotKey(l.Slot)); err != nil {
+			return fmt.Errorf("record slot: %w", err)
 		}
 		l.update(func(s *Stats) { s.Resyncs++ })
 	}

@@ -285,13 +285,18 @@ func Retire(ctx context.Context, tx pgx.Tx, p *plan.Plan, slot, publication stri
 	if active {
 		return nil, nil
 	}
+	// Only a slot matcol created: a user's own slot of the same name is none of its business.
 	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots
-		WHERE slot_name = $1 AND plugin = 'pgoutput' AND database = current_database())`, slot).Scan(&dropped)
+		WHERE slot_name = $1 AND plugin = 'pgoutput' AND database = current_database())
+		AND EXISTS (SELECT 1 FROM matcol.setting WHERE name = $2)`, slot, SlotKey(slot)).Scan(&dropped)
 	if err != nil {
 		return nil, fmt.Errorf("read replication slot %s: %w", slot, err)
 	}
 	if dropped {
 		if _, err := tx.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
+			return nil, fmt.Errorf("drop replication slot %s: %w", slot, err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM matcol.setting WHERE name = $1`, SlotKey(slot)); err != nil {
 			return nil, fmt.Errorf("drop replication slot %s: %w", slot, err)
 		}
 	}
