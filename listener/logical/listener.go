@@ -248,7 +248,7 @@ func (l *Listener) markResync(ctx context.Context, conn *pgx.Conn) error {
 // entries are durable.
 func (l *Listener) flush(ctx context.Context, conn *pgx.Conn, m *mapper, clearResync bool) error {
 	entries := m.take()
-	if len(entries) == 0 {
+	if len(entries) == 0 && !clearResync {
 		return nil
 	}
 	tids := make([]int32, len(entries))
