@@ -15,6 +15,7 @@ import (
 	"github.com/matcol/matcol/discovery"
 	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/internal/pgident"
+	"github.com/matcol/matcol/listener/logical"
 	"github.com/matcol/matcol/listener/trigger"
 	"github.com/matcol/matcol/plan"
 	"github.com/matcol/matcol/refresh"
@@ -26,7 +27,9 @@ type Report struct {
 	Installed []registry.Migration
 	Changes   registry.Changes
 	Triggers  []trigger.Change
-	Plan      *plan.Plan
+	// Publication lists what logical mode changed: the publication, replica identities.
+	Publication []string
+	Plan        *plan.Plan
 	// Unregistered are tables that carry materialized_at but have no enrichment.
 	Unregistered []pgident.Table
 	// Matviews is what the sync of matviews: into the refresh schedule changed.
@@ -113,6 +116,20 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 				rep.Unregistered = append(rep.Unregistered, t.Name)
 			}
 		}
+		// --- logical mode: only the self row triggers, plus the publication. ---
+		if cfg.Invalidation.Mode == "logical" {
+			if rep.Triggers, err = trigger.SyncSelf(ctx, tx, rep.Plan); err != nil {
+				return err
+			}
+			rep.Publication, err = logical.SyncPublication(ctx, tx, rep.Plan, cfg.Invalidation.Publication,
+				cfg.Invalidation.FixReplicaIdentity)
+			return err
+		}
+		// Trigger mode: a slot left from logical mode would retain WAL forever.
+		if rep.Publication, err = logical.Retire(ctx, tx, rep.Plan, cfg.Invalidation.Slot, cfg.Invalidation.Publication); err != nil {
+			return err
+		}
+		// --- end of logical mode ---
 		triggerPlan := rep.Plan
 		if cfg.Invalidation.Mode != "trigger" {
 			triggerPlan = nil

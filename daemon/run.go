@@ -15,6 +15,7 @@ import (
 	"github.com/matcol/matcol/config"
 	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/listener"
+	"github.com/matcol/matcol/listener/logical"
 	"github.com/matcol/matcol/listener/trigger"
 	"github.com/matcol/matcol/materializer"
 	"github.com/matcol/matcol/plan"
@@ -34,6 +35,8 @@ type Daemon struct {
 	cache     *dial.CacheGuard
 	// Version is reported by the status endpoint.
 	Version string
+	// Logical is the logical-mode listener, nil in trigger mode.
+	Logical *logical.Listener
 }
 
 // Run applies the config, then keeps materialized columns fresh until ctx ends. An unreachable
@@ -93,6 +96,11 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 	d := &Daemon{cfg: cfg, log: log, pool: pool, Mat: m, started: time.Now(), freshness: status.NewFreshnessHistogram(),
 		Version: "dev", cache: guard}
 	m.OnFresh = func(lat time.Duration) { d.freshness.Observe(lat.Seconds()) }
+	if cfg.Invalidation.Mode == "logical" {
+		d.Logical = &logical.Listener{DSN: cfg.DatabaseURL, Slot: cfg.Invalidation.Slot,
+			Publication: cfg.Invalidation.Publication, MaxRetainedWAL: int64(cfg.Invalidation.MaxRetainedWAL),
+			Plan: m.Plan, Sink: m, Log: log.Named("listener")}
+	}
 	return d, nil
 }
 
@@ -102,10 +110,23 @@ func (d *Daemon) Wait(ctx context.Context) error {
 	defer d.pool.Close()
 	var l listener.Listener
 	var streaming func() bool
+	var wake listener.Listener
 	switch d.cfg.Invalidation.Mode {
 	case "trigger":
 		tl := &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("listener")}
 		l, streaming = tl, tl.Streaming
+	case "logical":
+		l = d.Logical
+		// Every instance, leader or not, is woken by the leader's NOTIFY on queued entries.
+		wl := &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("wake")}
+		wake = wl
+		// A standby instance has no stream of its own; it is ready while it hears the leader.
+		streaming = func() bool {
+			if s := d.Logical.Stats(); s.Leader {
+				return s.Streaming
+			}
+			return wl.Streaming()
+		}
 	default:
 		return errors.New("invalidation.mode " + d.cfg.Invalidation.Mode + " is not available in this build")
 	}
@@ -113,6 +134,9 @@ func (d *Daemon) Wait(ctx context.Context) error {
 		"workers", d.cfg.Materializer.Workers)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return l.Run(gctx) })
+	if wake != nil {
+		g.Go(func() error { return wake.Run(gctx) })
+	}
 	g.Go(func() error { return d.Mat.Run(gctx) })
 	g.Go(func() error { d.rescanLoop(gctx); return nil })
 	if d.cfg.Status.Listen != "" {
@@ -228,5 +252,8 @@ func logReport(log hclog.Logger, rep *Report) {
 	}
 	for _, n := range rep.Matviews.Removed {
 		log.Info("unscheduled matview", "view", n)
+	}
+	for _, c := range rep.Publication {
+		log.Info("logical mode setup", "change", c)
 	}
 }

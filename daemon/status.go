@@ -42,6 +42,10 @@ func (d *Daemon) live(r *status.Report) {
 			ids[e.Name] = t.ID
 		}
 	}
+	if d.Logical != nil {
+		s := d.Logical.Stats()
+		r.Listener.Leader, r.Listener.Streaming, r.Listener.Resyncs = &s.Leader, &s.Streaming, &s.Resyncs
+	}
 	up := time.Since(d.started).Seconds()
 	for i := range r.Enrichments {
 		e := &r.Enrichments[i]

@@ -37,7 +37,10 @@ func (m *Materializer) batch(ctx context.Context, t *target) (int, error) {
 		append(settingsArgs(t.plan), t.plan.ID)...).Scan(nil, nil, nil, nil, &seq); err != nil {
 		return 0, fmt.Errorf("set batch settings: %w", err)
 	}
-	keys, err := claim(bctx, tx, t.claimSQL, len(t.plan.Key), t.batchSize, t.plan.ID)
+	m.mu.Lock() // resize writes it from other workers on the same target
+	size := t.batchSize
+	m.mu.Unlock()
+	keys, err := claim(bctx, tx, t.claimSQL, len(t.plan.Key), size, t.plan.ID)
 	if err != nil {
 		return 0, fmt.Errorf("claim stale rows of %s: %w", t.plan.Table, err)
 	}

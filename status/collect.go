@@ -58,6 +58,9 @@ type Listener struct {
 	WALStatus         string   `json:"wal_status"`
 	LagSeconds        *float64 `json:"lag_seconds,omitempty"`
 	Streaming         *bool    `json:"streaming,omitempty"`
+	// Leader and Resyncs are known only to a running daemon in logical mode.
+	Leader  *bool `json:"leader,omitempty"`
+	Resyncs *int  `json:"resyncs,omitempty"`
 }
 
 // Matview is one scheduled materialized view.

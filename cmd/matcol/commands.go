@@ -81,6 +81,9 @@ func newApply(g *globals) *cobra.Command {
 			for _, n := range rep.Matviews.Removed {
 				fmt.Fprintf(out, "unscheduled matview %s\n", n)
 			}
+			for _, c := range rep.Publication {
+				fmt.Fprintln(out, c)
+			}
 			fmt.Fprintf(out, "%d enrichments on %d tables are registered\n", len(rep.Plan.Definitions()), len(rep.Plan.Targets))
 			return nil
 		},

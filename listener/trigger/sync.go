@@ -27,6 +27,20 @@ type existingTrigger struct {
 // Functions are replaced in place, which needs no lock on the application's tables; a trigger is
 // only created or dropped when it is missing or obsolete.
 func Sync(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]Change, error) {
+	return syncTriggers(ctx, tx, p, true)
+}
+
+// SyncSelf keeps only the BEFORE ROW self trigger of each target, for logical mode: it nulls
+// materialized_at in the application's own write, costs no extra write, and is how the decoded
+// stream tells a stale row from matcol's own. Source and statement triggers are dropped.
+func SyncSelf(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]Change, error) {
+	if p == nil {
+		return syncTriggers(ctx, tx, nil, false)
+	}
+	return syncTriggers(ctx, tx, &plan.Plan{Targets: p.Targets}, false)
+}
+
+func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]Change, error) {
 	rows, err := tx.Query(ctx, `
 		SELECT n.nspname, c.relname, t.tgname, pg_get_triggerdef(t.oid)
 		FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -66,9 +80,12 @@ func Sync(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]Change, error) {
 			wanted[s.Table] = m
 		}
 		for _, t := range p.Targets {
-			functions = append(functions, SelfFunctionSQL(t), StaleFunctionSQL(t))
+			functions = append(functions, SelfFunctionSQL(t))
 			keepFn[SelfFunction(t)] = true
-			keepFn[StaleFunction(t)] = true
+			if stale {
+				functions = append(functions, StaleFunctionSQL(t))
+				keepFn[StaleFunction(t)] = true
+			}
 			m := wanted[t.Table]
 			if m == nil {
 				m = map[string]want{}
@@ -79,6 +96,9 @@ func Sync(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]Change, error) {
 				events = "BEFORE INSERT ON"
 			}
 			m[TrigSelf] = want{create: SelfTriggerSQL(t), match: events}
+			if !stale {
+				continue
+			}
 			for name, create := range StaleTriggersSQL(t) {
 				m[name] = want{create: create, match: StaleFunction(t)}
 			}

@@ -1,0 +1,309 @@
+// Package logical is the logical-replication invalidation source: it decodes pgoutput from a
+// slot, maps each change to the same matcol.pending entries trigger mode writes, inserts them,
+// and only then acks the position (invariant 4). One instance holds the slot, elected with an
+// advisory lock; a WAL guard recreates the slot and resyncs when it retains too much (invariant 5).
+//
+// Three layers: conn.go wraps the walsender connection, slot.go and session resume or recreate
+// the slot from confirmed_flush_lsn, and stream.go is the loop handling timeouts and keepalives.
+package logical
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/matcol/matcol/internal/dial"
+	"github.com/matcol/matcol/listener"
+	"github.com/matcol/matcol/plan"
+)
+
+// Listener streams invalidations from a logical replication slot.
+type Listener struct {
+	DSN         string
+	Slot        string
+	Publication string
+	// MaxRetainedWAL is the WAL, in bytes, the slot may hold back before it is recreated and every
+	// target resynced. Defaults to 1GB.
+	MaxRetainedWAL int64
+	// Plan returns the current plan; it is read for every change, so a reloaded plan applies at once.
+	Plan func() *plan.Plan
+	Sink listener.Sink
+	Log  hclog.Logger
+	// GuardInterval is how often the slot's retained WAL is checked. Defaults to 10s.
+	GuardInterval time.Duration
+	// StatusInterval is how often the position is reported while idle. Defaults to 1s.
+	StatusInterval time.Duration
+	// FollowerRetry is how often an instance that is not the leader tries to become it. Defaults to 2s.
+	FollowerRetry time.Duration
+
+	// noAck, for tests, keeps reporting the start position: a crash between apply and ack.
+	noAck bool
+
+	mu    sync.Mutex
+	stats Stats
+}
+
+var _ listener.Listener = (*Listener)(nil)
+
+// Stats are the listener's figures for the status endpoint.
+type Stats struct {
+	Leader bool
+	// Streaming is true once the slot is resumed (and any resync queued) until the stream ends.
+	Streaming         bool
+	Slot              string
+	ConfirmedFlushLSN string
+	RetainedWALBytes  int64
+	WALStatus         string
+	// Resyncs counts slot recreations by this process, each followed by a resync of every target.
+	Resyncs int
+}
+
+// Stats returns the latest figures.
+func (l *Listener) Stats() Stats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.stats
+	s.Slot = l.Slot
+	return s
+}
+
+func (l *Listener) update(f func(*Stats)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f(&l.stats)
+}
+
+var errNotLeader = errors.New("another instance holds the slot")
+
+// chunk is how many distinct entries are collected before they are flushed, in the middle of a
+// transaction if need be: pgoutput v1 only sends committed transactions, so an early flush is
+// never ahead of the data, and memory stays bounded however large the transaction.
+const chunk = 5000
+
+// flushDelay bounds how long entries of committed transactions wait to be batched with more.
+const flushDelay = 100 * time.Millisecond
+
+func (l *Listener) defaults() {
+	if l.MaxRetainedWAL <= 0 {
+		l.MaxRetainedWAL = 1 << 30
+	}
+	if l.GuardInterval <= 0 {
+		l.GuardInterval = 10 * time.Second
+	}
+	if l.StatusInterval <= 0 {
+		l.StatusInterval = time.Second
+	}
+	if l.FollowerRetry <= 0 {
+		l.FollowerRetry = 2 * time.Second
+	}
+}
+
+// Run blocks until ctx ends. It competes for leadership, streams while it leads, and retries
+// with capped backoff after any error, including a restart of PostgreSQL.
+func (l *Listener) Run(ctx context.Context) error {
+	l.defaults()
+	if !nameRe.MatchString(l.Slot) {
+		return fmt.Errorf("invalidation.slot %q must be 1-63 characters of a-z, 0-9 and _", l.Slot)
+	}
+	if !nameRe.MatchString(l.Publication) {
+		return fmt.Errorf("invalidation.publication %q must be 1-63 characters of a-z, 0-9 and _", l.Publication)
+	}
+	attempt := 0
+	for {
+		err := l.lead(ctx, func() { attempt = 0 })
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, errNotLeader) {
+			if !dial.Sleep(ctx, l.FollowerRetry) {
+				return nil
+			}
+			continue
+		}
+		// Capped low so that a new leader takes over a dead one's slot within seconds.
+		wait := dial.Backoff(attempt, 5*time.Second)
+		l.Log.Warn("logical replication stopped; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
+		attempt++
+		if !dial.Sleep(ctx, wait) {
+			return nil
+		}
+	}
+}
+
+// lead takes the slot's advisory lock on a dedicated session and streams while holding it. The
+// lock dies with the session, so a killed leader frees the slot for the others at once.
+func (l *Listener) lead(ctx context.Context, streaming func()) error {
+	conn, err := dial.Connect(ctx, l.DSN, "listener")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var got bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, "matcol slot "+l.Slot).Scan(&got); err != nil {
+		return fmt.Errorf("take slot leadership: %w", err)
+	}
+	if !got {
+		return errNotLeader
+	}
+	l.update(func(s *Stats) { s.Leader = true })
+	defer l.update(func(s *Stats) { s.Leader = false })
+	l.Log.Info("holding the replication slot", "slot", l.Slot)
+	return l.session(ctx, conn, streaming)
+}
+
+// resyncKey names the matcol.setting row that records a resync in progress for the slot: set
+// before the slot is created, removed in the transaction that queues the resync, so a crash in
+// between resyncs again rather than skipping.
+func (l *Listener) resyncKey() string { return "logical.resync." + l.Slot }
+
+// SlotKey names the matcol.setting row that says matcol created the slot.
+func SlotKey(slot string) string { return "logical.slot." + slot }
+
+// session is the slot handler: it resumes the slot from confirmed_flush_lsn, or creates it and
+// resyncs, then streams.
+func (l *Listener) session(ctx context.Context, conn *pgx.Conn, streaming func()) error {
+	rc, err := connectRepl(ctx, l.DSN)
+	if err != nil {
+		return err
+	}
+	defer rc.close(ctx)
+	st, err := readSlot(ctx, conn, l.Slot)
+	if err != nil {
+		return err
+	}
+	if st.exists && (st.otherDB || st.wrongPlugin) {
+		return fmt.Errorf("replication slot %s belongs to another database or output plugin; set invalidation.slot to another name", l.Slot)
+	}
+	if st.exists {
+		if reason := st.needsRecreate(l.MaxRetainedWAL); reason != "" {
+			if st.active {
+				return fmt.Errorf("replication slot %s must be recreated (%s) but is still in use", l.Slot, reason)
+			}
+			l.Log.Error("recreating replication slot; every target will be resynced", "slot", l.Slot, "reason", reason,
+				"retained_wal_bytes", st.retained, "wal_status", st.walStatus)
+			if err := l.markResync(ctx, conn); err != nil {
+				return err
+			}
+			if err := dropSlot(ctx, conn, l.Slot); err != nil {
+				return err
+			}
+			st.exists = false
+		}
+	}
+	m := newMapper()
+	m.setPlan(l.Plan())
+	start := st.confirmed
+	if !st.exists {
+		l.Log.Warn("replication slot missing; creating it and resyncing every target", "slot", l.Slot)
+		if err := l.markResync(ctx, conn); err != nil {
+			return err
+		}
+		if start, err = rc.createSlot(ctx, l.Slot); err != nil {
+			return err
+		}
+		// Claims the slot as matcol's, so that trigger mode's apply may retire it.
+		if _, err := conn.Exec(ctx, `INSERT INTO matcol.setting (name, value) VALUES ($1, 'true')
+			ON CONFLICT (name) DO NOTHING`, SlotKey(l.Slot)); err != nil {
+			return fmt.Errorf("record slot: %w", err)
+		}
+		l.update(func(s *Stats) { s.Resyncs++ })
+	}
+	var pending bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM matcol.setting WHERE name = $1)`, l.resyncKey()).Scan(&pending); err != nil {
+		return fmt.Errorf("read resync marker: %w", err)
+	}
+	if pending {
+		m.resync()
+		if err := l.flush(ctx, conn, m, true); err != nil {
+			return err
+		}
+		l.Log.Warn("queued a resync of every target", "targets", len(m.plan.Targets))
+	}
+	if err := rc.start(ctx, l.Slot, l.Publication, start); err != nil {
+		return err
+	}
+	streaming()
+	l.update(func(s *Stats) { s.Streaming = true })
+	defer l.update(func(s *Stats) { s.Streaming = false })
+	l.Log.Info("streaming invalidations", "slot", l.Slot, "from", start.String())
+	return l.stream(ctx, conn, rc, m, start)
+}
+
+func (l *Listener) markResync(ctx context.Context, conn *pgx.Conn) error {
+	_, err := conn.Exec(ctx, `INSERT INTO matcol.setting (name, value) VALUES ($1, 'true')
+		ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = now()`, l.resyncKey())
+	if err != nil {
+		return fmt.Errorf("record resync: %w", err)
+	}
+	return nil
+}
+
+// flush inserts the collected entries into matcol.pending in one transaction, which also clears
+// a recorded resync when it carries one, and wakes a sleeping daemon. When it returns nil the
+// entries are durable.
+func (l *Listener) flush(ctx context.Context, conn *pgx.Conn, m *mapper, clearResync bool) error {
+	entries := m.take()
+	if len(entries) == 0 && !clearResync {
+		return nil
+	}
+	tids := make([]int32, len(entries))
+	deps := make([]int32, len(entries))
+	vals := make([]*string, len(entries))
+	for i, e := range entries {
+		tids[i] = int32(e.target)
+		deps[i] = int32(e.dep)
+		if !e.all {
+			v := e.vals
+			vals[i] = &v
+		}
+	}
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		// The ack that follows is only sound if this commit is on disk first: with
+		// synchronous_commit off, a crash could keep the slot's new position and lose the entries.
+		if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = on`); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO matcol.pending (target_id, dependency_id, vals)
+			SELECT t, nullif(d, 0), v::jsonb FROM unnest($1::int[], $2::int[], $3::text[]) AS u(t, d, v)`,
+			tids, deps, vals); err != nil {
+			return err
+		}
+		if clearResync {
+			if _, err := tx.Exec(ctx, `DELETE FROM matcol.setting WHERE name = $1`, l.resyncKey()); err != nil {
+				return err
+			}
+		}
+		_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2) FROM matcol.wake WHERE sleeping`, listener.Channel, listener.PayloadQueue)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("queue invalidations: %w", err)
+	}
+	l.Sink.QueueFilled()
+	return nil
+}
+
+// guard reads the slot and reports whether streaming must stop for a recreate.
+func (l *Listener) guard(ctx context.Context, conn *pgx.Conn) error {
+	st, err := readSlot(ctx, conn, l.Slot)
+	if err != nil {
+		return err
+	}
+	if !st.exists {
+		return fmt.Errorf("replication slot %s disappeared", l.Slot)
+	}
+	l.update(func(s *Stats) {
+		s.ConfirmedFlushLSN = st.confirmed.String()
+		s.RetainedWALBytes = st.retained
+		s.WALStatus = st.walStatus
+	})
+	if reason := st.needsRecreate(l.MaxRetainedWAL); reason != "" {
+		return fmt.Errorf("replication slot %s must be recreated: %s", l.Slot, reason)
+	}
+	return nil
+}

@@ -1,0 +1,243 @@
+package logical
+
+import (
+	"encoding/json"
+	"slices"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/matcol/matcol/internal/pgident"
+	"github.com/matcol/matcol/plan"
+)
+
+// entry is one row for matcol.pending, the same shape trigger mode writes: dep 0 means
+// dependency_id NULL (vals are target keys), all means vals NULL (every row of the target).
+type entry struct {
+	target int
+	dep    int
+	vals   string
+	all    bool
+}
+
+// table is what the plan says about one published table.
+type table struct {
+	source *plan.Source
+	target *plan.Target
+}
+
+// mapper turns decoded changes into pending entries, deduplicated until the next take. It is
+// used by one goroutine.
+type mapper struct {
+	plan    *plan.Plan
+	tables  map[pgident.Table]table
+	rels    map[uint32]*pglogrepl.RelationMessage
+	entries map[entry]struct{}
+}
+
+func newMapper() *mapper {
+	return &mapper{rels: map[uint32]*pglogrepl.RelationMessage{}, entries: map[entry]struct{}{}}
+}
+
+// setPlan indexes p by table name. Names, not OIDs, so a table recreated under its name keeps
+// working once the plan is rebuilt.
+func (m *mapper) setPlan(p *plan.Plan) {
+	if p == m.plan {
+		return
+	}
+	m.plan = p
+	m.tables = map[pgident.Table]table{}
+	for _, s := range p.Sources {
+		t := m.tables[s.Table]
+		t.source = s
+		m.tables[s.Table] = t
+	}
+	for _, tg := range p.Targets {
+		t := m.tables[tg.Table]
+		t.target = tg
+		m.tables[tg.Table] = t
+	}
+}
+
+func (m *mapper) len() int { return len(m.entries) }
+
+// take returns the collected entries and forgets them.
+func (m *mapper) take() []entry {
+	out := make([]entry, 0, len(m.entries))
+	for e := range m.entries {
+		out = append(out, e)
+	}
+	clear(m.entries)
+	return out
+}
+
+func (m *mapper) add(e entry) { m.entries[e] = struct{}{} }
+
+// resync queues every row of every target.
+func (m *mapper) resync() {
+	for _, t := range m.plan.Targets {
+		m.add(entry{target: t.ID, all: true})
+	}
+}
+
+func (m *mapper) lookup(relID uint32) (*pglogrepl.RelationMessage, table, bool) {
+	rel := m.rels[relID]
+	if rel == nil {
+		return nil, table{}, false
+	}
+	t, ok := m.tables[pgident.Table{Schema: rel.Namespace, Name: rel.RelationName}]
+	return rel, t, ok
+}
+
+// handle maps one decoded message. Begin, Commit and the like are the loop's business.
+func (m *mapper) handle(msg pglogrepl.Message) {
+	switch msg := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		m.rels[msg.RelationID] = msg
+	case *pglogrepl.InsertMessage:
+		rel, t, ok := m.lookup(msg.RelationID)
+		if !ok {
+			return
+		}
+		nt := tuple{rel, msg.Tuple}
+		if t.source != nil {
+			for _, d := range t.source.Deps {
+				m.dep(d, nt, tuple{})
+			}
+		}
+		m.stale(t, nt)
+	case *pglogrepl.UpdateMessage:
+		rel, t, ok := m.lookup(msg.RelationID)
+		if !ok {
+			return
+		}
+		nt := tuple{rel, msg.NewTuple}
+		ot := tuple{rel, msg.OldTuple}
+		if t.source != nil && relevant(t.source, msg.OldTupleType, ot, nt) {
+			for _, d := range t.source.Deps {
+				m.dep(d, nt, ot)
+				if msg.OldTuple != nil {
+					m.dep(d, ot, tuple{})
+				}
+			}
+		}
+		m.stale(t, nt)
+	case *pglogrepl.DeleteMessage:
+		rel, t, ok := m.lookup(msg.RelationID)
+		if !ok || t.source == nil {
+			return
+		}
+		ot := tuple{rel, msg.OldTuple}
+		for _, d := range t.source.Deps {
+			m.dep(d, ot, tuple{})
+		}
+	case *pglogrepl.TruncateMessage:
+		for _, id := range msg.RelationIDs {
+			if _, t, ok := m.lookup(id); ok && t.source != nil {
+				for _, d := range t.source.Deps {
+					m.add(entry{target: d.Target.ID, all: true})
+				}
+			}
+		}
+	}
+}
+
+// stale queues the "target has new stale rows" marker when a written target row is stale. The
+// self trigger nulls materialized_at in the same write for a change to the row's own columns and
+// for every new row; matcol's own batch writes always carry a timestamp.
+func (m *mapper) stale(t table, nt tuple) {
+	if t.target == nil {
+		return
+	}
+	if v, known := nt.value("materialized_at"); known && v == nil {
+		m.add(entry{target: t.target.ID, vals: "[]"})
+	}
+}
+
+// dep queues the values of d's columns in nt. A column left out as an unchanged TOAST value is
+// read from fallback (the old row); when that is unknown too, every row of the target is queued,
+// since over-invalidation is safe and a guess is not.
+func (m *mapper) dep(d *plan.Dep, nt, fallback tuple) {
+	vals := make([]*string, len(d.Columns))
+	allNull := true
+	for i, c := range d.Columns {
+		v, known := nt.value(c)
+		if !known {
+			v, known = fallback.value(c)
+		}
+		if !known {
+			m.add(entry{target: d.Target.ID, all: true})
+			return
+		}
+		vals[i] = v
+		if v != nil {
+			allNull = false
+		}
+	}
+	if allNull {
+		return
+	}
+	b, _ := json.Marshal(vals)
+	e := entry{target: d.Target.ID, vals: string(b)}
+	if !d.Direct() {
+		e.dep = d.ID
+	}
+	m.add(e)
+}
+
+// relevant reports whether an UPDATE may change what the source feeds its targets. With the whole
+// old row (REPLICA IDENTITY FULL) it compares every column but the ignored ones — materialized_at
+// and the columns matcol writes — exactly as the trigger does; this is what keeps matcol's own
+// writes to a source that is also a target from invalidating anything (invariant 3). Without the
+// old row it must assume a change; apply requires FULL for sources that are also targets.
+func relevant(s *plan.Source, oldType uint8, ot, nt tuple) bool {
+	if oldType != pglogrepl.UpdateMessageTupleTypeOld || ot.data == nil || nt.data == nil {
+		return true
+	}
+	for i, c := range nt.rel.Columns {
+		if slices.Contains(s.Ignored, c.Name) || i >= len(nt.data.Columns) || i >= len(ot.data.Columns) {
+			continue
+		}
+		n, o := nt.data.Columns[i], ot.data.Columns[i]
+		if n.DataType == pglogrepl.TupleDataTypeToast {
+			continue // unchanged
+		}
+		if n.DataType != o.DataType || string(n.Data) != string(o.Data) {
+			return true
+		}
+	}
+	return false
+}
+
+// tuple is a decoded row with its relation.
+type tuple struct {
+	rel  *pglogrepl.RelationMessage
+	data *pglogrepl.TupleData
+}
+
+// value returns column c as text (nil for NULL), and whether it is known: a column missing from
+// the relation (dropped, or outside the column list) reads as NULL, as in trigger mode; an
+// unchanged TOAST value is unknown.
+func (t tuple) value(c string) (*string, bool) {
+	if t.data == nil || t.rel == nil {
+		return nil, false
+	}
+	for i, col := range t.rel.Columns {
+		if col.Name != c {
+			continue
+		}
+		if i >= len(t.data.Columns) {
+			return nil, true
+		}
+		d := t.data.Columns[i]
+		switch d.DataType {
+		case pglogrepl.TupleDataTypeText, pglogrepl.TupleDataTypeBinary:
+			s := string(d.Data)
+			return &s, true
+		case pglogrepl.TupleDataTypeToast:
+			return nil, false
+		default:
+			return nil, true
+		}
+	}
+	return nil, true
+}

@@ -1,0 +1,129 @@
+package logical
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+)
+
+// stream is the loop: it decodes, flushes entries to matcol.pending, and acks.
+//
+// Positions: committed is the end of the last commit decoded; acked is what has been reported and
+// never passes a commit whose entries are not yet in matcol.pending. Every flush carries all the
+// entries of every transaction up to committed, so after a flush acked = committed. A keepalive's
+// ServerWALEnd is taken only when nothing is in flight — no open transaction, no unflushed
+// entry — which is what lets an idle database advance its slot while other databases write WAL.
+func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *mapper, start pglogrepl.LSN) error {
+	acked, committed := start, start
+	inTx := false
+	now := time.Now()
+	nextStatus := now
+	nextGuard := now
+	lastFlush := now
+	flush := func() error {
+		if err := l.flush(ctx, conn, m, false); err != nil {
+			return err
+		}
+		lastFlush = time.Now()
+		if committed > acked {
+			acked = committed
+		}
+		return nil
+	}
+	report := func(reply bool) error {
+		pos := acked
+		if l.noAck {
+			pos = start
+		}
+		nextStatus = time.Now().Add(l.StatusInterval)
+		return rc.ack(ctx, pos, reply)
+	}
+	for {
+		now = time.Now()
+		if !now.Before(nextGuard) {
+			if err := l.guard(ctx, conn); err != nil {
+				return err
+			}
+			nextGuard = now.Add(l.GuardInterval)
+		}
+		if !now.Before(nextStatus) {
+			// Ask for a keepalive back: its ServerWALEnd is what an idle slot advances to.
+			if err := report(!inTx && m.len() == 0); err != nil {
+				return err
+			}
+		}
+		deadline := nextStatus
+		if nextGuard.Before(deadline) {
+			deadline = nextGuard
+		}
+		if m.len() > 0 && lastFlush.Add(flushDelay).Before(deadline) {
+			deadline = lastFlush.Add(flushDelay)
+		}
+		msg, err := rc.receive(ctx, deadline)
+		if err != nil {
+			return err
+		}
+		if msg == nil {
+			if m.len() > 0 && !time.Now().Before(lastFlush.Add(flushDelay)) {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if len(msg.Data) == 0 {
+			continue
+		}
+		switch msg.Data[0] {
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
+			if err != nil {
+				return fmt.Errorf("parse keepalive: %w", err)
+			}
+			if !inTx && m.len() == 0 && committed == acked && ka.ServerWALEnd > acked {
+				acked, committed = ka.ServerWALEnd, ka.ServerWALEnd
+			}
+			if ka.ReplyRequested {
+				if err := report(false); err != nil {
+					return err
+				}
+			}
+		case pglogrepl.XLogDataByteID:
+			xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
+			if err != nil {
+				return fmt.Errorf("parse xlog data: %w", err)
+			}
+			dm, err := pglogrepl.Parse(xld.WALData)
+			if err != nil {
+				return fmt.Errorf("decode pgoutput: %w", err)
+			}
+			switch dm := dm.(type) {
+			case *pglogrepl.BeginMessage:
+				inTx = true
+			case *pglogrepl.CommitMessage:
+				inTx = false
+				if dm.TransactionEndLSN > committed {
+					committed = dm.TransactionEndLSN
+				}
+				if m.len() == 0 {
+					acked = committed
+				} else if m.len() >= chunk || !time.Now().Before(lastFlush.Add(flushDelay)) {
+					if err := flush(); err != nil {
+						return err
+					}
+				}
+			default:
+				m.setPlan(l.Plan())
+				m.handle(dm)
+				if m.len() >= chunk {
+					if err := flush(); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+}
