@@ -116,26 +116,23 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 				rep.Unregistered = append(rep.Unregistered, t.Name)
 			}
 		}
-		// --- logical mode: only the self row triggers, plus the publication. ---
 		if cfg.Invalidation.Mode == "logical" {
+			// Only the self row triggers, plus the publication.
 			if rep.Triggers, err = trigger.SyncSelf(ctx, tx, rep.Plan); err != nil {
 				return err
 			}
-			rep.Publication, err = logical.SyncPublication(ctx, tx, rep.Plan, cfg.Invalidation.Publication,
-				cfg.Invalidation.FixReplicaIdentity)
-			return err
-		}
-		// Trigger mode: a slot left from logical mode would retain WAL forever.
-		if rep.Publication, err = logical.Retire(ctx, tx, rep.Plan, cfg.Invalidation.Slot, cfg.Invalidation.Publication); err != nil {
-			return err
-		}
-		// --- end of logical mode ---
-		triggerPlan := rep.Plan
-		if cfg.Invalidation.Mode != "trigger" {
-			triggerPlan = nil
-		}
-		if rep.Triggers, err = trigger.Sync(ctx, tx, triggerPlan); err != nil {
-			return err
+			if rep.Publication, err = logical.SyncPublication(ctx, tx, rep.Plan, cfg.Invalidation.Publication,
+				cfg.Invalidation.FixReplicaIdentity); err != nil {
+				return err
+			}
+		} else {
+			// Trigger mode: a slot left from logical mode would retain WAL forever.
+			if rep.Publication, err = logical.Retire(ctx, tx, rep.Plan, cfg.Invalidation.Slot, cfg.Invalidation.Publication); err != nil {
+				return err
+			}
+			if rep.Triggers, err = trigger.Sync(ctx, tx, rep.Plan); err != nil {
+				return err
+			}
 		}
 		// The matview refresh schedule: matviews: entries, in the same transaction.
 		rep.Matviews, err = refresh.Sync(ctx, tx, cfg.Matviews)

@@ -184,3 +184,19 @@ func (b *lockedBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// Logical mode syncs the publication instead of triggers; the matview schedule is synced all the same.
+func TestApplySchedulesMatviewsInLogicalMode(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	pgtest.Exec(t, conn, `CREATE TABLE src (id int PRIMARY KEY);
+		CREATE MATERIALIZED VIEW a AS SELECT id FROM src`)
+	env := []string{"MATCOL_DATABASE_URL=" + dsn, "MATCOL_STATUS_LISTEN="}
+	cfg := writeConfig(t, "invalidation: {mode: logical}\nmatviews:\n  - name: public.a\n    refresh_interval: 10m\n")
+	r := matcol(t, env, "apply", "-c", cfg)
+	require.Zero(t, r.code, r.stderr)
+	require.Contains(t, r.stdout, "scheduled matview public.a")
+	var n int
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM matcol.matview_schedule WHERE view_name = 'a'`).Scan(&n))
+	require.Equal(t, 1, n)
+}
