@@ -19,6 +19,7 @@ import (
 
 	"github.com/matcol/matcol/config"
 	"github.com/matcol/matcol/daemon"
+	"github.com/matcol/matcol/internal/demo"
 	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/internal/pgcluster"
 	"github.com/matcol/matcol/materializer"
@@ -40,10 +41,12 @@ func main() {
 	snapshots := flag.Int("snapshots", 1_000_000, "event_seat_state_change rows")
 	seats := flag.Int("seats", 50, "seat_state rows per snapshot")
 	out := flag.String("out", "docs/benchmarks.md", "where to write the results ('' for stdout only)")
+	loadFor := flag.Duration("load-for", 20*time.Second, "how long each freshness load level runs")
+	benchFor := flag.Duration("pgbench-for", 15*time.Second, "how long each pgbench run lasts")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *snapshots, *seats, *out); err != nil {
+	if err := run(ctx, *snapshots, *seats, *out, liveOpts{loadFor: *loadFor, benchFor: *benchFor}); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -81,7 +84,8 @@ SELECT change_id,
        count(*) FILTER (WHERE state = 'EMPTY')::int AS empty
 FROM seat_state GROUP BY change_id WITH NO DATA`
 
-func run(ctx context.Context, snapshots, seats int, out string) error {
+func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) error {
+	began := time.Now()
 	r := &report{}
 	fmt.Println("starting a throwaway PostgreSQL cluster…")
 	cl, err := pgcluster.Start(ctx, pgcluster.Options{Settings: map[string]string{
@@ -91,6 +95,14 @@ func run(ctx context.Context, snapshots, seats int, out string) error {
 		return err
 	}
 	defer cl.Stop()
+	o.cl = cl
+	if o.dir, err = os.MkdirTemp("", "matcol-bench-"); err != nil {
+		return err
+	}
+	defer os.RemoveAll(o.dir)
+	if o.bin, err = buildMatcol(ctx, o.dir); err != nil {
+		return err
+	}
 	dsn := cl.DSN("postgres")
 	conn, err := dial.Connect(ctx, dsn, "bench")
 	if err != nil {
@@ -132,7 +144,17 @@ func run(ctx context.Context, snapshots, seats int, out string) error {
 	if err != nil {
 		return err
 	}
-	backfill, err := runBackfill(ctx, conn, dsn)
+	backfill, err := runBackfill(ctx, conn, dsn, 1)
+	if err != nil {
+		return err
+	}
+	for _, stmt := range []string{`UPDATE event_seat_state_change SET sold_count = NULL, reserved_count = NULL, empty_count = NULL`,
+		`VACUUM event_seat_state_change`} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return err
+		}
+	}
+	backfill2, err := runBackfill(ctx, conn, dsn, 2)
 	if err != nil {
 		return err
 	}
@@ -147,8 +169,9 @@ func run(ctx context.Context, snapshots, seats int, out string) error {
 	rate := func(d time.Duration) float64 { return float64(snapshots) / d.Seconds() }
 	r.add("# Benchmarks")
 	r.add("")
-	r.add("Produced by `go run ./bench -snapshots %d -seats %d` on %s (%d cores), PostgreSQL %s, %s.",
-		snapshots, seats, runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), version, time.Now().UTC().Format("2006-01-02"))
+	r.add("Produced by `%s` on %s, %s (%d cores, %s RAM), PostgreSQL %s, %s.",
+		strings.Join(append([]string{"go run ./bench"}, os.Args[1:]...), " "), cpuModel(), runtime.GOOS+"/"+runtime.GOARCH,
+		runtime.NumCPU(), memTotal(), version, time.Now().UTC().Format("2006-01-02"))
 	r.add("Every ratio is against a baseline timed in the same run on the same data.")
 	r.add("")
 	r.add("## Full backfill (%d snapshots × %d seats)", snapshots, seats)
@@ -158,12 +181,22 @@ func run(ctx context.Context, snapshots, seats int, out string) error {
 	r.add("| set-based `UPDATE … FROM (aggregate over all rows)` | %s | %.0f | **%.2f×** | ≥ 0.7× |", setBased.Round(time.Millisecond), rate(setBased), rate(backfill)/rate(setBased))
 	r.add("| `REFRESH MATERIALIZED VIEW` of the same aggregate | %s | %.0f | **%.2f×** | |", refresh.Round(time.Millisecond), rate(refresh), rate(backfill)/rate(refresh))
 	r.add("| `matcol backfill --enrichment seat_counts` | %s | %.0f | 1.00× | |", backfill.Round(time.Millisecond), rate(backfill))
+	r.add("| `matcol backfill --enrichment seat_counts --jobs 2` vs the set-based UPDATE | %s | %.0f | **%.2f×** | ≥ 0.7× |", backfill2.Round(time.Millisecond), rate(backfill2), rate(backfill2)/rate(setBased))
 	r.add("")
-	r.add("The backfill computes each batch in about 150 ms (adaptive batch size), checkpoints every batch, and writes only the enrichment's columns.")
+	r.add("The backfill computes each batch in about 150 ms (adaptive batch size), checkpoints after each batch, and writes only the enrichment's columns, never locking a row longer than its batch. `--jobs 2` writes two batches at once on two connections; the set-based UPDATE is one backend holding every row lock until it commits.")
 	r.add("")
 	if err := catchUp(ctx, r, conn, dsn, snapshots); err != nil {
 		return err
 	}
+	fmt.Println("freshness latency…")
+	if err := freshnessBench(ctx, r, conn, o); err != nil {
+		return err
+	}
+	fmt.Println("write overhead…")
+	if err := writeOverhead(ctx, r, conn, o, demo.Schema); err != nil {
+		return err
+	}
+	r.add("The whole run took %s.", time.Since(began).Round(time.Second))
 	if out != "" {
 		return os.WriteFile(out, []byte(strings.Join(r.lines, "\n")+"\n"), 0o644)
 	}
@@ -272,7 +305,7 @@ func timed(ctx context.Context, conn *pgx.Conn, sql string) (time.Duration, erro
 	return time.Since(start), nil
 }
 
-func runBackfill(ctx context.Context, conn *pgx.Conn, dsn string) (time.Duration, error) {
+func runBackfill(ctx context.Context, conn *pgx.Conn, dsn string, jobs int) (time.Duration, error) {
 	defs := []registry.Enrichment{{Name: "seat_counts", Self: true, SQL: seatEnrichment,
 		Columns: []string{"sold_count", "reserved_count", "empty_count"},
 	}}
@@ -305,7 +338,9 @@ func runBackfill(ctx context.Context, conn *pgx.Conn, dsn string) (time.Duration
 	defer bconn.Close(context.Background())
 	t := p.Targets[0]
 	start := time.Now()
-	b, err := materializer.OpenBackfill(ctx, bconn, materializer.BackfillSpec{Target: t, Enrichments: t.Enrichments}, true, hclog.NewNullLogger())
+	spec := materializer.BackfillSpec{Target: t, Enrichments: t.Enrichments, Jobs: jobs,
+		Connect: func(ctx context.Context) (*pgx.Conn, error) { return dial.Connect(ctx, dsn, "backfill") }}
+	b, err := materializer.OpenBackfill(ctx, bconn, spec, true, hclog.NewNullLogger())
 	if err != nil {
 		return 0, err
 	}

@@ -2,8 +2,11 @@ package daemon_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/require"
@@ -52,7 +55,13 @@ func loadPlan(t *testing.T, dsn string) *plan.Plan {
 
 // A new column is filled by its enrichment alone: the table's other enrichments do not run,
 // materialized_at stays, and a killed backfill resumes from its checkpoint.
-func TestBackfillOneColumnResumes(t *testing.T) {
+func TestBackfillOneColumnResumes(t *testing.T) { testBackfillResumes(t, 1) }
+
+// With --jobs the checkpoint is the prefix of committed chunks: a killed run resumes from it and
+// still counts every row once.
+func TestParallelBackfillResumes(t *testing.T) { testBackfillResumes(t, 3) }
+
+func testBackfillResumes(t *testing.T, jobs int) {
 	dsn := pgtest.NewDB(t)
 	conn := pgtest.Connect(t, dsn)
 	ctx := context.Background()
@@ -75,6 +84,18 @@ func TestBackfillOneColumnResumes(t *testing.T) {
 		}
 	}
 	require.NotNil(t, spec.Target)
+	writers := map[uint32]bool{}
+	var mu sync.Mutex
+	spec.Jobs = jobs
+	spec.Connect = func(ctx context.Context) (*pgx.Conn, error) {
+		c, err := dial.Connect(ctx, dsn, "backfill")
+		if err == nil {
+			mu.Lock()
+			writers[c.PgConn().PID()] = true
+			mu.Unlock()
+		}
+		return c, err
+	}
 
 	// First run: stop after a few batches, as a kill would.
 	bconn, err := dial.Connect(ctx, dsn, "backfill")
@@ -113,6 +134,9 @@ func TestBackfillOneColumnResumes(t *testing.T) {
 	require.NoError(t, b2.Run(ctx, func(p materializer.BackfillProgress) { final = p }))
 	require.True(t, final.Finished)
 	require.Equal(t, int64(20000), final.Done, "resumed, not restarted: every row counted once")
+	if jobs > 1 {
+		require.Len(t, writers, 2*jobs, "each run writes on its own %d connections", jobs)
+	}
 
 	var wrong, stampNow string
 	var badTotals int

@@ -29,6 +29,10 @@ type BackfillSpec struct {
 	Rate int
 	// TargetDuration bounds how long a batch holds its row locks. Defaults to 150ms.
 	TargetDuration time.Duration
+	// Jobs is how many batches are written at once, each on its own connection from Connect.
+	// Defaults to 1 (batches run on the backfill's own connection, one after another).
+	Jobs    int
+	Connect func(context.Context) (*pgx.Conn, error)
 }
 
 // BackfillProgress is reported after each batch.
@@ -181,6 +185,18 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 		progress(BackfillProgress{ID: b.ID, Done: b.done, Total: b.total, Elapsed: el, Failed: failed, Finished: finished,
 			Rate: float64(b.done-startDone) / max(el.Seconds(), 1e-9)})
 	}
+	if b.spec.Jobs > 1 && b.spec.Connect != nil {
+		var err error
+		if retry, failed, err = b.runParallel(ctx, report); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			_, _ = b.conn.Exec(context.WithoutCancel(ctx), `UPDATE matcol.backfill SET error = $2, updated_at = now() WHERE id = $1`,
+				b.ID, err.Error())
+			return fmt.Errorf("backfill %d of %s: %w", b.ID, t.Table, err)
+		}
+		return b.finish(ctx, retry, report)
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -244,17 +260,30 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 			size = min(50000, size*3/2)
 		}
 		report(false)
-		if b.spec.Rate > 0 {
-			due := time.Duration(float64(b.done-startDone) / float64(b.spec.Rate) * float64(time.Second))
-			if wait := due - time.Since(start); wait > 0 {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(wait):
-				}
-			}
+		if err := b.pace(ctx, start, startDone); err != nil {
+			return err
 		}
 	}
+	return b.finish(ctx, retry, report)
+}
+
+// pace sleeps as long as the rows done since start run ahead of the rate cap.
+func (b *Backfill) pace(ctx context.Context, start time.Time, startDone int64) error {
+	if b.spec.Rate <= 0 {
+		return nil
+	}
+	due := time.Duration(float64(b.done-startDone) / float64(b.spec.Rate) * float64(time.Second))
+	if wait := due - time.Since(start); wait > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	return nil
+}
+
+func (b *Backfill) finish(ctx context.Context, retry [][]*string, report func(bool)) error {
 	if err := b.retryChanged(ctx, retry); err != nil {
 		return err
 	}
