@@ -1,6 +1,6 @@
 // Package dial opens matcol's connections with the session settings every part relies on:
 // an application_name starting with "matcol", ISO dates in UTC so key values round-trip through
-// text, and custom plans for queries over key arrays.
+// text, custom plans for queries over key arrays, and asynchronous commit.
 package dial
 
 import (
@@ -31,6 +31,8 @@ func Config(dsn, role string) (*pgx.ConnConfig, error) {
 	return cfg, nil
 }
 
+var asyncRoles = map[string]bool{"worker": true, "listener": true, "backfill": true, "refresh": true}
+
 func apply(params map[string]string, role string) {
 	name := "matcol"
 	if role != "" {
@@ -49,6 +51,14 @@ func apply(params map[string]string, role string) {
 	params["IntervalStyle"] = "postgres"
 	params["extra_float_digits"] = "3"
 	params["plan_cache_mode"] = "force_custom_plan"
+	// The daemon's commits need not wait for the WAL flush: a lost commit only leaves rows stale
+	// or queue entries in place, which the next run redoes, and writers then never queue behind
+	// matcol's flushes. The logical listener turns it back on where an ack depends on durability.
+	// Commands a user runs (apply, retry, pause…) keep the server's setting.
+	_, set := params["synchronous_commit"]
+	if !set && asyncRoles[role] && !strings.Contains(params["options"], "synchronous_commit") {
+		params["synchronous_commit"] = "off"
+	}
 }
 
 // Connect opens one connection.

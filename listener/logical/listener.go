@@ -207,7 +207,7 @@ func (l *Listener) session(ctx context.Context, conn *pgx.Conn, streaming func()
 			return err
 		}
 		// Claims the slot as matcol's, so that trigger mode's apply may retire it.
-		if _, err := conn.Exec(ctx, `INSERT INTO matcol.setting (name, value) VALUES ($1, 'true')
+		if err := execDurable(ctx, conn, `INSERT INTO matcol.setting (name, value) VALUES ($1, 'true')
 			ON CONFLICT (name) DO NOTHING`, SlotKey(l.Slot)); err != nil {
 			return fmt.Errorf("record slot: %w", err)
 		}
@@ -235,12 +235,24 @@ func (l *Listener) session(ctx context.Context, conn *pgx.Conn, streaming func()
 }
 
 func (l *Listener) markResync(ctx context.Context, conn *pgx.Conn) error {
-	_, err := conn.Exec(ctx, `INSERT INTO matcol.setting (name, value) VALUES ($1, 'true')
+	err := execDurable(ctx, conn, `INSERT INTO matcol.setting (name, value) VALUES ($1, 'true')
 		ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = now()`, l.resyncKey())
 	if err != nil {
 		return fmt.Errorf("record resync: %w", err)
 	}
 	return nil
+}
+
+// execDurable commits sql with synchronous_commit on (matcol's sessions have it off): the slot
+// is created right after, and a crash must not keep the slot but lose the record.
+func execDurable(ctx context.Context, conn *pgx.Conn, sql string, args ...any) error {
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = on`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, sql, args...)
+		return err
+	})
 }
 
 // flush inserts the collected entries into matcol.pending in one transaction, which also clears
