@@ -1,7 +1,7 @@
 // Command bench measures matcol against its alternatives on a throwaway local PostgreSQL and
 // writes docs/benchmarks.md. Every figure is a ratio against a baseline timed in the same run.
 //
-//	go run ./bench [-snapshots 1000000] [-seats 50] [-out docs/benchmarks.md]
+//	go run ./bench [-snapshots 300000] [-seats 50] [-load-for 15s] [-pgbench-for 10s] [-out docs/benchmarks.md]
 package main
 
 import (
@@ -38,11 +38,11 @@ func (r *report) add(format string, args ...any) {
 }
 
 func main() {
-	snapshots := flag.Int("snapshots", 1_000_000, "event_seat_state_change rows")
+	snapshots := flag.Int("snapshots", 300_000, "event_seat_state_change rows")
 	seats := flag.Int("seats", 50, "seat_state rows per snapshot")
 	out := flag.String("out", "docs/benchmarks.md", "where to write the results ('' for stdout only)")
-	loadFor := flag.Duration("load-for", 20*time.Second, "how long each freshness load level runs")
-	benchFor := flag.Duration("pgbench-for", 15*time.Second, "how long each pgbench run lasts")
+	loadFor := flag.Duration("load-for", 15*time.Second, "how long each freshness load level runs")
+	benchFor := flag.Duration("pgbench-for", 10*time.Second, "how long each pgbench run lasts")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
