@@ -317,7 +317,7 @@ func (e Enrichment) validate(key string, p *Problems) {
 	}
 	if e.Table == "" {
 		p.add(key+".table", "is required")
-	} else if _, err := pgident.ParseTable(e.Table); err != nil {
+	} else if _, _, err := pgident.ParseTemplate(e.Table); err != nil {
 		p.add(key+".table", "%v", err)
 	}
 	if len(e.Columns) == 0 {

@@ -34,6 +34,8 @@ type Report struct {
 	Unregistered []pgident.Table
 	// Matviews is what the sync of matviews: into the refresh schedule changed.
 	Matviews refresh.Changes
+	// DDLTrigger is true when the event trigger that reports new schemas exists (superuser only).
+	DDLTrigger bool
 }
 
 // Definitions turns the config's enrichments into registry entries. Table names are parsed here;
@@ -41,11 +43,11 @@ type Report struct {
 func Definitions(cfg *config.Config) ([]registry.Enrichment, error) {
 	var out []registry.Enrichment
 	for _, e := range cfg.Enrichments {
-		t, err := pgident.ParseTable(e.Table)
+		t, template, err := pgident.ParseTemplate(e.Table)
 		if err != nil {
 			return nil, fmt.Errorf("enrichment %s: table: %w", e.Name, err)
 		}
-		d := registry.Enrichment{Name: e.Name, Target: t, Columns: e.Columns, SQL: e.SQL,
+		d := registry.Enrichment{Name: e.Name, Target: t, Template: template, Columns: e.Columns, SQL: e.SQL,
 			ExpiresAfter: e.ExpiresAfter, Self: e.SelfEnabled(),
 			Settings: registry.Settings{BatchSize: e.BatchSize, StatementTimeout: e.StatementTimeout,
 				LockTimeout: e.LockTimeout, WorkMem: e.WorkMem, GUCs: e.Settings, Priority: e.Priority}}
@@ -75,6 +77,9 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	rep := &Report{}
+	// Triggers on more tables than one transaction should lock are created in further
+	// transactions after the first commits; each starts again from the catalog.
+	var moreTriggers bool
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		// DDL on application tables must not queue behind a long transaction for long.
 		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '10s'`); err != nil {
@@ -116,9 +121,12 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 				rep.Unregistered = append(rep.Unregistered, t.Name)
 			}
 		}
+		if rep.DDLTrigger, err = trigger.SyncDDLTrigger(ctx, tx, len(rep.Plan.Templates) > 0); err != nil {
+			return err
+		}
 		// --- logical mode: only the self row triggers, plus the publication. ---
 		if cfg.Invalidation.Mode == "logical" {
-			if rep.Triggers, err = trigger.SyncSelf(ctx, tx, rep.Plan); err != nil {
+			if rep.Triggers, moreTriggers, err = trigger.SyncSelf(ctx, tx, rep.Plan); err != nil {
 				return err
 			}
 			rep.Publication, err = logical.SyncPublication(ctx, tx, rep.Plan, cfg.Invalidation.Publication,
@@ -134,7 +142,7 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		if cfg.Invalidation.Mode != "trigger" {
 			triggerPlan = nil
 		}
-		if rep.Triggers, err = trigger.Sync(ctx, tx, triggerPlan); err != nil {
+		if rep.Triggers, moreTriggers, err = trigger.Sync(ctx, tx, triggerPlan); err != nil {
 			return err
 		}
 		// The matview refresh schedule: matviews: entries, in the same transaction.
@@ -148,8 +156,18 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		}
 		return nil, err
 	}
+	if moreTriggers {
+		ch, err := trigger.SyncAll(ctx, conn, rep.Plan, cfg.Invalidation.Mode != "logical")
+		rep.Triggers = append(rep.Triggers, ch...)
+		if err != nil {
+			return rep, fmt.Errorf("apply: triggers: %w", err)
+		}
+	}
 	for _, w := range rep.Plan.Warnings {
 		log.Warn(w)
+	}
+	for _, s := range rep.Plan.Skipped {
+		log.Warn("template instance skipped", "problem", s)
 	}
 	for _, t := range rep.Unregistered {
 		log.Info("table has materialized_at but no enrichment; matcol leaves it alone", "table", t.String())
