@@ -80,6 +80,7 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 	// Triggers on more tables than one transaction should lock are created in further
 	// transactions after the first commits; each starts again from the catalog.
 	var moreTriggers bool
+	start := time.Now()
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		// DDL on application tables must not queue behind a long transaction for long.
 		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '10s'`); err != nil {
@@ -105,9 +106,11 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		if rep.Plan, err = plan.Build(ctx, tx, loaded); err != nil {
 			return err
 		}
+		log.Debug("validated", "targets", len(rep.Plan.Targets), "elapsed", time.Since(start).Round(time.Millisecond))
 		if err := plan.Sample(ctx, tx, rep.Plan, 100); err != nil {
 			return err
 		}
+		log.Debug("sampled", "elapsed", time.Since(start).Round(time.Millisecond))
 		tables, err := discovery.Scan(ctx, tx)
 		if err != nil {
 			return err
@@ -163,6 +166,7 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 			return rep, fmt.Errorf("apply: triggers: %w", err)
 		}
 	}
+	log.Debug("applied", "triggers", len(rep.Triggers), "elapsed", time.Since(start).Round(time.Millisecond))
 	for _, w := range rep.Plan.Warnings {
 		log.Warn(w)
 	}

@@ -226,6 +226,9 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 	}
 }
 
+// Cache returns the guard that recycles pooled connections by catalog-cache size.
+func (d *Daemon) Cache() *dial.CacheGuard { return d.cache }
+
 // RescanNow asks the rescan loop to read the registry and the catalog again at once.
 func (d *Daemon) RescanNow() {
 	select {

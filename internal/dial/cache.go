@@ -69,6 +69,13 @@ func (g *CacheGuard) keep(conn *pgx.Conn) bool {
 	return true
 }
 
+// RecycledCount returns how many connections were closed for their cache size.
+func (g *CacheGuard) RecycledCount() int64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.Recycled
+}
+
 // Sizes returns the last measured cache size of each pooled backend, by pid.
 func (g *CacheGuard) Sizes() map[uint32]int64 {
 	g.mu.Lock()
