@@ -77,6 +77,16 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	rep := &Report{}
+	// Template instances are validated on connections of their own, which must see schema
+	// matcol: install it first, in a transaction of its own.
+	for _, d := range defs {
+		if d.Template {
+			if rep.Installed, err = registry.Install(ctx, conn); err != nil {
+				return nil, err
+			}
+			break
+		}
+	}
 	// Triggers on more tables than one transaction should lock are created in further
 	// transactions after the first commits; each starts again from the catalog.
 	var moreTriggers bool
@@ -86,12 +96,17 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '10s'`); err != nil {
 			return err
 		}
-		if rep.Installed, err = registry.Install(ctx, tx); err != nil {
+		installed, err := registry.Install(ctx, tx)
+		if err != nil {
 			return err
 		}
+		rep.Installed = append(rep.Installed, installed...)
 		// With registration: sql the registry is the source of truth; the YAML declares nothing.
+		opts := plan.Options{Connect: func(ctx context.Context) (*pgx.Conn, error) {
+			return dial.Connect(ctx, cfg.DatabaseURL, "apply")
+		}}
 		if cfg.Registration != "sql" {
-			p, err := plan.Build(ctx, tx, defs)
+			p, err := plan.BuildWith(ctx, tx, defs, opts)
 			if err != nil {
 				return err
 			}
@@ -103,7 +118,7 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		if err != nil {
 			return err
 		}
-		if rep.Plan, err = plan.Build(ctx, tx, loaded); err != nil {
+		if rep.Plan, err = plan.BuildWith(ctx, tx, loaded, opts); err != nil {
 			return err
 		}
 		log.Debug("validated", "targets", len(rep.Plan.Targets), "elapsed", time.Since(start).Round(time.Millisecond))
@@ -159,12 +174,19 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		}
 		return nil, err
 	}
-	if moreTriggers {
-		ch, err := trigger.SyncAll(ctx, conn, rep.Plan, cfg.Invalidation.Mode != "logical")
+	for moreTriggers {
+		// A fresh connection for each chunk, so that no backend caches every table.
+		c, err := dial.Connect(ctx, cfg.DatabaseURL, "apply")
+		if err != nil {
+			return rep, err
+		}
+		ch, more, err := syncChunk(ctx, c, rep.Plan, cfg.Invalidation.Mode != "logical")
+		c.Close(context.WithoutCancel(ctx))
 		rep.Triggers = append(rep.Triggers, ch...)
 		if err != nil {
 			return rep, fmt.Errorf("apply: triggers: %w", err)
 		}
+		moreTriggers = more
 	}
 	log.Debug("applied", "triggers", len(rep.Triggers), "elapsed", time.Since(start).Round(time.Millisecond))
 	for _, w := range rep.Plan.Warnings {
@@ -177,6 +199,22 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		log.Info("table has materialized_at but no enrichment; matcol leaves it alone", "table", t.String())
 	}
 	return rep, nil
+}
+
+// syncChunk runs one chunk of the trigger sync in a transaction of its own.
+func syncChunk(ctx context.Context, c *pgx.Conn, p *plan.Plan, stale bool) (ch []trigger.Change, more bool, err error) {
+	err = pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '10s'`); err != nil {
+			return err
+		}
+		if stale {
+			ch, more, err = trigger.Sync(ctx, tx, p)
+		} else {
+			ch, more, err = trigger.SyncSelf(ctx, tx, p)
+		}
+		return err
+	})
+	return ch, more, err
 }
 
 // LoadPlan builds the plan of what is registered now.

@@ -107,7 +107,25 @@ func (e *ValidationError) Error() string {
 // Build resolves defs against the catalog and validates them, inside tx. Statements are only
 // prepared, never executed, each under a savepoint so that a failing one leaves tx usable.
 func Build(ctx context.Context, tx pgx.Tx, defs []registry.Enrichment) (*Plan, error) {
-	b := &builder{ctx: ctx, conn: tx, rels: map[pgident.Table]*discovery.Relation{}, p: &Plan{}, arrays: map[uint32]uint32{}}
+	return BuildWith(ctx, tx, defs, Options{})
+}
+
+// Options tune Build.
+type Options struct {
+	// Connect, when set, opens a fresh connection for each InstancesPerConn template instances
+	// to be validated on, closed afterwards: a backend caches every table it touches, and one
+	// backend validating thousands of schemas would hold hundreds of MB.
+	Connect func(context.Context) (*pgx.Conn, error)
+	// InstancesPerConn defaults to 250.
+	InstancesPerConn int
+}
+
+// BuildWith is Build with options.
+func BuildWith(ctx context.Context, tx pgx.Tx, defs []registry.Enrichment, opts Options) (*Plan, error) {
+	if opts.InstancesPerConn <= 0 {
+		opts.InstancesPerConn = 250
+	}
+	b := &builder{ctx: ctx, conn: tx, rels: map[pgident.Table]*discovery.Relation{}, p: &Plan{}, arrays: map[uint32]uint32{}, opts: opts}
 	if err := b.build(defs); err != nil {
 		return nil, err
 	}
@@ -129,6 +147,11 @@ type builder struct {
 	// own, so single checks need none, and it stops at its first problem. trusted skips the
 	// statements of an instance validated before (see validated).
 	instance, trusted bool
+	opts              Options
+	// checks is the transaction instance checks run in: conn, or one on a fresh connection.
+	checks     pgx.Tx
+	checksConn *pgx.Conn
+	checked    int
 }
 
 func (b *builder) fail(e *registry.Enrichment, format string, args ...any) {
@@ -207,6 +230,7 @@ func (b *builder) build(defs []registry.Enrichment) error {
 		}
 		valid := map[string]int{}
 		var first = map[string]string{}
+		defer b.closeChecks()
 		for _, d := range instances {
 			d.TargetID = ids[d.Target]
 			probs, err := b.addInstance(d, targets, owner)
@@ -269,7 +293,14 @@ func Instance(d registry.Enrichment, schema string) registry.Enrichment {
 func (b *builder) addInstance(d registry.Enrichment, targets map[pgident.Table]*Target, owner map[pgident.Table]map[string]string) ([]string, error) {
 	key := b.instanceKey(d)
 	_, trusted := validated.Load(key)
+	main := b.conn
 	if !trusted {
+		tx, err := b.checkTx()
+		if err != nil {
+			return nil, err
+		}
+		b.conn = tx
+		defer func() { b.conn = main }()
 		if _, err := b.conn.Exec(b.ctx, "SAVEPOINT matcol_instance; SET LOCAL search_path TO "+pgx.Identifier{d.Schema}.Sanitize()); err != nil {
 			return nil, err
 		}
@@ -309,6 +340,38 @@ func (b *builder) addInstance(d registry.Enrichment, targets map[pgident.Table]*
 		}
 	}
 	return probs, nil
+}
+
+// checkTx returns the transaction the next instance is checked in, opening a fresh connection
+// every InstancesPerConn instances when Options.Connect is set.
+func (b *builder) checkTx() (pgx.Tx, error) {
+	if b.opts.Connect == nil {
+		return b.conn, nil
+	}
+	if b.checks != nil && b.checked < b.opts.InstancesPerConn {
+		b.checked++
+		return b.checks, nil
+	}
+	b.closeChecks()
+	conn, err := b.opts.Connect(b.ctx)
+	if err != nil {
+		return nil, err
+	}
+	tx, err := conn.Begin(b.ctx)
+	if err != nil {
+		conn.Close(b.ctx)
+		return nil, err
+	}
+	b.checks, b.checksConn, b.checked = tx, conn, 1
+	return tx, nil
+}
+
+func (b *builder) closeChecks() {
+	if b.checksConn != nil {
+		_ = b.checks.Rollback(b.ctx)
+		_ = b.checksConn.Close(b.ctx)
+		b.checks, b.checksConn = nil, nil
+	}
 }
 
 // validated remembers instances that passed validation in this process, by instanceKey: the
