@@ -14,6 +14,11 @@ import (
 	"github.com/matcol/matcol/plan"
 )
 
+// drainTargets is how many targets one drain transaction touches: each table a transaction
+// touches stays in the backend's cache, and its locks in the lock table, until it ends, and with
+// thousands of tenants one drain could otherwise touch them all.
+const drainTargets = 100
+
 // drainLimit is how many queued invalidations one drain transaction takes.
 const drainLimit = 2000
 
@@ -159,10 +164,11 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 			return err
 		}
 		rows, err := tx.Query(ctx, `
+			WITH t AS (SELECT DISTINCT target_id FROM matcol.pending WHERE vals IS NOT NULL AND target_id = ANY($2) LIMIT $3)
 			DELETE FROM matcol.pending WHERE id IN (
-				SELECT id FROM matcol.pending WHERE vals IS NOT NULL AND target_id = ANY($2)
+				SELECT id FROM matcol.pending WHERE vals IS NOT NULL AND target_id IN (SELECT target_id FROM t)
 				ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-			RETURNING target_id, dependency_id, vals::text, enqueued_at`, drainLimit, ids)
+			RETURNING target_id, dependency_id, vals::text, enqueued_at`, drainLimit, ids, drainTargets)
 		if err != nil {
 			return fmt.Errorf("take queued invalidations: %w", err)
 		}
