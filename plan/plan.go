@@ -273,7 +273,7 @@ func (b *builder) build(defs []registry.Enrichment) error {
 // unqualified dependency tables resolve there too. Qualified ones (public.currency) are shared.
 func Instance(d registry.Enrichment, schema string) registry.Enrichment {
 	d.Template = false
-	d.Schema = schema
+	d.Schema, d.Pattern = schema, d.Target.Schema
 	d.Target = pgident.Table{Schema: schema, Name: d.Target.Name}
 	deps := make([]registry.Dependency, len(d.DependsOn))
 	for i, dep := range d.DependsOn {
@@ -692,6 +692,15 @@ func (b *builder) prepare(sql string) (*pgconn.StatementDescription, error) {
 		return nil, rbErr
 	}
 	return sd, err
+}
+
+// TemplateTable names the template an instance comes from, as written (tenant_*.item); empty
+// for other enrichments.
+func (e *Enrichment) TemplateTable() string {
+	if e.Schema == "" {
+		return ""
+	}
+	return e.Pattern + "." + pgident.Quote(e.Target.Table.Name)
 }
 
 // Definitions returns the enrichments with every table name resolved as in the catalog, and the

@@ -19,8 +19,10 @@ type Enrichment struct {
 	// Template is true when Target.Schema is a glob over schema names ('*' matches any run of
 	// characters): the enrichment applies to the table of that name in every matching schema.
 	Template bool
-	// Schema is set on a template's instance: the schema it is bound to. Never stored.
+	// Schema is set on a template's instance: the schema it is bound to, and Pattern the
+	// template's schema glob. Never stored.
 	Schema       string
+	Pattern      string
 	TargetID     int
 	Columns      []string
 	SQL          string

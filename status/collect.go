@@ -35,6 +35,9 @@ type Report struct {
 type EnrichmentStatus struct {
 	Name  string `json:"name"`
 	Table string `json:"table"`
+	// Template is the template an instance comes from (tenant_*.item); /metrics reports a
+	// template's instances as one series, labelled with it.
+	Template string `json:"template,omitempty"`
 	// StaleRows counts rows marked stale plus queued invalidations not yet applied to the table.
 	StaleRows int64 `json:"stale_rows"`
 	// StaleRowsExact is false when the count is the planner's estimate (a big table without an
@@ -144,7 +147,7 @@ func Collect(ctx context.Context, q Querier, p *plan.Plan, opts Options) (*Repor
 		}
 		for _, e := range t.Enrichments {
 			r.Enrichments = append(r.Enrichments, EnrichmentStatus{
-				Name: e.Name, Table: t.Table.String(), StaleRows: stale + pe.count, StaleRowsExact: exact,
+				Name: e.Name, Table: t.Table.String(), Template: e.TemplateTable(), StaleRows: stale + pe.count, StaleRowsExact: exact,
 				PendingInvalidations: pe.count, OldestPendingSeconds: age, Failures: fails[failKey{t.ID, e.Name}],
 			})
 		}
