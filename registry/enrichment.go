@@ -186,10 +186,13 @@ func Sync(ctx context.Context, tx pgx.Tx, defs []Enrichment) (Changes, error) {
 	if _, err := tx.Exec(ctx, `
 		WITH gone AS (DELETE FROM matcol.target t
 		              WHERE NOT EXISTS (SELECT 1 FROM matcol.enrichment e WHERE e.target_id = t.id)
-		                AND (to_regclass(format('%I.%I', t.schema_name, t.table_name)) IS NULL
-		                     OR NOT EXISTS (SELECT 1 FROM matcol.enrichment e JOIN matcol.target p ON p.id = e.target_id
-		                                    WHERE e.template AND p.table_name = t.table_name
-		                                      AND t.schema_name LIKE matcol.glob_like(p.schema_name)))
+		                AND NOT EXISTS (
+		                    SELECT 1 FROM matcol.enrichment e
+		                    JOIN matcol.target p ON p.id = e.target_id
+		                    JOIN pg_namespace n ON n.nspname = t.schema_name
+		                    JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name
+		                    WHERE e.template AND p.table_name = t.table_name
+		                      AND t.schema_name LIKE matcol.glob_like(p.schema_name))
 		              RETURNING id)
 		DELETE FROM matcol.pending p USING gone WHERE p.target_id = gone.id`); err != nil {
 		return ch, fmt.Errorf("remove unused targets: %w", err)
