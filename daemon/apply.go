@@ -110,9 +110,11 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 			if err != nil {
 				return err
 			}
+			log.Debug("validated the config", "elapsed", time.Since(start).Round(time.Millisecond))
 			if rep.Changes, err = registry.Sync(ctx, tx, p.Definitions()); err != nil {
 				return err
 			}
+			log.Debug("synced the registry", "elapsed", time.Since(start).Round(time.Millisecond))
 		}
 		loaded, err := registry.Load(ctx, tx)
 		if err != nil {
