@@ -189,15 +189,18 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 			}
 			forced = true
 		}
-		probe, err := d.probe(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				d.log.Warn("rescan failed; keeping the current plan", "error", err)
+		probe := ""
+		if !forced {
+			var err error
+			if probe, err = d.probe(ctx); err != nil {
+				if ctx.Err() == nil {
+					d.log.Warn("rescan failed; keeping the current plan", "error", err)
+				}
+				continue
 			}
-			continue
-		}
-		if probe == lastProbe && !forced {
-			continue
+			if probe == lastProbe {
+				continue
+			}
 		}
 		p, _, err := LoadPlan(ctx, d.pool)
 		if err != nil {

@@ -278,5 +278,13 @@ func EnsureTargets(ctx context.Context, tx pgx.Tx, tables []pgident.Table) (map[
 			return nil, fmt.Errorf("register template target %s: registered concurrently; retry", t)
 		}
 	}
+	rows.Close()
+	if inserted := rows.CommandTag().RowsAffected(); inserted > 100 {
+		// The planner would otherwise take the table for empty in the rest of this transaction
+		// (its first apply), and join thousands of targets with the catalog by nested scans.
+		if _, err := tx.Exec(ctx, `ANALYZE matcol.target`); err != nil {
+			return nil, fmt.Errorf("analyze matcol.target: %w", err)
+		}
+	}
 	return out, nil
 }

@@ -2,6 +2,7 @@ package trigger
 
 import (
 	"context"
+	"crypto/md5" //nolint:gosec // compares with PostgreSQL's md5(), not for security
 	"fmt"
 	"sort"
 	"strings"
@@ -85,9 +86,13 @@ type work struct {
 }
 
 func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]Change, bool, error) {
+	// What a trigger runs and on which events, from pg_trigger itself: pg_get_triggerdef opens
+	// every table, which costs seconds and a backend's cache with thousands of tables.
 	rows, err := tx.Query(ctx, `
-		SELECT n.nspname, c.relname, t.tgname, pg_get_triggerdef(t.oid)
+		SELECT n.nspname, c.relname, t.tgname,
+		       p.proname || CASE WHEN t.tgtype::int & 16 <> 0 THEN ' BEFORE INSERT OR UPDATE ON' ELSE ' BEFORE INSERT ON' END
 		FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_proc p ON p.oid = t.tgfoid
 		WHERE NOT t.tgisinternal AND t.tgname LIKE 'matcol\_%'`)
 	if err != nil {
 		return nil, false, fmt.Errorf("read matcol triggers: %w", err)
@@ -105,9 +110,9 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 	if err := rows.Err(); err != nil {
 		return nil, false, fmt.Errorf("read matcol triggers: %w", err)
 	}
-	bodies := map[string]string{}
+	bodies := map[string]string{} // md5 of each function's body
 	frows, err := tx.Query(ctx, `
-		SELECT p.proname, p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+		SELECT p.proname, md5(p.prosrc) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
 		WHERE n.nspname = 'matcol' AND (p.proname LIKE 'inv\_%' OR p.proname LIKE 'self\_%' OR p.proname LIKE 'stale\_%')`)
 	if err != nil {
 		return nil, false, fmt.Errorf("read trigger functions: %w", err)
@@ -142,7 +147,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 	keepFn := map[string]bool{}
 	function := func(t pgident.Table, name, sql string) {
 		keepFn[name] = true
-		if src, ok := bodies[name]; !ok || src != functionBody(sql) {
+		if sum, ok := bodies[name]; !ok || sum != fmt.Sprintf("%x", md5.Sum([]byte(functionBody(sql)))) {
 			at(t).functions = append(at(t).functions, sql)
 		}
 	}
