@@ -168,3 +168,49 @@ func TestCachedStatementFollowsSearchPath(t *testing.T) {
 	require.Equal(t, int64(1000*10+55), sums["a"])
 	require.Equal(t, int64(2000*10+55), sums[oddSchema])
 }
+
+// One tenant's flood of stale rows gets one batch per turn; the other tenants' changes land
+// long before it is through.
+func TestTenantFloodDoesNotStarveOthers(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	ctx := context.Background()
+	const tenants = 20
+	var ddl strings.Builder
+	for i := 0; i < tenants; i++ {
+		ddl.WriteString(tenantDDL(fmt.Sprintf("tenant_%03d", i), i))
+	}
+	pgtest.Exec(t, conn, ddl.String())
+	cfg := loadConfig(t, dsn, templateYAML)
+	cfg.Materializer.Workers = 1
+	cfg.Materializer.BatchSize = 200
+	d := startDaemon(t, cfg)
+	waitNoneWrong(t, conn, 30*time.Second)
+	_ = d
+
+	var batch strings.Builder
+	batch.WriteString(`INSERT INTO tenant_000.item (id) SELECT g FROM generate_series(100, 200099) g;`)
+	for i := 1; i < tenants; i++ {
+		fmt.Fprintf(&batch, `INSERT INTO tenant_%03d.item_detail (item_id, amount) VALUES (1, 7);`, i)
+	}
+	pgtest.Exec(t, conn, batch.String())
+	others := func() (stale int) {
+		for i := 1; i < tenants; i++ {
+			var n int
+			require.NoError(t, conn.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM tenant_%03d.item i WHERE materialized_at IS NULL
+				OR total IS DISTINCT FROM (SELECT sum(amount) FROM tenant_%03d.item_detail WHERE item_id = i.id)`, i, i)).Scan(&n))
+			stale += n
+		}
+		return stale
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for others() > 0 {
+		require.True(t, time.Now().Before(deadline), "the other tenants were not fresh within 60s")
+		time.Sleep(100 * time.Millisecond)
+	}
+	var flood int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM tenant_000.item WHERE materialized_at IS NULL`).Scan(&flood))
+	t.Logf("the other tenants were fresh while tenant_000 still had %d of 200000 stale rows", flood)
+	require.Greater(t, flood, 50000, "the flooded tenant must not have gone first")
+	waitNoneWrong(t, conn, 120*time.Second)
+}
