@@ -17,7 +17,7 @@ import (
 // drainTargets is how many targets one drain transaction touches: each table a transaction
 // touches stays in the backend's cache, and its locks in the lock table, until it ends, and with
 // thousands of tenants one drain could otherwise touch them all.
-const drainTargets = 100
+const drainTargets = 50
 
 // drainLimit is how many queued invalidations one drain transaction takes.
 const drainLimit = 2000

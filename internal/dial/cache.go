@@ -45,7 +45,9 @@ func (g *CacheGuard) keep(conn *pgx.Conn) bool {
 		g.checked, g.sizes = map[*pgx.Conn]time.Time{}, map[uint32]int64{}
 	}
 	last, seen := g.checked[conn]
-	if seen && time.Since(last) < every {
+	// Past half the cap, every use is measured: one batch over a cold table adds a few hundred
+	// kB, and a second of them can add megabytes.
+	if seen && time.Since(last) < every && g.sizes[conn.PgConn().PID()] < g.MaxBytes/2 {
 		g.mu.Unlock()
 		return true
 	}
