@@ -102,7 +102,8 @@ type Connection struct {
 	ApplicationName string    `json:"application_name"`
 	BackendStart    time.Time `json:"backend_start"`
 	State           string    `json:"state"`
-	// CacheBytes is the backend's catalog cache as last measured (pooled backends, PostgreSQL 14+).
+	// CacheBytes is the backend's memory (catalog cache, prepared statements) as last measured
+	// (pooled backends, PostgreSQL 14+).
 	CacheBytes *int64 `json:"cache_bytes,omitempty"`
 }
 
