@@ -41,7 +41,8 @@ type Database struct {
 	// MaxConnLifetime recycles a connection after this long (with 20% jitter), so the backend's
 	// catalog cache cannot grow without bound. Defaults to 30m.
 	MaxConnLifetime time.Duration `mapstructure:"max_conn_lifetime"`
-	// MaxCacheBytes recycles a connection whose backend catalog cache exceeds it (PG14+).
+	// MaxCacheBytes recycles a connection whose backend memory (catalog cache, prepared
+	// statements) exceeds it (PG14+).
 	// Defaults to 64MB.
 	MaxCacheBytes ByteSize `mapstructure:"max_cache_bytes"`
 }
@@ -317,7 +318,7 @@ func (e Enrichment) validate(key string, p *Problems) {
 	}
 	if e.Table == "" {
 		p.add(key+".table", "is required")
-	} else if _, err := pgident.ParseTable(e.Table); err != nil {
+	} else if _, _, err := pgident.ParseTemplate(e.Table); err != nil {
 		p.add(key+".table", "%v", err)
 	}
 	if len(e.Columns) == 0 {

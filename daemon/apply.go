@@ -34,6 +34,8 @@ type Report struct {
 	Unregistered []pgident.Table
 	// Matviews is what the sync of matviews: into the refresh schedule changed.
 	Matviews refresh.Changes
+	// DDLTrigger is true when the event trigger that reports new schemas exists (superuser only).
+	DDLTrigger bool
 }
 
 // Definitions turns the config's enrichments into registry entries. Table names are parsed here;
@@ -41,11 +43,11 @@ type Report struct {
 func Definitions(cfg *config.Config) ([]registry.Enrichment, error) {
 	var out []registry.Enrichment
 	for _, e := range cfg.Enrichments {
-		t, err := pgident.ParseTable(e.Table)
+		t, template, err := pgident.ParseTemplate(e.Table)
 		if err != nil {
 			return nil, fmt.Errorf("enrichment %s: table: %w", e.Name, err)
 		}
-		d := registry.Enrichment{Name: e.Name, Target: t, Columns: e.Columns, SQL: e.SQL,
+		d := registry.Enrichment{Name: e.Name, Target: t, Template: template, Columns: e.Columns, SQL: e.SQL,
 			ExpiresAfter: e.ExpiresAfter, Self: e.SelfEnabled(),
 			Settings: registry.Settings{BatchSize: e.BatchSize, StatementTimeout: e.StatementTimeout,
 				LockTimeout: e.LockTimeout, WorkMem: e.WorkMem, GUCs: e.Settings, Priority: e.Priority}}
@@ -75,34 +77,57 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	rep := &Report{}
+	// Template instances are validated on connections of their own, which must see schema
+	// matcol: install it first, in a transaction of its own.
+	for _, d := range defs {
+		if d.Template {
+			if rep.Installed, err = registry.Install(ctx, conn); err != nil {
+				return nil, err
+			}
+			break
+		}
+	}
+	// Triggers on more tables than one transaction should lock are created in further
+	// transactions after the first commits; each starts again from the catalog.
+	var moreTriggers bool
+	start := time.Now()
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		// DDL on application tables must not queue behind a long transaction for long.
 		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '10s'`); err != nil {
 			return err
 		}
-		if rep.Installed, err = registry.Install(ctx, tx); err != nil {
+		installed, err := registry.Install(ctx, tx)
+		if err != nil {
 			return err
 		}
+		rep.Installed = append(rep.Installed, installed...)
 		// With registration: sql the registry is the source of truth; the YAML declares nothing.
+		opts := plan.Options{Connect: func(ctx context.Context) (*pgx.Conn, error) {
+			return dial.Connect(ctx, cfg.DatabaseURL, "apply")
+		}}
 		if cfg.Registration != "sql" {
-			p, err := plan.Build(ctx, tx, defs)
+			p, err := plan.BuildWith(ctx, tx, defs, opts)
 			if err != nil {
 				return err
 			}
+			log.Debug("validated the config", "elapsed", time.Since(start).Round(time.Millisecond))
 			if rep.Changes, err = registry.Sync(ctx, tx, p.Definitions()); err != nil {
 				return err
 			}
+			log.Debug("synced the registry", "elapsed", time.Since(start).Round(time.Millisecond))
 		}
 		loaded, err := registry.Load(ctx, tx)
 		if err != nil {
 			return err
 		}
-		if rep.Plan, err = plan.Build(ctx, tx, loaded); err != nil {
+		if rep.Plan, err = plan.BuildWith(ctx, tx, loaded, opts); err != nil {
 			return err
 		}
+		log.Debug("validated", "targets", len(rep.Plan.Targets), "elapsed", time.Since(start).Round(time.Millisecond))
 		if err := plan.Sample(ctx, tx, rep.Plan, 100); err != nil {
 			return err
 		}
+		log.Debug("sampled", "elapsed", time.Since(start).Round(time.Millisecond))
 		tables, err := discovery.Scan(ctx, tx)
 		if err != nil {
 			return err
@@ -116,9 +141,12 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 				rep.Unregistered = append(rep.Unregistered, t.Name)
 			}
 		}
+		if rep.DDLTrigger, err = trigger.SyncDDLTrigger(ctx, tx, len(rep.Plan.Templates) > 0); err != nil {
+			return err
+		}
 		if cfg.Invalidation.Mode == "logical" {
 			// Only the self row triggers, plus the publication.
-			if rep.Triggers, err = trigger.SyncSelf(ctx, tx, rep.Plan); err != nil {
+			if rep.Triggers, moreTriggers, err = trigger.SyncSelf(ctx, tx, rep.Plan); err != nil {
 				return err
 			}
 			if rep.Publication, err = logical.SyncPublication(ctx, tx, rep.Plan, cfg.Invalidation.Publication,
@@ -130,7 +158,7 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 			if rep.Publication, err = logical.Retire(ctx, tx, rep.Plan, cfg.Invalidation.Slot, cfg.Invalidation.Publication); err != nil {
 				return err
 			}
-			if rep.Triggers, err = trigger.Sync(ctx, tx, rep.Plan); err != nil {
+			if rep.Triggers, moreTriggers, err = trigger.Sync(ctx, tx, rep.Plan); err != nil {
 				return err
 			}
 		}
@@ -145,13 +173,47 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		}
 		return nil, err
 	}
+	for moreTriggers {
+		// A fresh connection for each chunk, so that no backend caches every table.
+		c, err := dial.Connect(ctx, cfg.DatabaseURL, "apply")
+		if err != nil {
+			return rep, err
+		}
+		ch, more, err := syncChunk(ctx, c, rep.Plan, cfg.Invalidation.Mode != "logical")
+		c.Close(context.WithoutCancel(ctx))
+		rep.Triggers = append(rep.Triggers, ch...)
+		if err != nil {
+			return rep, fmt.Errorf("apply: triggers: %w", err)
+		}
+		moreTriggers = more
+	}
+	log.Debug("applied", "triggers", len(rep.Triggers), "elapsed", time.Since(start).Round(time.Millisecond))
 	for _, w := range rep.Plan.Warnings {
 		log.Warn(w)
+	}
+	for _, s := range rep.Plan.Skipped {
+		log.Warn("template instance skipped", "problem", s)
 	}
 	for _, t := range rep.Unregistered {
 		log.Info("table has materialized_at but no enrichment; matcol leaves it alone", "table", t.String())
 	}
 	return rep, nil
+}
+
+// syncChunk runs one chunk of the trigger sync in a transaction of its own.
+func syncChunk(ctx context.Context, c *pgx.Conn, p *plan.Plan, stale bool) (ch []trigger.Change, more bool, err error) {
+	err = pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '10s'`); err != nil {
+			return err
+		}
+		if stale {
+			ch, more, err = trigger.Sync(ctx, tx, p)
+		} else {
+			ch, more, err = trigger.SyncSelf(ctx, tx, p)
+		}
+		return err
+	})
+	return ch, more, err
 }
 
 // LoadPlan builds the plan of what is registered now.

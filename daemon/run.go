@@ -2,8 +2,11 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -13,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/matcol/matcol/config"
+	"github.com/matcol/matcol/discovery"
 	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/listener"
 	"github.com/matcol/matcol/listener/logical"
@@ -37,6 +41,8 @@ type Daemon struct {
 	Version string
 	// Logical is the logical-mode listener, nil in trigger mode.
 	Logical *logical.Listener
+
+	rescanNow chan struct{}
 }
 
 // Run applies the config, then keeps materialized columns fresh until ctx ends. An unreachable
@@ -94,7 +100,8 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		LatencyFactor:       latencyFactor(cfg.Throttle.LatencyFactor),
 	}, log.Named("materializer"))
 	d := &Daemon{cfg: cfg, log: log, pool: pool, Mat: m, started: time.Now(), freshness: status.NewFreshnessHistogram(),
-		Version: "dev", cache: guard}
+		Version: "dev", cache: guard, rescanNow: make(chan struct{}, 1)}
+	m.OnGone = d.RescanNow
 	m.OnFresh = func(lat time.Duration) { d.freshness.Observe(lat.Seconds()) }
 	if cfg.Invalidation.Mode == "logical" {
 		d.Logical = &logical.Listener{DSN: cfg.DatabaseURL, Slot: cfg.Invalidation.Slot,
@@ -113,12 +120,12 @@ func (d *Daemon) Wait(ctx context.Context) error {
 	var wake listener.Listener
 	switch d.cfg.Invalidation.Mode {
 	case "trigger":
-		tl := &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("listener")}
+		tl := &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("listener"), OnDDL: d.RescanNow}
 		l, streaming = tl, tl.Streaming
 	case "logical":
 		l = d.Logical
 		// Every instance, leader or not, is woken by the leader's NOTIFY on queued entries.
-		wl := &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("wake")}
+		wl := &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("wake"), OnDDL: d.RescanNow}
 		wake = wl
 		// A standby instance has no stream of its own; it is ready while it hears the leader.
 		streaming = func() bool {
@@ -160,16 +167,40 @@ func (d *Daemon) Wait(ctx context.Context) error {
 	return err
 }
 
-// rescanLoop picks up registry changes made by other processes (another apply, SQL registration).
+// rescanLoop picks up registry changes made by other processes (another apply, SQL registration)
+// and, for templates, schemas created or dropped since. Each tick costs one registry read and one
+// catalog query; the plan is rebuilt (and validated) only when either changed, or when the DDL
+// event trigger or a vanished table says the catalog moved.
 func (d *Daemon) rescanLoop(ctx context.Context) {
 	last := fingerprint(d.Mat.Plan())
+	lastProbe := ""
 	tick := time.NewTicker(d.cfg.Materializer.RescanInterval)
 	defer tick.Stop()
 	for {
+		forced := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-d.rescanNow:
+			// A CREATE SCHEMA is usually followed by its CREATE TABLEs: take them together.
+			if !dial.Sleep(ctx, 500*time.Millisecond) {
+				return
+			}
+			forced = true
+		}
+		probe := ""
+		if !forced {
+			var err error
+			if probe, err = d.probe(ctx); err != nil {
+				if ctx.Err() == nil {
+					d.log.Warn("rescan failed; keeping the current plan", "error", err)
+				}
+				continue
+			}
+			if probe == lastProbe {
+				continue
+			}
 		}
 		p, _, err := LoadPlan(ctx, d.pool)
 		if err != nil {
@@ -178,12 +209,17 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 			}
 			continue
 		}
+		lastProbe = probe
 		if fp := fingerprint(p); fp != last {
-			d.log.Info("registry changed; reloading", "targets", len(p.Targets))
+			d.log.Info("registry or catalog changed; reloading", "targets", len(p.Targets), "skipped", len(p.Skipped))
+			for _, s := range p.Skipped {
+				d.log.Warn("template instance skipped", "problem", s)
+			}
 			if d.cfg.Invalidation.Mode == "trigger" {
-				// Enrichments registered in SQL need their triggers too.
-				if err := syncTriggers(ctx, d.pool, d.log); err != nil {
+				// Enrichments registered in SQL, and new tenants of a template, need triggers too.
+				if err := syncTriggers(ctx, d.pool, p, d.log); err != nil {
 					d.log.Warn("regenerating triggers failed; retrying at the next rescan", "error", err)
+					lastProbe = ""
 					continue
 				}
 			}
@@ -193,26 +229,51 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 	}
 }
 
-// syncTriggers regenerates the triggers of what is registered now, in one transaction.
-func syncTriggers(ctx context.Context, pool *pgxpool.Pool, log hclog.Logger) error {
-	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '10s'`); err != nil {
-			return err
-		}
+// Cache returns the guard that recycles pooled connections by catalog-cache size.
+func (d *Daemon) Cache() *dial.CacheGuard { return d.cache }
+
+// RescanNow asks the rescan loop to read the registry and the catalog again at once.
+func (d *Daemon) RescanNow() {
+	select {
+	case d.rescanNow <- struct{}{}:
+	default:
+	}
+}
+
+// probe fingerprints the registry and the tables discovery finds, in one read each.
+func (d *Daemon) probe(ctx context.Context) (string, error) {
+	h := sha256.New()
+	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
 		defs, err := registry.Load(ctx, tx)
 		if err != nil {
 			return err
 		}
-		p, err := plan.Build(ctx, tx, defs)
+		tables, err := discovery.Scan(ctx, tx)
 		if err != nil {
 			return err
 		}
-		changes, err := trigger.Sync(ctx, tx, p)
-		for _, c := range changes {
-			log.Info(c.Action, "table", c.Table.String())
-		}
-		return err
+		_ = json.NewEncoder(h).Encode(defs)
+		return json.NewEncoder(h).Encode(tables)
 	})
+	return hex.EncodeToString(h.Sum(nil)), err
+}
+
+// syncTriggers regenerates the triggers of p, in transactions of at most trigger.ChunkTables
+// tables each.
+func syncTriggers(ctx context.Context, pool *pgxpool.Pool, p *plan.Plan, log hclog.Logger) error {
+	changes, err := trigger.SyncAll(ctx, pool, p, true)
+	logChanges(log, changes)
+	return err
+}
+
+func logChanges(log hclog.Logger, changes []trigger.Change) {
+	if len(changes) > 20 {
+		log.Info("triggers changed", "changes", len(changes))
+		return
+	}
+	for _, c := range changes {
+		log.Info(c.Action, "table", c.Table.String())
+	}
 }
 
 // latencyFactor maps the config's 0 (off) to the materializer's negative (off).
@@ -223,9 +284,14 @@ func latencyFactor(f float64) float64 {
 	return f
 }
 
+// fingerprint identifies a plan: its definitions and, for templates, which tables it covers.
 func fingerprint(p *plan.Plan) string {
-	b, _ := json.Marshal(p.Definitions())
-	return string(b)
+	h := sha256.New()
+	_ = json.NewEncoder(h).Encode(p.Definitions())
+	for _, t := range p.Targets {
+		fmt.Fprintf(h, "%d %d %s %d\n", t.ID, t.OID, t.Table.Sanitize(), len(t.Enrichments))
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 func logReport(log hclog.Logger, rep *Report) {
@@ -241,9 +307,7 @@ func logReport(log hclog.Logger, rep *Report) {
 	for _, n := range rep.Changes.Removed {
 		log.Info("removed enrichment", "enrichment", n)
 	}
-	for _, c := range rep.Triggers {
-		log.Info(c.Action, "table", c.Table.String())
-	}
+	logChanges(log, rep.Triggers)
 	for _, n := range rep.Matviews.Added {
 		log.Info("scheduled matview", "view", n)
 	}

@@ -36,10 +36,11 @@ func (d *Daemon) statusServer(streaming func() bool) *status.Server {
 // live adds what only the running daemon knows to a report read from the database.
 func (d *Daemon) live(r *status.Report) {
 	p := d.Mat.Plan()
-	ids := map[string]int{}
+	// By enrichment and table: a template's instances share its name.
+	ids := map[[2]string]int{}
 	for _, t := range p.Targets {
 		for _, e := range t.Enrichments {
-			ids[e.Name] = t.ID
+			ids[[2]string{e.Name, t.Table.String()}] = t.ID
 		}
 	}
 	if d.Logical != nil {
@@ -49,7 +50,7 @@ func (d *Daemon) live(r *status.Report) {
 	up := time.Since(d.started).Seconds()
 	for i := range r.Enrichments {
 		e := &r.Enrichments[i]
-		rows, last := d.Mat.TargetStats(ids[e.Name])
+		rows, last := d.Mat.TargetStats(ids[[2]string{e.Name, e.Table}])
 		rate := float64(rows) / max(up, 1)
 		secs := last.Seconds()
 		e.RowsPerSecond, e.LastBatchSeconds, e.RowsMaterializedTotal = &rate, &secs, &rows

@@ -7,6 +7,7 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -148,4 +149,71 @@ func LookupRelation(ctx context.Context, q Querier, name pgident.Table) (*Relati
 		r.ReplicaIdentity = ident[0]
 	}
 	return r, nil
+}
+
+// LookupRelations finds many schema-qualified tables in one catalog query. Tables that do not
+// exist are missing from the result.
+func LookupRelations(ctx context.Context, q Querier, names []pgident.Table) (map[pgident.Table]*Relation, error) {
+	out := make(map[pgident.Table]*Relation, len(names))
+	if len(names) == 0 {
+		return out, nil
+	}
+	schemas := make([]string, len(names))
+	tables := make([]string, len(names))
+	for i, n := range names {
+		schemas[i], tables[i] = n.Schema, n.Name
+	}
+	rows, err := q.Query(ctx, `WITH want AS (SELECT DISTINCT c.oid FROM unnest($1::text[], $2::text[]) AS w(s, n)
+			JOIN pg_namespace ns ON ns.nspname = w.s JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = w.n
+			WHERE c.relkind IN ('r', 'p'))
+		SELECT "matcol want".oid, q.* FROM want AS "matcol want" CROSS JOIN LATERAL (`+
+		strings.Replace(strings.TrimSpace(relationSQLBody()), "$1", `"matcol want".oid`, 1)+`) q`,
+		schemas, tables)
+	if err != nil {
+		return nil, fmt.Errorf("read tables: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var oid uint32
+		var name pgident.Table
+		var ident string
+		var c Column
+		var keyPos, identPos int
+		if err := rows.Scan(&oid, &name.Schema, &name.Name, &ident, &c.Name, &c.Type, &c.TypeOID, &c.NotNull, &keyPos, &identPos); err != nil {
+			return nil, fmt.Errorf("read tables: %w", err)
+		}
+		r := out[name]
+		if r == nil {
+			r = &Relation{OID: oid, Name: name}
+			if ident != "" {
+				r.ReplicaIdentity = ident[0]
+			}
+			out[name] = r
+		}
+		r.Columns = append(r.Columns, c)
+		if keyPos > 0 {
+			for len(r.Key) < keyPos {
+				r.Key = append(r.Key, Column{})
+			}
+			r.Key[keyPos-1] = c
+		}
+		if identPos > 0 {
+			r.IdentityColumns = append(r.IdentityColumns, c.Name)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read tables: %w", err)
+	}
+	return out, nil
+}
+
+// relationSQLBody is relation.sql without its comment lines.
+func relationSQLBody() string {
+	var b strings.Builder
+	for _, line := range strings.Split(relationSQL, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(line), "--") {
+			b.WriteString(line + "\n")
+		}
+	}
+	return b.String()
 }

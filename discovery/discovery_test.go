@@ -41,3 +41,21 @@ func TestScan(t *testing.T) {
 	require.False(t, byName[pgident.Table{Schema: "public", Name: "wrongtype"}].StampOK)
 	require.True(t, byName[pgident.Table{Schema: "public", Name: "parted"}].Partitioned)
 }
+
+func TestLookupRelations(t *testing.T) {
+	conn := pgtest.Connect(t, pgtest.NewDB(t))
+	pgtest.Exec(t, conn, `
+		CREATE SCHEMA "Tenant A"; CREATE SCHEMA b;
+		CREATE TABLE "Tenant A".item (k1 text, k2 int, v int, PRIMARY KEY (k2, k1));
+		CREATE TABLE b.item (id int PRIMARY KEY, w text)`)
+	ctx := context.Background()
+	a, bi := pgident.Table{Schema: "Tenant A", Name: "item"}, pgident.Table{Schema: "b", Name: "item"}
+	got, err := discovery.LookupRelations(ctx, conn, []pgident.Table{a, bi, {Schema: "c", Name: "item"}})
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	for _, name := range []pgident.Table{a, bi} {
+		one, err := discovery.LookupRelation(ctx, conn, name)
+		require.NoError(t, err)
+		require.Equal(t, one, got[name], "as LookupRelation reads it")
+	}
+}

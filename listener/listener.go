@@ -14,6 +14,8 @@ const (
 	PayloadQueue = "q"
 	// PayloadTargetPrefix, followed by a target's hash, means rows of that target became stale.
 	PayloadTargetPrefix = "t:"
+	// PayloadDDL means a schema or table was created, altered or dropped (matcol's event trigger).
+	PayloadDDL = "ddl"
 )
 
 // Sink is told when there is work.

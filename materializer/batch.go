@@ -33,8 +33,8 @@ func (m *Materializer) batch(ctx context.Context, t *target) (int, error) {
 	}
 	defer tx.Rollback(bctx) //nolint:errcheck // no-op after commit
 	var seq int64
-	if err := tx.QueryRow(bctx, batchSettingsSQL+`, (SELECT drain_seq FROM matcol.target WHERE id = $5)`,
-		append(settingsArgs(t.plan), t.plan.ID)...).Scan(nil, nil, nil, nil, &seq); err != nil {
+	if err := tx.QueryRow(bctx, batchSettingsSQL+`, (SELECT drain_seq FROM matcol.target WHERE id = $6)`,
+		append(settingsArgs(t.plan), t.plan.ID)...).Scan(nil, nil, nil, nil, nil, &seq); err != nil {
 		return 0, fmt.Errorf("set batch settings: %w", err)
 	}
 	m.mu.Lock() // resize writes it from other workers on the same target
@@ -92,10 +92,14 @@ func (m *Materializer) done(t *target, n int, d time.Duration) {
 // batchSettingsSQL sets each batch's limits. Batches read few rows by key, mostly from cache: a
 // random page costs about what a sequential one does, and without saying so the planner
 // scans whole tables for a few thousand keys. JIT compilation costs more than such a short
-// statement gains. An enrichment's own settings come last and win.
+// statement gains. An enrichment's own settings come last and win. A template instance runs
+// with search_path set to its schema ($5), so that its SQL's unqualified names are its tenant's;
+// PostgreSQL replans a cached statement when search_path changes, so a plan never crosses
+// schemas.
 const batchSettingsSQL = `SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),
 	set_config('work_mem', coalesce(nullif($3, ''), current_setting('work_mem')), true),
-	(SELECT count(set_config(k, v, true)) FROM jsonb_each_text('{"random_page_cost": "1.1", "jit": "off"}'::jsonb || $4::jsonb) AS g(k, v))`
+	(SELECT count(set_config(k, v, true)) FROM jsonb_each_text('{"random_page_cost": "1.1", "jit": "off"}'::jsonb || $4::jsonb) AS g(k, v)),
+	set_config('search_path', coalesce(nullif($5, ''), current_setting('search_path')), true)`
 
 func settingsArgs(t *plan.Target) []any {
 	s := t.Enrichments[0].Settings
@@ -103,7 +107,7 @@ func settingsArgs(t *plan.Target) []any {
 	if len(s.GUCs) > 0 {
 		gucs = s.GUCsJSON()
 	}
-	return []any{ms(s.StatementTimeout, 30*time.Second), ms(s.LockTimeout, 5*time.Second), s.WorkMem, gucs}
+	return []any{ms(s.StatementTimeout, 30*time.Second), ms(s.LockTimeout, 5*time.Second), s.WorkMem, gucs, t.SearchPath}
 }
 
 // isRowError reports whether err may come from the data of some rows (an error in the enrichment

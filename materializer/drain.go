@@ -3,14 +3,21 @@ package materializer
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/plan"
 )
+
+// drainTargets is how many targets one drain transaction touches: each table a transaction
+// touches stays in the backend's cache, and its locks in the lock table, until it ends, and with
+// thousands of tenants one drain could otherwise touch them all.
+const drainTargets = 50
 
 // drainLimit is how many queued invalidations one drain transaction takes.
 const drainLimit = 2000
@@ -133,13 +140,14 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 	byID := m.byID
 	m.mu.Unlock()
 	ids := make([]int32, 0, len(p.Targets))
-	deps := map[int]*plan.Dep{}
+	// By target and dependency: a template's instances share its dependency ids.
+	deps := map[[2]int]*plan.Dep{}
 	for _, t := range p.Targets {
 		ids = append(ids, int32(t.ID))
 	}
 	for _, s := range p.Sources {
 		for _, d := range s.Deps {
-			deps[d.ID] = d
+			deps[[2]int{d.Target.ID, d.ID}] = d
 		}
 	}
 	if len(ids) == 0 {
@@ -150,14 +158,17 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 	}
 	touched := map[int]bool{}
 	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', '2s', true), set_config('statement_timeout', '60s', true)`); err != nil {
+		var searchPath string
+		if err := tx.QueryRow(ctx, `SELECT set_config('lock_timeout', '2s', true), set_config('statement_timeout', '60s', true),
+			current_setting('search_path')`).Scan(nil, nil, &searchPath); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, `
+			WITH t AS (SELECT DISTINCT target_id FROM matcol.pending WHERE vals IS NOT NULL AND target_id = ANY($2) LIMIT $3)
 			DELETE FROM matcol.pending WHERE id IN (
-				SELECT id FROM matcol.pending WHERE vals IS NOT NULL AND target_id = ANY($2)
+				SELECT id FROM matcol.pending WHERE vals IS NOT NULL AND target_id IN (SELECT target_id FROM t)
 				ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-			RETURNING target_id, dependency_id, vals::text, enqueued_at`, drainLimit, ids)
+			RETURNING target_id, dependency_id, vals::text, enqueued_at`, drainLimit, ids, drainTargets)
 		if err != nil {
 			return fmt.Errorf("take queued invalidations: %w", err)
 		}
@@ -191,7 +202,7 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 				}
 				continue
 			}
-			d := deps[*dep]
+			d := deps[[2]int{tid, *dep}]
 			if d == nil {
 				continue // dependency removed since; Sync turned its entries into whole-target ones
 			}
@@ -216,24 +227,18 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 			if t == nil {
 				continue
 			}
-			var requeue []string
-			if len(g.direct) > 0 {
-				got, err := requeued(ctx, tx, plan.InvalidateKeysSQL(t.plan), g.direct)
-				if err != nil {
-					return fmt.Errorf("invalidate rows of %s: %w", t.plan.Table, err)
+			requeue, err := m.applyGroup(ctx, tx, t, g, searchPath)
+			if isGone(err) {
+				// A table dropped under us (a tenant removed): its entries go with it, and the
+				// other targets' invalidations still land. The next rescan drops the target.
+				m.log.Warn("table gone; dropping its queued invalidations", "table", t.plan.Table.String(), "error", err)
+				if m.OnGone != nil {
+					m.OnGone()
 				}
-				requeue = append(requeue, got...)
+				continue
 			}
-			for id, cols := range g.mapped {
-				args := make([]any, len(*cols))
-				for i, c := range *cols {
-					args[i] = plan.ArrayLiteral(c)
-				}
-				got, err := requeued(ctx, tx, plan.InvalidateMappedSQL(g.deps[id]), args...)
-				if err != nil {
-					return fmt.Errorf("invalidate rows of %s through %s: %w", t.plan.Table, g.deps[id].Source, err)
-				}
-				requeue = append(requeue, got...)
+			if err != nil {
+				return err
 			}
 			if len(requeue) > 0 {
 				if _, err := tx.Exec(ctx, `INSERT INTO matcol.pending (target_id, vals, enqueued_at)
@@ -263,6 +268,66 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 	}
 	m.mu.Unlock()
 	return res, nil
+}
+
+// applyGroup sets stale the rows one target's queue entries name, under a savepoint, and returns
+// the keys it could not lock. Mapping SQL of a template instance runs with search_path set to
+// its schema.
+func (m *Materializer) applyGroup(ctx context.Context, tx pgx.Tx, t *target, g *group, searchPath string) ([]string, error) {
+	if _, err := tx.Exec(ctx, "SAVEPOINT matcol_group"); err != nil {
+		return nil, err
+	}
+	requeue, err := m.applyGroupIn(ctx, tx, t, g, searchPath)
+	if err != nil {
+		if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT matcol_group; RELEASE SAVEPOINT matcol_group"); rbErr != nil {
+			return nil, rbErr
+		}
+		return nil, err
+	}
+	_, err = tx.Exec(ctx, "RELEASE SAVEPOINT matcol_group")
+	return requeue, err
+}
+
+func (m *Materializer) applyGroupIn(ctx context.Context, tx pgx.Tx, t *target, g *group, searchPath string) ([]string, error) {
+	var requeue []string
+	if len(g.direct) > 0 {
+		got, err := requeued(ctx, tx, plan.InvalidateKeysSQL(t.plan), g.direct)
+		if err != nil {
+			return nil, fmt.Errorf("invalidate rows of %s: %w", t.plan.Table, err)
+		}
+		requeue = append(requeue, got...)
+	}
+	if len(g.mapped) == 0 {
+		return requeue, nil
+	}
+	path := searchPath
+	if t.plan.SearchPath != "" {
+		path = t.plan.SearchPath
+	}
+	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, path); err != nil {
+		return nil, err
+	}
+	for id, cols := range g.mapped {
+		args := make([]any, len(*cols))
+		for i, c := range *cols {
+			args[i] = plan.ArrayLiteral(c)
+		}
+		got, err := requeued(ctx, tx, plan.InvalidateMappedSQL(g.deps[id]), args...)
+		if err != nil {
+			return nil, fmt.Errorf("invalidate rows of %s through %s: %w", t.plan.Table, g.deps[id].Source, err)
+		}
+		requeue = append(requeue, got...)
+	}
+	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, searchPath); err != nil {
+		return nil, err
+	}
+	return requeue, nil
+}
+
+// isGone reports whether err says a table or schema no longer exists.
+func isGone(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "42P01" || pe.Code == "3F000")
 }
 
 // requeued runs an invalidation statement and returns the keys it could not lock.

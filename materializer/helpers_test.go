@@ -34,7 +34,7 @@ func applyDefs(t *testing.T, conn *pgx.Conn, defs []registry.Enrichment) {
 		if err != nil {
 			return err
 		}
-		_, err = trigger.Sync(ctx, tx, p)
+		_, _, err = trigger.Sync(ctx, tx, p)
 		return err
 	}))
 }

@@ -100,6 +100,10 @@ type Materializer struct {
 	paused        atomic.Bool
 	replicaBehind atomic.Bool
 
+	// OnGone, when set before Run, is called when a target's table turns out to be gone (a tenant
+	// schema dropped), so that the catalog is read again.
+	OnGone func()
+
 	// OnFresh, when set before Run, receives the latency from a change's commit to its row's
 	// stamp, for each change the materializer can attribute.
 	OnFresh func(time.Duration)

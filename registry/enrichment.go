@@ -14,8 +14,15 @@ import (
 
 // Enrichment is a registered enrichment.
 type Enrichment struct {
-	Name         string
-	Target       pgident.Table
+	Name   string
+	Target pgident.Table
+	// Template is true when Target.Schema is a glob over schema names ('*' matches any run of
+	// characters): the enrichment applies to the table of that name in every matching schema.
+	Template bool
+	// Schema is set on a template's instance: the schema it is bound to, and Pattern the
+	// template's schema glob. Never stored.
+	Schema       string
+	Pattern      string
 	TargetID     int
 	Columns      []string
 	SQL          string
@@ -57,7 +64,7 @@ func Load(ctx context.Context, q interface {
 }) ([]Enrichment, error) {
 	rows, err := q.Query(ctx, `
 		SELECT e.name, t.id, t.schema_name, t.table_name, e.columns, e.sql,
-		       coalesce(extract(epoch FROM e.expires_after), 0)::float8, e.self, e.settings,
+		       coalesce(extract(epoch FROM e.expires_after), 0)::float8, e.self, e.settings, e.template,
 		       coalesce((SELECT jsonb_agg(jsonb_build_object('id', d.id, 'schema', d.source_schema,
 		                  'table', d.source_table, 'columns', d.columns, 'sql', coalesce(d.sql, '')) ORDER BY d.id)
 		                 FROM matcol.dependency d WHERE d.enrichment = e.name), '[]')
@@ -73,7 +80,7 @@ func Load(ctx context.Context, q interface {
 		var expires float64
 		var settings, deps []byte
 		if err := rows.Scan(&e.Name, &e.TargetID, &e.Target.Schema, &e.Target.Name, &e.Columns, &e.SQL,
-			&expires, &e.Self, &settings, &deps); err != nil {
+			&expires, &e.Self, &settings, &e.Template, &deps); err != nil {
 			return nil, fmt.Errorf("load enrichments: %w", err)
 		}
 		e.ExpiresAfter = time.Duration(expires * float64(time.Second))
@@ -141,16 +148,17 @@ func Sync(ctx context.Context, tx pgx.Tx, defs []Enrichment) (Changes, error) {
 		}
 		old, had := byName[d.Name]
 		tag, err := tx.Exec(ctx, `
-			INSERT INTO matcol.enrichment (name, target_id, columns, sql, expires_after, self, settings)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)
+			INSERT INTO matcol.enrichment (name, target_id, columns, sql, expires_after, self, settings, template)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 			ON CONFLICT (name) DO UPDATE SET target_id = excluded.target_id, columns = excluded.columns,
 				sql = excluded.sql, expires_after = excluded.expires_after, self = excluded.self,
-				settings = excluded.settings, updated_at = now()
+				settings = excluded.settings, template = excluded.template, updated_at = now()
 			WHERE (matcol.enrichment.target_id, matcol.enrichment.columns, matcol.enrichment.sql,
-			       matcol.enrichment.expires_after, matcol.enrichment.self, matcol.enrichment.settings)
+			       matcol.enrichment.expires_after, matcol.enrichment.self, matcol.enrichment.settings,
+			       matcol.enrichment.template)
 			  IS DISTINCT FROM (excluded.target_id, excluded.columns, excluded.sql,
-			       excluded.expires_after, excluded.self, excluded.settings)`,
-			d.Name, targetID, d.Columns, d.SQL, expires, d.Self, settings)
+			       excluded.expires_after, excluded.self, excluded.settings, excluded.template)`,
+			d.Name, targetID, d.Columns, d.SQL, expires, d.Self, settings, d.Template)
 		if err != nil {
 			return ch, fmt.Errorf("register enrichment %s: %w", d.Name, err)
 		}
@@ -173,10 +181,19 @@ func Sync(ctx context.Context, tx pgx.Tx, defs []Enrichment) (Changes, error) {
 		}
 		ch.Removed = append(ch.Removed, e.Name)
 	}
-	// A target with no enrichment left takes its queued invalidations with it.
+	// A target with no enrichment left takes its queued invalidations with it. A template's
+	// instance target stays while its table exists and a template still matches it.
 	if _, err := tx.Exec(ctx, `
-		WITH gone AS (DELETE FROM matcol.target t
-		              WHERE NOT EXISTS (SELECT 1 FROM matcol.enrichment e WHERE e.target_id = t.id) RETURNING id)
+		WITH keep AS (
+		    SELECT t.id FROM matcol.target t
+		    JOIN pg_namespace n ON n.nspname = t.schema_name
+		    JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name
+		    JOIN (SELECT p.schema_name, p.table_name FROM matcol.enrichment e JOIN matcol.target p ON p.id = e.target_id
+		          WHERE e.template) tp ON tp.table_name = t.table_name AND t.schema_name LIKE matcol.glob_like(tp.schema_name)),
+		gone AS (DELETE FROM matcol.target t
+		         WHERE NOT EXISTS (SELECT 1 FROM matcol.enrichment e WHERE e.target_id = t.id)
+		           AND t.id NOT IN (SELECT id FROM keep)
+		         RETURNING id)
 		DELETE FROM matcol.pending p USING gone WHERE p.target_id = gone.id`); err != nil {
 		return ch, fmt.Errorf("remove unused targets: %w", err)
 	}
@@ -215,4 +232,59 @@ func depsEqual(a, b []Dependency) bool {
 	return slices.EqualFunc(a, b, func(x, y Dependency) bool {
 		return x.Source == y.Source && slices.Equal(x.Columns, y.Columns) && x.SQL == y.SQL
 	})
+}
+
+// EnsureTargets returns the target id of each table, registering the missing ones, in one
+// statement however many there are. Template instances get their ids here.
+func EnsureTargets(ctx context.Context, tx pgx.Tx, tables []pgident.Table) (map[pgident.Table]int, error) {
+	out := make(map[pgident.Table]int, len(tables))
+	if len(tables) == 0 {
+		return out, nil
+	}
+	schemas := make([]string, len(tables))
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		schemas[i], names[i] = t.Schema, t.Name
+	}
+	rows, err := tx.Query(ctx, `
+		WITH want AS (SELECT DISTINCT s, n FROM unnest($1::text[], $2::text[]) AS w(s, n)),
+		ins AS (
+			INSERT INTO matcol.target (schema_name, table_name)
+			SELECT s, n FROM want WHERE NOT EXISTS (
+				SELECT 1 FROM matcol.target t WHERE t.schema_name = want.s AND t.table_name = want.n)
+			ORDER BY s, n
+			ON CONFLICT (schema_name, table_name) DO NOTHING RETURNING id, schema_name, table_name)
+		SELECT id, schema_name, table_name FROM ins
+		UNION ALL
+		SELECT t.id, t.schema_name, t.table_name FROM matcol.target t JOIN want ON t.schema_name = want.s AND t.table_name = want.n`,
+		schemas, names)
+	if err != nil {
+		return nil, fmt.Errorf("register template targets: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int
+		var t pgident.Table
+		if err := rows.Scan(&id, &t.Schema, &t.Name); err != nil {
+			return nil, fmt.Errorf("register template targets: %w", err)
+		}
+		out[t] = id
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("register template targets: %w", err)
+	}
+	for _, t := range tables {
+		if _, ok := out[t]; !ok {
+			return nil, fmt.Errorf("register template target %s: registered concurrently; retry", t)
+		}
+	}
+	rows.Close()
+	if inserted := rows.CommandTag().RowsAffected(); inserted > 100 {
+		// The planner would otherwise take the table for empty in the rest of this transaction
+		// (its first apply), and join thousands of targets with the catalog by nested scans.
+		if _, err := tx.Exec(ctx, `ANALYZE matcol.target`); err != nil {
+			return nil, fmt.Errorf("analyze matcol.target: %w", err)
+		}
+	}
+	return out, nil
 }

@@ -35,6 +35,9 @@ type Report struct {
 type EnrichmentStatus struct {
 	Name  string `json:"name"`
 	Table string `json:"table"`
+	// Template is the template an instance comes from (tenant_*.item); /metrics reports a
+	// template's instances as one series, labelled with it.
+	Template string `json:"template,omitempty"`
 	// StaleRows counts rows marked stale plus queued invalidations not yet applied to the table.
 	StaleRows int64 `json:"stale_rows"`
 	// StaleRowsExact is false when the count is the planner's estimate (a big table without an
@@ -99,7 +102,8 @@ type Connection struct {
 	ApplicationName string    `json:"application_name"`
 	BackendStart    time.Time `json:"backend_start"`
 	State           string    `json:"state"`
-	// CacheBytes is the backend's catalog cache as last measured (pooled backends, PostgreSQL 14+).
+	// CacheBytes is the backend's memory (catalog cache, prepared statements) as last measured
+	// (pooled backends, PostgreSQL 14+).
 	CacheBytes *int64 `json:"cache_bytes,omitempty"`
 }
 
@@ -144,7 +148,7 @@ func Collect(ctx context.Context, q Querier, p *plan.Plan, opts Options) (*Repor
 		}
 		for _, e := range t.Enrichments {
 			r.Enrichments = append(r.Enrichments, EnrichmentStatus{
-				Name: e.Name, Table: t.Table.String(), StaleRows: stale + pe.count, StaleRowsExact: exact,
+				Name: e.Name, Table: t.Table.String(), Template: e.TemplateTable(), StaleRows: stale + pe.count, StaleRowsExact: exact,
 				PendingInvalidations: pe.count, OldestPendingSeconds: age, Failures: fails[failKey{t.ID, e.Name}],
 			})
 		}

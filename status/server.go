@@ -183,7 +183,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 1)
 	var rows int64
 	var last float64
-	for _, e := range r.Enrichments {
+	for _, e := range aggregateTemplates(r.Enrichments) {
 		l := []string{e.Name, e.Table}
 		ch <- prometheus.MustNewConstMetric(descStale, prometheus.GaugeValue, float64(e.StaleRows), l...)
 		ch <- prometheus.MustNewConstMetric(descExact, prometheus.GaugeValue, b2f(e.StaleRowsExact), l...)
@@ -210,6 +210,41 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if r.Daemon != nil {
 		ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, b2f(r.Daemon.Paused))
 	}
+}
+
+// aggregateTemplates folds the instances of each template into one entry labelled with the
+// template (tenant_*.item), so that thousands of tenants do not make thousands of series: stale
+// rows, pending invalidations and failures add up, the oldest age is the maximum, and the count
+// is exact only if every instance's is.
+func aggregateTemplates(in []EnrichmentStatus) []EnrichmentStatus {
+	out := make([]EnrichmentStatus, 0, len(in))
+	at := map[[2]string]int{}
+	for _, e := range in {
+		if e.Template == "" {
+			out = append(out, e)
+			continue
+		}
+		k := [2]string{e.Name, e.Template}
+		i, ok := at[k]
+		if !ok {
+			at[k] = len(out)
+			agg := e
+			agg.Table = e.Template
+			out = append(out, agg)
+			continue
+		}
+		a := &out[i]
+		a.StaleRows += e.StaleRows
+		a.StaleRowsExact = a.StaleRowsExact && e.StaleRowsExact
+		a.PendingInvalidations += e.PendingInvalidations
+		a.Failures += e.Failures
+		a.OldestPendingSeconds = max(a.OldestPendingSeconds, e.OldestPendingSeconds)
+		if e.RowsMaterializedTotal != nil && a.RowsMaterializedTotal != nil {
+			n := *a.RowsMaterializedTotal + *e.RowsMaterializedTotal
+			a.RowsMaterializedTotal = &n
+		}
+	}
+	return out
 }
 
 func b2f(b bool) float64 {

@@ -116,22 +116,11 @@ func runOne(ctx context.Context, q Querier, t *plan.Target, e *plan.Enrichment, 
 		for i, col := range keys {
 			args[i] = plan.ArrayLiteral(col)
 		}
-		rows, err := q.Query(ctx, cmp, args...)
+		drift, err := compare(ctx, q, t, e, cmp, args)
 		if err != nil {
-			return nil, checked, fmt.Errorf("verify %s: %w", e.Name, err)
+			return nil, checked, fmt.Errorf("verify %s on %s: %w", e.Name, t.Table, err)
 		}
-		for rows.Next() {
-			d := Drift{Enrichment: e.Name, Table: t.Table.String()}
-			if err := rows.Scan(&d.Key, &d.Column, &d.Stored, &d.Fresh); err != nil {
-				rows.Close()
-				return nil, checked, err
-			}
-			out = append(out, d)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, checked, fmt.Errorf("verify %s: %w", e.Name, err)
-		}
+		out = append(out, drift...)
 		checked += n
 		if opts.Progress != nil {
 			opts.Progress(t.Table.String(), checked)
@@ -154,6 +143,39 @@ func runOne(ctx context.Context, q Querier, t *plan.Target, e *plan.Enrichment, 
 			}
 		}
 	}
+}
+
+// compare runs the comparison; a template instance's runs in a transaction with search_path set
+// to its schema, as its batches do.
+func compare(ctx context.Context, q Querier, t *plan.Target, e *plan.Enrichment, cmp string, args []any) ([]Drift, error) {
+	run := func(q Querier) ([]Drift, error) {
+		rows, err := q.Query(ctx, cmp, args...)
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Drift, error) {
+			d := Drift{Enrichment: e.Name, Table: t.Table.String()}
+			return d, row.Scan(&d.Key, &d.Column, &d.Stored, &d.Fresh)
+		})
+	}
+	if t.SearchPath == "" {
+		return run(q)
+	}
+	b, ok := q.(interface {
+		Begin(context.Context) (pgx.Tx, error)
+	})
+	if !ok {
+		return nil, fmt.Errorf("a template instance needs a connection that can begin a transaction")
+	}
+	tx, err := b.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // read-only
+	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, t.SearchPath); err != nil {
+		return nil, err
+	}
+	return run(tx)
 }
 
 // compareSQL returns one row per (key, column) whose stored value differs from the fresh one.

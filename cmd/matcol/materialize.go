@@ -33,8 +33,8 @@ order and in short batches, and checkpoints after each batch: run it again after
 and it resumes (--restart starts over). materialized_at is left alone.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if (enrichment == "") == (table == "") {
-				return errors.New("give exactly one of --enrichment and --table")
+			if enrichment == "" && table == "" {
+				return errors.New("give --enrichment, --table, or both (a template's enrichment on one of its tables)")
 			}
 			cfg, err := g.load(cmd)
 			if err != nil {
@@ -115,7 +115,7 @@ and it resumes (--restart starts over). materialized_at is left alone.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&enrichment, "enrichment", "", "the enrichment to backfill")
-	f.StringVar(&table, "table", "", "backfill every enrichment of this table")
+	f.StringVar(&table, "table", "", "backfill every enrichment of this table (with --enrichment: that enrichment on this table)")
 	f.StringVar(&where, "where", "", "only rows matching this SQL condition")
 	f.IntVar(&batch, "batch", 0, "starting rows per batch (adapts to keep row locks short)")
 	f.IntVar(&rate, "rate", 0, "rows per second at most (0: no limit)")
@@ -126,19 +126,30 @@ and it resumes (--restart starts over). materialized_at is left alone.`,
 }
 
 func backfillSpec(p *plan.Plan, enrichment, table string) (materializer.BackfillSpec, error) {
+	var name pgident.Table
+	if table != "" {
+		var err error
+		if name, err = pgident.ParseTable(table); err != nil {
+			return materializer.BackfillSpec{}, fmt.Errorf("--table: %w", err)
+		}
+	}
 	if enrichment != "" {
 		for _, t := range p.Targets {
 			for _, e := range t.Enrichments {
-				if e.Name == enrichment {
+				if e.Name != enrichment {
+					continue
+				}
+				// A template has one instance per schema: --table picks one.
+				if e.Schema != "" && table == "" {
+					return materializer.BackfillSpec{}, fmt.Errorf("enrichment %s is a template (%s); add --table to name one of its tables, such as %s",
+						enrichment, e.TemplateTable(), t.Table)
+				}
+				if table == "" || t.Table == name || (name.Schema == "" && t.Table.Name == name.Name) {
 					return materializer.BackfillSpec{Target: t, Enrichments: []*plan.Enrichment{e}}, nil
 				}
 			}
 		}
 		return materializer.BackfillSpec{}, fmt.Errorf("no enrichment named %q is registered (run matcol apply first?)", enrichment)
-	}
-	name, err := pgident.ParseTable(table)
-	if err != nil {
-		return materializer.BackfillSpec{}, fmt.Errorf("--table: %w", err)
 	}
 	for _, t := range p.Targets {
 		if t.Table == name || (name.Schema == "" && t.Table.Name == name.Name) {

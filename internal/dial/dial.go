@@ -102,6 +102,11 @@ func Pool(ctx context.Context, dsn, role string, opts PoolOptions) (*pgxpool.Poo
 	}
 	cfg.MinConns = 0
 	if opts.Cache != nil {
+		// pgx keeps 512 prepared statements per connection by default, each with its plans in
+		// the backend: with one statement per table and thousands of tables the cache only
+		// churns, and holds tens of MB. 64 keep the busy tables' statements.
+		cfg.ConnConfig.StatementCacheCapacity = 64
+		cfg.ConnConfig.DescriptionCacheCapacity = 64
 		cfg.AfterRelease = opts.Cache.keep
 		cfg.BeforeClose = opts.Cache.forget
 	}

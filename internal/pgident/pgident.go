@@ -143,3 +143,66 @@ func ParseTable(s string) (Table, error) {
 		return Table{}, fmt.Errorf("name %q has %d parts; want schema.table", s, len(parts))
 	}
 }
+
+// ParseTemplate parses a target name that may be a template: an unquoted schema part containing
+// '*' (tenant_*.item, *.item) is a glob over schema names, where '*' matches any run of
+// characters. A quoted schema is always literal. The table part is always a plain name.
+func ParseTemplate(s string) (t Table, template bool, err error) {
+	rs := []rune(strings.TrimSpace(s))
+	if len(rs) > 0 && rs[0] != '"' {
+		dot := -1
+		for i, r := range rs {
+			if r == '.' {
+				dot = i
+				break
+			}
+		}
+		if dot > 0 && strings.ContainsRune(string(rs[:dot]), '*') {
+			var b strings.Builder
+			for i, r := range rs[:dot] {
+				if !(r == '*' || unicode.IsLetter(r) || r == '_' || (i > 0 && (unicode.IsDigit(r) || r == '$'))) {
+					return Table{}, false, fmt.Errorf("name %q: character %q needs double quotes (and then is literal)", s, r)
+				}
+				b.WriteRune(unicode.ToLower(r))
+			}
+			parts, err := ParseName(string(rs[dot+1:]))
+			if err != nil {
+				return Table{}, false, err
+			}
+			if len(parts) != 1 || strings.Contains(parts[0], "*") {
+				return Table{}, false, fmt.Errorf("name %q: a template names one table: schema_pattern.table", s)
+			}
+			return Table{Schema: b.String(), Name: parts[0]}, true, nil
+		}
+	}
+	t, err = ParseTable(s)
+	return t, false, err
+}
+
+// MatchSchema reports whether schema matches the glob pattern ('*' matches any run of
+// characters, every other character only itself).
+func MatchSchema(pattern, schema string) bool {
+	p, s := []rune(pattern), []rune(schema)
+	// Iterative glob with backtracking to the last star.
+	pi, si, star, mark := 0, 0, -1, 0
+	for si < len(s) {
+		switch {
+		case pi < len(p) && p[pi] == '*':
+			star, mark = pi, si
+			pi++
+		case pi < len(p) && p[pi] == s[si]:
+			pi++
+			si++
+		case star >= 0:
+			pi = star + 1
+			mark++
+			si = mark
+		default:
+			return false
+		}
+	}
+	for pi < len(p) && p[pi] == '*' {
+		pi++
+	}
+	return pi == len(p)
+}

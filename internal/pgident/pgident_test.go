@@ -79,3 +79,50 @@ func joinDots(p []string) string {
 	}
 	return out
 }
+
+func TestParseTemplate(t *testing.T) {
+	for in, want := range map[string]struct {
+		t        Table
+		template bool
+		bad      bool
+	}{
+		"*.item":           {t: Table{"*", "item"}, template: true},
+		"Tenant_*.Item":    {t: Table{"tenant_*", "item"}, template: true},
+		`tenant_*."Order"`: {t: Table{"tenant_*", "Order"}, template: true},
+		`"tenant_*".item`:  {t: Table{"tenant_*", "item"}}, // quoted: literal
+		"public.item":      {t: Table{"public", "item"}},
+		"t*x.a.b":          {bad: true},
+		"*.it*":            {bad: true},
+		"te-*.item":        {bad: true},
+	} {
+		got, tmpl, err := ParseTemplate(in)
+		if want.bad {
+			require.Error(t, err, in)
+			continue
+		}
+		require.NoError(t, err, in)
+		require.Equal(t, want.t, got, in)
+		require.Equal(t, want.template, tmpl, in)
+	}
+}
+
+func TestMatchSchema(t *testing.T) {
+	for _, c := range []struct {
+		pattern, schema string
+		want            bool
+	}{
+		{"*", "anything", true},
+		{"*", "", true},
+		{"tenant_*", "tenant_1", true},
+		{"tenant_*", "tenant_", true},
+		{"tenant_*", "Tenant_1", false},
+		{"tenant_*", "xtenant_1", false},
+		{"*_eu", "shop_eu", true},
+		{"*_eu", "shop_eu_x", false},
+		{"a*b*c", "a-b-b-c", true},
+		{"a*b*c", "a-c-b", false},
+		{"t_*", "t_ünïcode \"q\"", true},
+	} {
+		require.Equal(t, c.want, MatchSchema(c.pattern, c.schema), "%s ~ %s", c.pattern, c.schema)
+	}
+}

@@ -21,6 +21,8 @@ type Listener struct {
 	DSN  string
 	Sink listener.Sink
 	Log  hclog.Logger
+	// OnDDL, when set, is called when the DDL event trigger reports a schema or table change.
+	OnDDL func()
 
 	streaming atomic.Bool
 }
@@ -75,6 +77,10 @@ func (l *Listener) session(ctx context.Context, connected func()) error {
 		switch {
 		case n.Payload == listener.PayloadQueue:
 			l.Sink.QueueFilled()
+		case n.Payload == listener.PayloadDDL:
+			if l.OnDDL != nil {
+				l.OnDDL()
+			}
 		case strings.HasPrefix(n.Payload, listener.PayloadTargetPrefix):
 			l.Sink.TargetStale(strings.TrimPrefix(n.Payload, listener.PayloadTargetPrefix))
 		default:

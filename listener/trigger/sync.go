@@ -2,7 +2,9 @@ package trigger
 
 import (
 	"context"
+	"crypto/md5" //nolint:gosec // compares with PostgreSQL's md5(), not for security
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -23,43 +25,109 @@ type existingTrigger struct {
 	def   string
 }
 
-// Sync makes the database hold exactly the triggers p needs (none when p is nil), inside tx.
-// Functions are replaced in place, which needs no lock on the application's tables; a trigger is
-// only created or dropped when it is missing or obsolete.
-func Sync(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]Change, error) {
+// ChunkTables is how many tables one Sync transaction changes triggers on. CREATE TRIGGER takes
+// a SHARE ROW EXCLUSIVE lock on its table until commit; thousands of tables in one transaction
+// would fill the shared lock table (max_locks_per_transaction × max_connections slots, 6,400 by
+// default: "out of shared memory").
+const ChunkTables = 500
+
+// Sync makes the database hold exactly the triggers p needs (none when p is nil), inside tx, for
+// at most ChunkTables tables; more reports that tables are left, for a further call in a new
+// transaction. It is idempotent: each call starts from what the catalog holds. Functions are
+// replaced only when their body differs, in place, which needs no lock on the application's
+// tables; a trigger is only created or dropped when it is missing or obsolete.
+func Sync(ctx context.Context, tx pgx.Tx, p *plan.Plan) (changes []Change, more bool, err error) {
 	return syncTriggers(ctx, tx, p, true)
+}
+
+// SyncAll runs Sync in transactions of its own until nothing is left, for callers that need no
+// single transaction.
+func SyncAll(ctx context.Context, db interface {
+	Begin(context.Context) (pgx.Tx, error)
+}, p *plan.Plan, stale bool) ([]Change, error) {
+	var all []Change
+	for {
+		var more bool
+		err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '10s'`); err != nil {
+				return err
+			}
+			var ch []Change
+			var err error
+			if stale {
+				ch, more, err = Sync(ctx, tx, p)
+			} else {
+				ch, more, err = SyncSelf(ctx, tx, p)
+			}
+			all = append(all, ch...)
+			return err
+		})
+		if err != nil || !more {
+			return all, err
+		}
+	}
 }
 
 // SyncSelf keeps only the BEFORE ROW self trigger of each target, for logical mode: it nulls
 // materialized_at in the application's own write, costs no extra write, and is how the decoded
 // stream tells a stale row from matcol's own. Source and statement triggers are dropped.
-func SyncSelf(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]Change, error) {
+func SyncSelf(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]Change, bool, error) {
 	if p == nil {
 		return syncTriggers(ctx, tx, nil, false)
 	}
 	return syncTriggers(ctx, tx, &plan.Plan{Targets: p.Targets}, false)
 }
 
-func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]Change, error) {
+// work is what one table needs: functions to (re)create, triggers to create and to drop.
+type work struct {
+	functions []string
+	create    map[string]string
+	drop      []string
+}
+
+func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]Change, bool, error) {
+	// What a trigger runs and on which events, from pg_trigger itself: pg_get_triggerdef opens
+	// every table, which costs seconds and a backend's cache with thousands of tables.
 	rows, err := tx.Query(ctx, `
-		SELECT n.nspname, c.relname, t.tgname, pg_get_triggerdef(t.oid)
+		SELECT n.nspname, c.relname, t.tgname,
+		       p.proname || CASE WHEN t.tgtype::int & 16 <> 0 THEN ' BEFORE INSERT OR UPDATE ON' ELSE ' BEFORE INSERT ON' END
 		FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_proc p ON p.oid = t.tgfoid
 		WHERE NOT t.tgisinternal AND t.tgname LIKE 'matcol\_%'`)
 	if err != nil {
-		return nil, fmt.Errorf("read matcol triggers: %w", err)
+		return nil, false, fmt.Errorf("read matcol triggers: %w", err)
 	}
 	var have []existingTrigger
 	for rows.Next() {
 		var e existingTrigger
 		if err := rows.Scan(&e.table.Schema, &e.table.Name, &e.name, &e.def); err != nil {
 			rows.Close()
-			return nil, fmt.Errorf("read matcol triggers: %w", err)
+			return nil, false, fmt.Errorf("read matcol triggers: %w", err)
 		}
 		have = append(have, e)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read matcol triggers: %w", err)
+		return nil, false, fmt.Errorf("read matcol triggers: %w", err)
+	}
+	bodies := map[string]string{} // md5 of each function's body
+	frows, err := tx.Query(ctx, `
+		SELECT p.proname, md5(p.prosrc) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+		WHERE n.nspname = 'matcol' AND (p.proname LIKE 'inv\_%' OR p.proname LIKE 'self\_%' OR p.proname LIKE 'stale\_%')`)
+	if err != nil {
+		return nil, false, fmt.Errorf("read trigger functions: %w", err)
+	}
+	for frows.Next() {
+		var name, src string
+		if err := frows.Scan(&name, &src); err != nil {
+			frows.Close()
+			return nil, false, err
+		}
+		bodies[name] = src
+	}
+	frows.Close()
+	if err := frows.Err(); err != nil {
+		return nil, false, fmt.Errorf("read trigger functions: %w", err)
 	}
 
 	type want struct {
@@ -67,12 +135,25 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 		match  string // a fragment the existing definition must contain
 	}
 	wanted := map[pgident.Table]map[string]want{}
-	var functions []string
+	todo := map[pgident.Table]*work{}
+	at := func(t pgident.Table) *work {
+		w := todo[t]
+		if w == nil {
+			w = &work{create: map[string]string{}}
+			todo[t] = w
+		}
+		return w
+	}
 	keepFn := map[string]bool{}
+	function := func(t pgident.Table, name, sql string) {
+		keepFn[name] = true
+		if sum, ok := bodies[name]; !ok || sum != fmt.Sprintf("%x", md5.Sum([]byte(functionBody(sql)))) {
+			at(t).functions = append(at(t).functions, sql)
+		}
+	}
 	if p != nil {
 		for _, s := range p.Sources {
-			functions = append(functions, SourceFunctionSQL(s))
-			keepFn[SourceFunction(s)] = true
+			function(s.Table, SourceFunction(s), SourceFunctionSQL(s))
 			m := map[string]want{}
 			for name, create := range SourceTriggersSQL(s) {
 				m[name] = want{create: create, match: SourceFunction(s)}
@@ -80,11 +161,9 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 			wanted[s.Table] = m
 		}
 		for _, t := range p.Targets {
-			functions = append(functions, SelfFunctionSQL(t))
-			keepFn[SelfFunction(t)] = true
+			function(t.Table, SelfFunction(t), SelfFunctionSQL(t))
 			if stale {
-				functions = append(functions, StaleFunctionSQL(t))
-				keepFn[StaleFunction(t)] = true
+				function(t.Table, StaleFunction(t), StaleFunctionSQL(t))
 			}
 			m := wanted[t.Table]
 			if m == nil {
@@ -104,12 +183,6 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 			}
 		}
 	}
-	for _, f := range functions {
-		if _, err := tx.Exec(ctx, f); err != nil {
-			return nil, fmt.Errorf("create trigger function: %w", err)
-		}
-	}
-	var changes []Change
 	present := map[pgident.Table]map[string]bool{}
 	for _, e := range have {
 		w, ok := wanted[e.table][e.name]
@@ -120,45 +193,70 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 			present[e.table][e.name] = true
 			continue
 		}
-		if _, err := tx.Exec(ctx, fmt.Sprintf("DROP TRIGGER IF EXISTS %s ON %s", ident(e.name), e.table.Sanitize())); err != nil {
-			return nil, fmt.Errorf("drop trigger %s on %s: %w", e.name, e.table, err)
-		}
-		changes = append(changes, Change{Table: e.table, Action: "dropped trigger " + e.name})
+		at(e.table).drop = append(at(e.table).drop, e.name)
 	}
 	for table, m := range wanted {
 		for name, w := range m {
-			if present[table][name] {
-				continue
+			if !present[table][name] {
+				at(table).create[name] = w.create
 			}
-			if _, err := tx.Exec(ctx, w.create); err != nil {
-				return nil, fmt.Errorf("create trigger %s on %s: %w", name, table, err)
+		}
+	}
+	tables := make([]pgident.Table, 0, len(todo))
+	for t := range todo {
+		tables = append(tables, t)
+	}
+	sort.Slice(tables, func(i, j int) bool { return tables[i].String() < tables[j].String() })
+	more := len(tables) > ChunkTables
+	if more {
+		tables = tables[:ChunkTables]
+	}
+	var changes []Change
+	for _, table := range tables {
+		w := todo[table]
+		for _, f := range w.functions {
+			if _, err := tx.Exec(ctx, f); err != nil {
+				return nil, false, fmt.Errorf("create trigger function: %w", err)
+			}
+		}
+		for _, name := range w.drop {
+			if _, err := tx.Exec(ctx, fmt.Sprintf("DROP TRIGGER IF EXISTS %s ON %s", ident(name), table.Sanitize())); err != nil {
+				return nil, false, fmt.Errorf("drop trigger %s on %s: %w", name, table, err)
+			}
+			changes = append(changes, Change{Table: table, Action: "dropped trigger " + name})
+		}
+		names := make([]string, 0, len(w.create))
+		for name := range w.create {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			if _, err := tx.Exec(ctx, w.create[name]); err != nil {
+				return nil, false, fmt.Errorf("create trigger %s on %s: %w", name, table, err)
 			}
 			changes = append(changes, Change{Table: table, Action: "created trigger " + name})
 		}
 	}
-	// Functions of sources and targets that are gone.
-	frows, err := tx.Query(ctx, `
-		SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-		WHERE n.nspname = 'matcol' AND (p.proname LIKE 'inv\_%' OR p.proname LIKE 'self\_%' OR p.proname LIKE 'stale\_%')`)
-	if err != nil {
-		return nil, fmt.Errorf("read trigger functions: %w", err)
+	if more {
+		return changes, true, nil
 	}
-	var drop []string
-	for frows.Next() {
-		var name string
-		if err := frows.Scan(&name); err != nil {
-			frows.Close()
-			return nil, err
+	// Functions of sources and targets that are gone, once no trigger uses them any more.
+	for name := range bodies {
+		if keepFn[name] {
+			continue
 		}
-		if !keepFn[name] {
-			drop = append(drop, name)
-		}
-	}
-	frows.Close()
-	for _, name := range drop {
 		if _, err := tx.Exec(ctx, "DROP FUNCTION IF EXISTS matcol."+ident(name)+"()"); err != nil {
-			return nil, fmt.Errorf("drop trigger function %s: %w", name, err)
+			return nil, false, fmt.Errorf("drop trigger function %s: %w", name, err)
 		}
 	}
-	return changes, nil
+	return changes, false, nil
+}
+
+// functionBody is what pg_proc.prosrc holds for a generated CREATE FUNCTION.
+func functionBody(sql string) string {
+	parts := strings.Split(sql, "$matcol$")
+	if len(parts) != 3 {
+		return ""
+	}
+	return parts[1]
 }

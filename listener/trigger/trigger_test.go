@@ -50,14 +50,14 @@ func apply(t *testing.T, conn *pgx.Conn, defs []registry.Enrichment) []trigger.C
 			return err
 		}
 		if len(loaded) == 0 {
-			changes, err = trigger.Sync(ctx, tx, nil)
+			changes, _, err = trigger.Sync(ctx, tx, nil)
 			return err
 		}
 		p, err = plan.Build(ctx, tx, loaded)
 		if err != nil {
 			return err
 		}
-		changes, err = trigger.Sync(ctx, tx, p)
+		changes, _, err = trigger.Sync(ctx, tx, p)
 		return err
 	}))
 	return changes
