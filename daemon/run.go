@@ -86,7 +86,7 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 	if err != nil {
 		return nil, err
 	}
-	p, _, err := LoadPlan(ctx, pool)
+	p, err := loadPlanOnce(ctx, cfg.DatabaseURL)
 	if err != nil {
 		pool.Close()
 		return nil, err
@@ -189,21 +189,32 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 			}
 			forced = true
 		}
+		// Catalog reads over thousands of tables leave a backend big: a connection of its own,
+		// closed after each rescan, keeps that out of the pool.
+		conn, err := dial.Connect(ctx, d.cfg.DatabaseURL, "rescan")
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Warn("rescan failed; keeping the current plan", "error", err)
+			}
+			continue
+		}
 		probe := ""
 		if !forced {
-			var err error
-			if probe, err = d.probe(ctx); err != nil {
+			if probe, err = d.probe(ctx, conn); err != nil {
+				conn.Close(context.WithoutCancel(ctx))
 				if ctx.Err() == nil {
 					d.log.Warn("rescan failed; keeping the current plan", "error", err)
 				}
 				continue
 			}
 			if probe == lastProbe {
+				conn.Close(context.WithoutCancel(ctx))
 				continue
 			}
 		}
-		p, _, err := LoadPlan(ctx, d.pool)
+		p, _, err := LoadPlan(ctx, conn)
 		if err != nil {
+			conn.Close(context.WithoutCancel(ctx))
 			if ctx.Err() == nil {
 				d.log.Warn("rescan failed; keeping the current plan", "error", err)
 			}
@@ -217,7 +228,8 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 			}
 			if d.cfg.Invalidation.Mode == "trigger" {
 				// Enrichments registered in SQL, and new tenants of a template, need triggers too.
-				if err := syncTriggers(ctx, d.pool, p, d.log); err != nil {
+				if err := syncTriggers(ctx, conn, p, d.log); err != nil {
+					conn.Close(context.WithoutCancel(ctx))
 					d.log.Warn("regenerating triggers failed; retrying at the next rescan", "error", err)
 					lastProbe = ""
 					continue
@@ -226,7 +238,19 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 			d.Mat.SetPlan(p)
 			last = fp
 		}
+		conn.Close(context.WithoutCancel(ctx))
 	}
+}
+
+// loadPlanOnce builds the plan on a connection of its own, closed afterwards.
+func loadPlanOnce(ctx context.Context, dsn string) (*plan.Plan, error) {
+	conn, err := dial.Connect(ctx, dsn, "rescan")
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	p, _, err := LoadPlan(ctx, conn)
+	return p, err
 }
 
 // Cache returns the guard that recycles pooled connections by catalog-cache size.
@@ -241,9 +265,9 @@ func (d *Daemon) RescanNow() {
 }
 
 // probe fingerprints the registry and the tables discovery finds, in one read each.
-func (d *Daemon) probe(ctx context.Context) (string, error) {
+func (d *Daemon) probe(ctx context.Context, conn *pgx.Conn) (string, error) {
 	h := sha256.New()
-	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		defs, err := registry.Load(ctx, tx)
 		if err != nil {
 			return err
@@ -260,8 +284,8 @@ func (d *Daemon) probe(ctx context.Context) (string, error) {
 
 // syncTriggers regenerates the triggers of p, in transactions of at most trigger.ChunkTables
 // tables each.
-func syncTriggers(ctx context.Context, pool *pgxpool.Pool, p *plan.Plan, log hclog.Logger) error {
-	changes, err := trigger.SyncAll(ctx, pool, p, true)
+func syncTriggers(ctx context.Context, conn *pgx.Conn, p *plan.Plan, log hclog.Logger) error {
+	changes, err := trigger.SyncAll(ctx, conn, p, true)
 	logChanges(log, changes)
 	return err
 }

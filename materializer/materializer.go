@@ -5,6 +5,7 @@ package materializer
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,6 +98,7 @@ type Materializer struct {
 	ready   chan struct{} // a token per push, so idle workers wake
 	drainCh chan struct{}
 
+	sweepNext     int // the target id the next sweep starts at
 	paused        atomic.Bool
 	replicaBehind atomic.Bool
 
@@ -215,6 +217,34 @@ func (m *Materializer) Resync() {
 	m.QueueFilled()
 }
 
+// SweepTargets is how many tables one safety-net sweep checks for stale rows. Each check is a
+// short transaction on the table; with thousands of tenant tables, checking all of them every
+// sweep_interval would keep the workers busy with empty claims, so they take turns.
+const SweepTargets = 500
+
+// sweepSome marks the next n targets, in turn, for a check.
+func (m *Materializer) sweepSome(n int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.byID) <= n {
+		for _, t := range m.byID {
+			m.markLocked(t)
+		}
+		return
+	}
+	ids := make([]int, 0, len(m.byID))
+	for id := range m.byID {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	start, _ := slices.BinarySearch(ids, m.sweepNext)
+	for i := 0; i < n; i++ {
+		id := ids[(start+i)%len(ids)]
+		m.markLocked(m.byID[id])
+		m.sweepNext = ids[(start+i+1)%len(ids)]
+	}
+}
+
 func (m *Materializer) markLocked(t *target) {
 	if t.running > 0 {
 		t.dirty = true
@@ -308,7 +338,8 @@ func (m *Materializer) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				return nil
 			case <-tick.C:
-				m.Resync()
+				m.sweepSome(SweepTargets)
+				m.QueueFilled()
 				if !m.holding() {
 					m.sweep(ctx)
 				}
