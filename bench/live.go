@@ -427,6 +427,8 @@ func freshnessBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts)
 		}
 		fp, _ := measure(p, func() error { time.Sleep(o.loadFor); return nil })
 		idle = append(idle, fmt.Sprintf("| %s | %.3f%% of a core | %.1f MB |", mode, fp.cpuShare*100, float64(fp.peakRSS)/1e6))
+		r.target("daemon idle, "+mode+" mode", fmt.Sprintf("%.2f%% of a core, %.1f MB RSS", fp.cpuShare*100, float64(fp.peakRSS)/1e6),
+			"CPU about 0, RSS < 64 MB", fp.cpuShare < 0.01 && fp.peakRSS < 64<<20, whyFootprint)
 		for _, rate := range []float64{200, 1000, 0} {
 			var l latency
 			slot := ""
@@ -446,6 +448,13 @@ func freshnessBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts)
 				return fmt.Errorf("%s mode at %s writes/s: %d writes never showed in a materialized row", mode, offered, l.missing)
 			}
 			ms := func(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/1e6) }
+			if rate == 1000 {
+				r.target("freshness p99 at 1,000 writes/s, "+mode+" mode", ms(l.p99), "≤ 250 ms", l.p99 <= 250*time.Millisecond, whyFreshness)
+			}
+			if rate == 0 {
+				r.target("daemon under the highest load, "+mode+" mode", fmt.Sprintf("%.0f%% of a core, %.1f MB RSS", fp.cpuShare*100, float64(fp.peakRSS)/1e6),
+					"RSS < 64 MB", fp.peakRSS < 64<<20, whyFootprint)
+			}
 			r.add("| %s | %s | %.0f | %s | %s | **%s** | %s | %.0f%% of a core | %.1f MB |", mode, offered, l.rate,
 				ms(l.p50), ms(l.p95), ms(l.p99), ms(l.max), fp.cpuShare*100, float64(fp.peakRSS)/1e6)
 		}
@@ -623,6 +632,17 @@ func writeOverhead(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts, 
 		for _, rw := range rows {
 			t := rw.res[ci]
 			r.add("| %s | %d | %.0f | **%.2f×** | %.0f |", rw.label, c, t.tps, t.tps/base, t.walPerXact)
+			goal, why := 0.0, ""
+			switch {
+			case strings.HasPrefix(rw.label, "matcol trigger"):
+				goal, why = 0.90, whyTrigger
+			case strings.HasPrefix(rw.label, "matcol logical"):
+				goal, why = 0.97, whyLogical
+			}
+			if goal > 0 {
+				r.target(fmt.Sprintf("write TPS, %s, %d clients", strings.TrimPrefix(rw.label, "matcol "), c),
+					fmt.Sprintf("%.2f× the baseline", t.tps/base), fmt.Sprintf("≥ %.0f%%", goal*100), t.tps/base >= goal, why)
+			}
 		}
 	}
 	r.add("")

@@ -28,7 +28,22 @@ import (
 )
 
 type report struct {
-	lines []string
+	lines   []string
+	targets []string
+	missed  map[string]bool
+}
+
+// target records one figure against its target for the summary.
+func (r *report) target(figure, measured, goal string, met bool, why string) {
+	verdict := "met"
+	if !met {
+		verdict = "**missed**"
+		if r.missed == nil {
+			r.missed = map[string]bool{}
+		}
+		r.missed[why] = true
+	}
+	r.targets = append(r.targets, fmt.Sprintf("| %s | %s | %s | %s |", figure, measured, goal, verdict))
 }
 
 func (r *report) add(format string, args ...any) {
@@ -182,6 +197,8 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 	r.add("| `REFRESH MATERIALIZED VIEW` of the same aggregate | %s | %.0f | **%.2f×** | |", refresh.Round(time.Millisecond), rate(refresh), rate(backfill)/rate(refresh))
 	r.add("| `matcol backfill --enrichment seat_counts` | %s | %.0f | 1.00× | |", backfill.Round(time.Millisecond), rate(backfill))
 	r.add("| `matcol backfill --enrichment seat_counts --jobs 2` vs the set-based UPDATE | %s | %.0f | **%.2f×** | ≥ 0.7× |", backfill2.Round(time.Millisecond), rate(backfill2), rate(backfill2)/rate(setBased))
+	r.target("backfill, `--jobs 1`", fmt.Sprintf("%.2f× the set-based UPDATE", rate(backfill)/rate(setBased)), "≥ 0.7×", rate(backfill)/rate(setBased) >= 0.7, whyBackfill)
+	r.target("backfill, `--jobs 2`", fmt.Sprintf("%.2f× the set-based UPDATE", rate(backfill2)/rate(setBased)), "≥ 0.7×", rate(backfill2)/rate(setBased) >= 0.7, whyBackfill)
 	r.add("")
 	r.add("The backfill computes each batch in about 150 ms (adaptive batch size), checkpoints after each batch, and writes only the enrichment's columns, never locking a row longer than its batch. `--jobs 2` writes two batches at once on two connections; the set-based UPDATE is one backend holding every row lock until it commits.")
 	r.add("")
@@ -195,6 +212,18 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 	fmt.Println("write overhead…")
 	if err := writeOverhead(ctx, r, conn, o, demo.Schema); err != nil {
 		return err
+	}
+	r.add("## Against the targets")
+	r.add("")
+	r.add("| figure | measured | target | |")
+	r.add("|---|---|---|---|")
+	r.lines = append(r.lines, r.targets...)
+	r.add("")
+	for _, why := range []string{whyBackfill, whyCatchUp, whyFreshness, whyTrigger, whyLogical, whyFootprint} {
+		if r.missed[why] {
+			r.add("%s", why)
+			r.add("")
+		}
 	}
 	r.add("The whole run took %s.", time.Since(began).Round(time.Second))
 	if out != "" {
@@ -229,6 +258,11 @@ func catchUp(ctx context.Context, r *report, conn *pgx.Conn, dsn string, snapsho
 	}
 	// Stamp everything (the backfill filled the values) so the daemon starts idle.
 	if _, err := conn.Exec(ctx, `UPDATE event_seat_state_change SET materialized_at = now()`); err != nil {
+		return err
+	}
+	// As autovacuum would soon: statistics from the load say every row is stale, and with them
+	// the claim query scans the whole table for the few stale rows.
+	if _, err := conn.Exec(ctx, `VACUUM ANALYZE event_seat_state_change`); err != nil {
 		return err
 	}
 	dctx, stop := context.WithCancel(ctx)
@@ -269,6 +303,10 @@ func catchUp(ctx context.Context, r *report, conn *pgx.Conn, dsn string, snapsho
 		target := ""
 		if pct == 1 {
 			target = "≥ 20× faster than REFRESH"
+		}
+		if pct == 1 {
+			x := min(refreshPlain.Seconds(), refreshConc.Seconds()) / took.Seconds()
+			r.target("catch-up after a 1% change", fmt.Sprintf("%.1f× faster than the faster REFRESH", x), "≥ 20×", x >= 20, whyCatchUp)
 		}
 		r.add("| %.1f%% (%d rows) | %s | %s | %s | **%.1f×** | **%.1f×** | %s |", pct, snapshots/every, took.Round(time.Millisecond),
 			refreshPlain.Round(time.Millisecond), refreshConc.Round(time.Millisecond),
