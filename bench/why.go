@@ -5,7 +5,7 @@ package main
 const (
 	whyBackfill = "**Backfill.** Each batch reads its keys, runs the enrichment over them through the seat index (a nested loop of index scans where the set-based UPDATE hashes one sequential scan), and writes the batch; the UPDATE also never checkpoints. `--jobs 2` overlaps batches on two backends; on more cores, more jobs."
 
-	whyCatchUp = "**Catch-up.** matcol's time is per changed row (queue, drain, claim, compute, write) where REFRESH's is per view row, so the ratio grows with the table: at this scale's small view REFRESH is cheap. With statistics that still say most rows are stale the claim scans the table, which is why the bench ANALYZEs after stamping (see troubleshooting.md)."
+	whyCatchUp = "**Catch-up.** matcol's time is per changed row (queue, drain, claim, compute, write) where REFRESH's is per view row, so the ratio grows with the table: at this scale's small view REFRESH is cheap. With statistics that still say most rows are stale the claim scans the table, which is why the bench ANALYZEs after stamping (see troubleshooting.md). The time runs from the commit of the changing statement."
 
 	whyFreshness = "**Freshness.** Logical mode adds the walsender's decoding and the listener's batching (entries of committed transactions wait up to 100 ms to be inserted with more, in one synchronous commit) to trigger mode's path; under load on 2 cores the decoding competes with the writers and the batches. A shorter flush delay trades queue commits for latency."
 
