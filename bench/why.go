@@ -3,7 +3,7 @@ package main
 // Explanations printed under the summary for each missed target: what limits the figure and
 // what would move it. They describe mechanisms, not numbers, so they hold across runs.
 const (
-	whyBackfill = "**Backfill.** Each batch reads its keys, runs the enrichment over them through the seat index (a nested loop of index scans where the set-based UPDATE hashes one sequential scan), and writes the batch; the UPDATE also never checkpoints. `--jobs 2` overlaps batches on two backends; on more cores, more jobs."
+	whyBackfill = "**Backfill.** Each batch reads its keys, runs the enrichment over them through the seat index (a nested loop of index scans where the set-based UPDATE hashes one sequential scan), and writes the batch; the UPDATE also never checkpoints. `--jobs 2` overlaps batches on two backends; on more cores, more jobs. The gap is the access path: `= ANY($1)` over a batch's keys descends the seat index once per key (PostgreSQL 17 walks such arrays in one scan), and a range form of the enrichment (`BETWEEN` the batch's first and last key) would let the planner read the seats sequentially too."
 
 	whyCatchUp = "**Catch-up.** matcol's time is per changed row (queue, drain, claim, compute, write) where REFRESH's is per view row, so the ratio grows with the table: at this scale's small view REFRESH is cheap. With statistics that still say most rows are stale the claim scans the table, which is why the bench ANALYZEs after stamping (see troubleshooting.md). The time runs from the commit of the changing statement."
 

@@ -19,11 +19,15 @@ import (
 	"github.com/matcol/matcol/internal/pgtest"
 )
 
-// Chaos in trigger mode: writers keep changing every source while the daemon is SIGKILLed and
-// restarted every few seconds, its connections are terminated, and PostgreSQL itself restarts
-// with -m immediate. Afterwards verify --all must find no drift. MATCOL_CHAOS_SECONDS runs it
-// longer (default 15).
-func TestChaosTriggerMode(t *testing.T) {
+// Chaos: writers keep changing every source while the daemon is SIGKILLed and restarted every
+// few seconds, its connections (the walsender's too) are terminated, and PostgreSQL itself
+// restarts with -m immediate. Afterwards verify --all must find no drift. MATCOL_CHAOS_SECONDS
+// runs it longer (default 15).
+func TestChaosTriggerMode(t *testing.T) { testChaos(t, "trigger") }
+
+func TestChaosLogicalMode(t *testing.T) { testChaos(t, "logical") }
+
+func testChaos(t *testing.T, mode string) {
 	cl := pgtest.Cluster(t)
 	if cl == nil {
 		t.Skip("needs the test cluster to restart PostgreSQL")
@@ -33,7 +37,8 @@ func TestChaosTriggerMode(t *testing.T) {
 		secs = s
 	}
 	dsn := cinemaDB(t)
-	env := []string{"MATCOL_DATABASE_URL=" + dsn, "MATCOL_STATUS_LISTEN=", "MATCOL_MATERIALIZER_SWEEP_INTERVAL=1s"}
+	env := []string{"MATCOL_DATABASE_URL=" + dsn, "MATCOL_STATUS_LISTEN=", "MATCOL_MATERIALIZER_SWEEP_INTERVAL=1s",
+		"MATCOL_INVALIDATION_MODE=" + mode, "MATCOL_INVALIDATION_FIX_REPLICA_IDENTITY=true", "MATCOL_INVALIDATION_SLOT=chaos"}
 	cfg := writeConfig(t, demo.Config)
 	start := func() *exec.Cmd {
 		cmd := exec.Command(binary, "run", "-c", cfg, "--log-level", "error")
@@ -98,6 +103,16 @@ func TestChaosTriggerMode(t *testing.T) {
 
 	// Quiesce: the daemon catches up, then verify compares every row with a fresh computation.
 	conn := pgtest.Connect(t, dsn)
+	if mode == "logical" {
+		var lsn string
+		require.NoError(t, conn.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&lsn))
+		require.Eventually(t, func() bool {
+			var done bool
+			err := conn.QueryRow(context.Background(), `SELECT coalesce((SELECT confirmed_flush_lsn >= $1::pg_lsn
+				FROM pg_replication_slots WHERE slot_name = 'chaos'), false)`, lsn).Scan(&done)
+			return err == nil && done
+		}, 60*time.Second, 200*time.Millisecond, "the slot must confirm every write")
+	}
 	require.Eventually(t, func() bool {
 		var stale int
 		err := conn.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM venue WHERE materialized_at IS NULL)
@@ -111,5 +126,5 @@ func TestChaosTriggerMode(t *testing.T) {
 	r := matcol(t, env, "verify", "-c", cfg, "--all", "--rate", "0")
 	require.Zero(t, r.code, r.stdout+r.stderr)
 	require.Contains(t, r.stdout, "0 values differ")
-	t.Logf("%d writes over %d chaos rounds", writes.Load(), round)
+	t.Logf("%s mode: %d writes over %d chaos rounds", mode, writes.Load(), round)
 }
