@@ -375,6 +375,26 @@ func waitSlot(ctx context.Context, conn *pgx.Conn, slot, table string) error {
 	return fmt.Errorf("slot %s did not become active within 2 minutes", slot)
 }
 
+// startCaughtUp runs `matcol run` with config cfg (whose slot is named name) and returns once
+// table is fresh: in logical mode, once the slot streams and its first-start resync is done.
+func startCaughtUp(ctx context.Context, conn *pgx.Conn, o liveOpts, cfg, name, mode, table string) (*daemonProc, error) {
+	p, err := startDaemon(o.bin, cfg, filepath.Join(o.dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	if mode == "logical" {
+		err = waitSlot(ctx, conn, name, table)
+	} else {
+		time.Sleep(2 * time.Second) // the daemon's first drain
+		err = waitFresh(ctx, conn, table, 2*time.Minute)
+	}
+	if err != nil {
+		_ = p.stop()
+		return nil, fmt.Errorf("%s: %w (daemon log: %s)", name, err, p.log)
+	}
+	return p, nil
+}
+
 type liveOpts struct {
 	bin, dir string
 	cl       *pgcluster.Cluster
@@ -411,18 +431,8 @@ func freshnessBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts)
 		if err := matcolCmd(ctx, o.bin, "apply", "-c", cfg); err != nil {
 			return err
 		}
-		p, err := startDaemon(o.bin, cfg, filepath.Join(o.dir, "fresh_"+mode+".log"))
+		p, err := startCaughtUp(ctx, conn, o, cfg, "fresh_"+mode, mode, "item")
 		if err != nil {
-			return err
-		}
-		if mode == "logical" {
-			err = waitSlot(ctx, conn, "fresh_"+mode, "item")
-		} else {
-			time.Sleep(2 * time.Second)
-			err = waitFresh(ctx, conn, "item", time.Minute)
-		}
-		if err != nil {
-			_ = p.stop()
 			return err
 		}
 		fp, _ := measure(p, func() error { time.Sleep(o.loadFor); return nil })
@@ -592,18 +602,11 @@ func writeOverhead(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts, 
 		if err := runAll("matcol " + mode + " mode, daemon stopped"); err != nil {
 			return err
 		}
-		p, err := startDaemon(o.bin, cfg, filepath.Join(o.dir, "writes_"+mode+".log"))
+		p, err := startCaughtUp(ctx, conn, o, cfg, "writes_"+mode, mode, "venue")
 		if err != nil {
 			return err
 		}
-		if mode == "logical" {
-			err = waitSlot(ctx, conn, "writes_"+mode, "venue")
-		} else {
-			err = waitFresh(ctx, conn, "venue", 2*time.Minute)
-		}
-		if err == nil {
-			err = runAll("matcol " + mode + " mode, daemon running")
-		}
+		err = runAll("matcol " + mode + " mode, daemon running")
 		if serr := p.stop(); err == nil && serr != nil {
 			err = fmt.Errorf("%s mode: %w (daemon log: %s)", mode, serr, p.log)
 		}

@@ -278,7 +278,7 @@ func catchUp(ctx context.Context, r *report, conn *pgx.Conn, dsn string, snapsho
 		return err
 	}
 	go func() { _ = d.Wait(dctx) }()
-	if err := waitCaughtUp(ctx, conn); err != nil {
+	if err := waitFresh(ctx, conn, "event_seat_state_change", 10*time.Minute); err != nil {
 		return err
 	}
 	refreshPlain, err := timed(ctx, conn, `REFRESH MATERIALIZED VIEW seat_counts`)
@@ -303,7 +303,7 @@ func catchUp(ctx context.Context, r *report, conn *pgx.Conn, dsn string, snapsho
 		}
 		start := time.Now() // the commit: the statement's own scan of seat_state is not matcol's
 
-		if err := waitCaughtUp(ctx, conn); err != nil {
+		if err := waitFresh(ctx, conn, "event_seat_state_change", 10*time.Minute); err != nil {
 			return err
 		}
 		took := time.Since(start)
@@ -321,22 +321,6 @@ func catchUp(ctx context.Context, r *report, conn *pgx.Conn, dsn string, snapsho
 	}
 	r.add("")
 	return nil
-}
-
-func waitCaughtUp(ctx context.Context, conn *pgx.Conn) error {
-	deadline := time.Now().Add(10 * time.Minute)
-	for time.Now().Before(deadline) {
-		var n int64
-		if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM event_seat_state_change WHERE materialized_at IS NULL)
-			+ (SELECT count(*) FROM matcol.pending)`).Scan(&n); err != nil {
-			return err
-		}
-		if n == 0 {
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return fmt.Errorf("matcol did not catch up within 10 minutes")
 }
 
 func timed(ctx context.Context, conn *pgx.Conn, sql string) (time.Duration, error) {

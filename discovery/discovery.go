@@ -131,16 +131,7 @@ func LookupRelation(ctx context.Context, q Querier, name pgident.Table) (*Relati
 		if err := rows.Scan(&r.Name.Schema, &r.Name.Name, &ident, &c.Name, &c.Type, &c.TypeOID, &c.NotNull, &keyPos, &identPos); err != nil {
 			return nil, fmt.Errorf("read columns of %s: %w", name, err)
 		}
-		r.Columns = append(r.Columns, c)
-		if keyPos > 0 {
-			for len(r.Key) < keyPos {
-				r.Key = append(r.Key, Column{})
-			}
-			r.Key[keyPos-1] = c
-		}
-		if identPos > 0 {
-			r.IdentityColumns = append(r.IdentityColumns, c.Name)
-		}
+		r.addColumn(c, keyPos, identPos)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", name, err)
@@ -149,6 +140,21 @@ func LookupRelation(ctx context.Context, q Querier, name pgident.Table) (*Relati
 		r.ReplicaIdentity = ident[0]
 	}
 	return r, nil
+}
+
+// addColumn appends a column read from relation.sql; keyPos and identPos are its 1-based
+// positions in the primary key and the replica identity, 0 when not in them.
+func (r *Relation) addColumn(c Column, keyPos, identPos int) {
+	r.Columns = append(r.Columns, c)
+	if keyPos > 0 {
+		for len(r.Key) < keyPos {
+			r.Key = append(r.Key, Column{})
+		}
+		r.Key[keyPos-1] = c
+	}
+	if identPos > 0 {
+		r.IdentityColumns = append(r.IdentityColumns, c.Name)
+	}
 }
 
 // LookupRelations finds many schema-qualified tables in one catalog query. Tables that do not
@@ -190,16 +196,7 @@ func LookupRelations(ctx context.Context, q Querier, names []pgident.Table) (map
 			}
 			out[name] = r
 		}
-		r.Columns = append(r.Columns, c)
-		if keyPos > 0 {
-			for len(r.Key) < keyPos {
-				r.Key = append(r.Key, Column{})
-			}
-			r.Key[keyPos-1] = c
-		}
-		if identPos > 0 {
-			r.IdentityColumns = append(r.IdentityColumns, c.Name)
-		}
+		r.addColumn(c, keyPos, identPos)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read tables: %w", err)

@@ -208,15 +208,7 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 			if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(t)...); err != nil {
 				return err
 			}
-			args := make([]any, width+2)
-			for i := range t.Key {
-				if b.cursor != nil {
-					args[i] = *b.cursor[i]
-				}
-			}
-			args[width] = b.cursor != nil
-			args[width+1] = size
-			rows, err := claim(ctx, tx, next, width+1, args...)
+			rows, err := claim(ctx, tx, next, width+1, nextKeysArgs(b.cursor, width, size)...)
 			if err != nil {
 				return fmt.Errorf("read next keys: %w", err)
 			}
@@ -252,19 +244,35 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 		}
 		b.cursor = last
 		b.done += int64(n)
-		d := time.Since(batchStart)
-		switch {
-		case d > b.spec.TargetDuration*3/2 && size > 1:
-			size = max(1, size*2/3)
-		case d < b.spec.TargetDuration/2 && n >= size && size < 50000:
-			size = min(50000, size*3/2)
-		}
+		size = b.adapt(size, n, time.Since(batchStart))
 		report(false)
 		if err := b.pace(ctx, start, startDone); err != nil {
 			return err
 		}
 	}
 	return b.finish(ctx, retry, report)
+}
+
+// nextKeysArgs are the arguments of plan.BackfillNextSQL: the cursor (nil: from the start) and
+// how many keys to read.
+func nextKeysArgs(cursor []*string, width, size int) []any {
+	args := make([]any, width+2)
+	for i := range cursor {
+		args[i] = *cursor[i]
+	}
+	args[width], args[width+1] = cursor != nil, size
+	return args
+}
+
+// adapt moves the batch size toward TargetDuration after a batch of n rows took d.
+func (b *Backfill) adapt(size, n int, d time.Duration) int {
+	switch {
+	case d > b.spec.TargetDuration*3/2 && size > 1:
+		return max(1, size*2/3)
+	case d < b.spec.TargetDuration/2 && n >= size && size < 50000:
+		return min(50000, size*3/2)
+	}
+	return size
 }
 
 // pace sleeps as long as the rows done since start run ahead of the rate cap.

@@ -70,14 +70,7 @@ func (b *Backfill) runParallel(ctx context.Context, report func(bool)) (retry []
 	start, startDone := time.Now(), b.done
 	for {
 		if !exhausted && inflight < 2*jobs {
-			args := make([]any, width+2)
-			for i := range t.Key {
-				if cursor != nil {
-					args[i] = *cursor[i]
-				}
-			}
-			args[width], args[width+1] = cursor != nil, size
-			rows, err := plan.CollectKeys(ctx, b.conn, next, width+1, args...)
+			rows, err := plan.CollectKeys(ctx, b.conn, next, width+1, nextKeysArgs(cursor, width, size)...)
 			if err != nil {
 				return nil, 0, fmt.Errorf("read next keys: %w", err)
 			}
@@ -115,12 +108,7 @@ func (b *Backfill) runParallel(ctx context.Context, report func(bool)) (retry []
 		}
 		failed += r.failed
 		retry = append(retry, r.skipped...)
-		switch {
-		case r.took > b.spec.TargetDuration*3/2 && size > 1:
-			size = max(1, size*2/3)
-		case r.took < b.spec.TargetDuration/2 && r.n >= size && size < 50000:
-			size = min(50000, size*3/2)
-		}
+		size = b.adapt(size, r.n, r.took)
 		done[r.seq] = r
 		moved := false
 		for {
