@@ -60,7 +60,15 @@ func TestBackfillKilledResumesAndFailuresList(t *testing.T) {
 	require.NoError(t, conn.QueryRow(ctx, `SELECT rows_done FROM matcol.backfill`).Scan(&done))
 	require.Less(t, done, int64(30000), "killed halfway")
 
-	r = matcol(t, env, "backfill", "-c", cfg, "--enrichment", "order_total")
+	r = matcol(t, env, "backfill", "-c", cfg, "--enrichment", "order_total", "--jobs", "0")
+	require.NotZero(t, r.code)
+	require.Contains(t, r.stderr, "--jobs 0: give at least 1")
+	r = matcol(t, env, "backfill", "-c", cfg, "--enrichment", "order_total", "--jobs", "2", "--async")
+	require.NotZero(t, r.code)
+	require.Contains(t, r.stderr, "--async backfills run one batch at a time")
+
+	// The resumed run writes two batches at once.
+	r = matcol(t, env, "backfill", "-c", cfg, "--enrichment", "order_total", "--jobs", "2")
 	require.Zero(t, r.code, r.stdout+r.stderr)
 	require.Contains(t, r.stdout, "resuming backfill 1")
 	require.Contains(t, r.stdout, "backfill 1 done: 30000 rows")
