@@ -188,11 +188,21 @@ func writeSQL(t *Target, es []*Enrichment, stamp, checkStamp bool) string {
 			rowText(t.Key))
 	}
 	b.WriteString(")\n")
+	// The stamp check sits in SET and RETURNING, not WHERE: as a join filter it makes the planner
+	// expect a handful of rows and loop over the whole enrichment result once per key.
+	same := fmt.Sprintf(`%s.materialized_at IS NOT DISTINCT FROM %s."matcol seen"`, aliasTarget, aliasKeys)
+	if checkStamp {
+		b.WriteString(`, "matcol w" AS (` + "\n")
+	}
 	fmt.Fprintf(&b, "UPDATE %s AS %s SET ", t.Table.Sanitize(), aliasTarget)
 	var sets []string
 	for i, e := range es {
 		for _, c := range e.Columns {
-			sets = append(sets, fmt.Sprintf("%s = %s.%s", ident(c), enrichAlias(i), ident(c)))
+			v := fmt.Sprintf("%s.%s", enrichAlias(i), ident(c))
+			if checkStamp {
+				v = fmt.Sprintf("CASE WHEN %s THEN %s ELSE %s.%s END", same, v, aliasTarget, ident(c))
+			}
+			sets = append(sets, fmt.Sprintf("%s = %s", ident(c), v))
 		}
 	}
 	if stamp {
@@ -210,8 +220,8 @@ func writeSQL(t *Target, es []*Enrichment, stamp, checkStamp bool) string {
 	}
 	fmt.Fprintf(&b, "\nWHERE %s AND NOT EXISTS (SELECT FROM %s)", keyMatch(t.Key, aliasTarget, aliasKeys), aliasDup)
 	if checkStamp {
-		fmt.Fprintf(&b, "\n  AND %s.materialized_at IS NOT DISTINCT FROM %s.\"matcol seen\"\nRETURNING %s",
-			aliasTarget, aliasKeys, keyTexts(t.Key, aliasTarget))
+		fmt.Fprintf(&b, "\nRETURNING %s, %s AS \"matcol same\")\nSELECT %s FROM \"matcol w\" WHERE \"matcol same\"",
+			keyTexts(t.Key, aliasTarget), same, keyList(t.Key, `"matcol w".`))
 	}
 	return b.String()
 }
