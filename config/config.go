@@ -120,6 +120,9 @@ type Enrichment struct {
 	Settings map[string]string `mapstructure:"settings"`
 	// Priority orders tables when several have work: higher first. Defaults to 0.
 	Priority int `mapstructure:"priority"`
+	// MinInterval recomputes a row at most once per interval, however often its inputs change.
+	// Defaults to 0 (no limit).
+	MinInterval time.Duration `mapstructure:"min_interval"`
 }
 
 // SelfEnabled reports whether self invalidation is on.
@@ -350,6 +353,9 @@ func (e Enrichment) validate(key string, p *Problems) {
 	}
 	if e.LockTimeout < 0 {
 		p.add(key+".lock_timeout", "must not be negative")
+	}
+	if e.MinInterval < 0 {
+		p.add(key+".min_interval", "must not be negative")
 	}
 	for name := range e.Settings {
 		if !gucRe.MatchString(name) {

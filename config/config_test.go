@@ -91,6 +91,7 @@ enrichments:
     table: t
     columns: [y]
     sql: SELECT 1
+    min_interval: -1s
     depends_on: [{table: s}]
 `), nil)
 	require.NoError(t, err)
@@ -108,6 +109,7 @@ enrichments:
 		"enrichments[0] (a).sql: is required",
 		"enrichments[1] (a).name: duplicates enrichments[0]",
 		"enrichments[1] (a).depends_on[0].columns: lists no column",
+		"enrichments[1] (a).min_interval: must not be negative",
 	} {
 		require.Contains(t, msg, want)
 	}

@@ -50,7 +50,8 @@ func Definitions(cfg *config.Config) ([]registry.Enrichment, error) {
 		d := registry.Enrichment{Name: e.Name, Target: t, Template: template, Columns: e.Columns, SQL: e.SQL,
 			ExpiresAfter: e.ExpiresAfter, Self: e.SelfEnabled(),
 			Settings: registry.Settings{BatchSize: e.BatchSize, StatementTimeout: e.StatementTimeout,
-				LockTimeout: e.LockTimeout, WorkMem: e.WorkMem, GUCs: e.Settings, Priority: e.Priority}}
+				LockTimeout: e.LockTimeout, WorkMem: e.WorkMem, GUCs: e.Settings, Priority: e.Priority,
+				MinInterval: e.MinInterval}}
 		for _, dep := range e.DependsOn {
 			st, err := pgident.ParseTable(dep.Table)
 			if err != nil {

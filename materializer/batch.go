@@ -45,11 +45,20 @@ func (m *Materializer) batch(ctx context.Context, t *target) (int, error) {
 		return 0, fmt.Errorf("claim stale rows of %s: %w", t.plan.Table, err)
 	}
 	n := len(keys[0])
+	held := false
+	if n < size && t.plan.MinInterval() > 0 {
+		// Rows the claim passed over for min_interval come due without any new invalidation.
+		if held, err = m.wakeWhenDue(bctx, tx, t); err != nil {
+			return 0, fmt.Errorf("read held rows of %s: %w", t.plan.Table, err)
+		}
+	}
 	if n == 0 {
 		// Caught up: the target has no stale row left, unless a drain committed meanwhile.
-		if _, err := tx.Exec(bctx, `UPDATE matcol.target SET stale_since = NULL
-			WHERE id = $1 AND drain_seq = $2 AND stale_since IS NOT NULL`, t.plan.ID, seq); err != nil {
-			return 0, err
+		if !held {
+			if _, err := tx.Exec(bctx, `UPDATE matcol.target SET stale_since = NULL
+				WHERE id = $1 AND drain_seq = $2 AND stale_since IS NOT NULL`, t.plan.ID, seq); err != nil {
+				return 0, err
+			}
 		}
 		return 0, tx.Commit(bctx)
 	}
@@ -77,7 +86,44 @@ func (m *Materializer) write(ctx context.Context, tx pgx.Tx, t *target, keys [][
 	// In the same round trip; probing the small failure table costs less than tracking which keys
 	// were quarantined.
 	b.Queue(plan.ClearFailuresSQL(t.plan), append([]any{t.plan.ID}, args...)...)
+	if d := t.plan.MinInterval(); d > 0 {
+		b.Queue(plan.DebounceSQL(t.plan), append([]any{t.plan.ID, d}, args...)...)
+	}
 	return tx.SendBatch(ctx, b).Close()
+}
+
+// wakeWhenDue arranges a check of t when its first stale row held back by min_interval comes
+// due, and reports whether there is such a row.
+func (m *Materializer) wakeWhenDue(ctx context.Context, tx pgx.Tx, t *target) (bool, error) {
+	var secs *float64
+	if err := tx.QueryRow(ctx, plan.NextDueSQL(t.plan), t.plan.ID).Scan(&secs); err != nil {
+		return false, err
+	}
+	if secs == nil {
+		return false, nil
+	}
+	// The server's clock decides when the row is due; a little slack keeps the wake from
+	// arriving a hair early and finding the row still held.
+	after := time.Duration(*secs*float64(time.Second)) + 10*time.Millisecond
+	id := t.plan.ID
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	at := time.Now().Add(after)
+	if t.wake != nil && t.wakeAt.After(time.Now()) && !t.wakeAt.After(at) {
+		return true, nil // an earlier wake is set
+	}
+	if t.wake != nil {
+		t.wake.Stop()
+	}
+	t.wakeAt = at
+	t.wake = time.AfterFunc(max(after, 0), func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if t := m.byID[id]; t != nil {
+			m.markLocked(t)
+		}
+	})
+	return true, nil
 }
 
 func (m *Materializer) done(t *target, n int, d time.Duration) {

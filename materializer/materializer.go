@@ -139,6 +139,8 @@ type target struct {
 	dirty   bool // marked while a batch ran
 	backoff int  // consecutive failures
 	retryAt time.Time
+	wake    *time.Timer // marks the target when rows held by min_interval come due
+	wakeAt  time.Time
 
 	rows      atomic.Int64 // materialized by this process
 	lastBatch atomic.Int64 // nanoseconds
@@ -174,6 +176,7 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 		if o := old[pt.ID]; o != nil && o.plan.Table == pt.Table {
 			t.batchSize = o.batchSize
 			t.running = o.running
+			t.wake, t.wakeAt = o.wake, o.wakeAt
 		}
 		m.byHash[pt.Hash] = t
 		m.byID[pt.ID] = t

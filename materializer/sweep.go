@@ -8,7 +8,7 @@ import (
 	"github.com/matcol/matcol/plan"
 )
 
-// sweep runs the periodic chores: for now, expiry.
+// sweep runs the periodic chores: expiry, and clearing min_interval holds that have passed.
 func (m *Materializer) sweep(ctx context.Context) {
 	m.mu.Lock()
 	targets := make([]*target, 0, len(m.byID))
@@ -16,10 +16,12 @@ func (m *Materializer) sweep(ctx context.Context) {
 		targets = append(targets, t)
 	}
 	m.mu.Unlock()
+	debounced := false
 	for _, t := range targets {
 		if ctx.Err() != nil {
 			return
 		}
+		debounced = debounced || t.plan.MinInterval() > 0
 		exp := expiry(t.plan)
 		if exp <= 0 {
 			continue
@@ -34,6 +36,11 @@ func (m *Materializer) sweep(ctx context.Context) {
 			m.mu.Lock()
 			m.markLocked(t)
 			m.mu.Unlock()
+		}
+	}
+	if debounced {
+		if _, err := m.pool.Exec(ctx, `DELETE FROM matcol.debounce WHERE not_before < now()`); err != nil {
+			m.log.Warn("clearing min_interval holds failed", "error", err)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package plan
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -53,8 +54,57 @@ func trimSQL(s string) string {
 // first statement of a batch; the write comes in a later statement, whose snapshot then sees every
 // change committed before the locks were taken (DESIGN invariant 2).
 func ClaimSQL(t *Target) string {
+	cond := notQuarantined(t, "$2")
+	if t.MinInterval() > 0 {
+		cond += fmt.Sprintf(" AND NOT EXISTS (SELECT FROM matcol.debounce d WHERE d.target_id = $2 AND d.key = %s AND d.not_before > now())",
+			KeyTextArray(t.Key, aliasTarget))
+	}
 	return fmt.Sprintf("SELECT %s FROM %s AS %s WHERE %s.materialized_at IS NULL AND %s LIMIT $1 FOR UPDATE OF %s SKIP LOCKED",
-		keyTexts(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, aliasTarget, notQuarantined(t, "$2"), aliasTarget)
+		keyTexts(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, aliasTarget, cond, aliasTarget)
+}
+
+// MinInterval is the longest min_interval among the table's enrichments: a batch recomputes a
+// row for all of them at once, so the strictest holds.
+func (t *Target) MinInterval() time.Duration {
+	var d time.Duration
+	for _, e := range t.Enrichments {
+		d = max(d, e.Settings.MinInterval)
+	}
+	return d
+}
+
+// DebounceSQL holds back the keys in $3..$n+2 (text arrays) of target $1 for the interval $2:
+// until then the claim passes over them.
+func DebounceSQL(t *Target) string {
+	params, names := textKeyParams(t, 3)
+	return fmt.Sprintf(`INSERT INTO matcol.debounce (target_id, key, not_before)
+		SELECT $1, ARRAY[%s], now() + $2::interval FROM unnest(%s) AS u(%s)
+		ON CONFLICT (target_id, key) DO UPDATE SET not_before = excluded.not_before`,
+		strings.Join(names, ", "), params, strings.Join(names, ", "))
+}
+
+// NextDueSQL returns the seconds, by the server's clock, until the first stale row of target $1
+// that min_interval holds back comes due; NULL when there is none.
+func NextDueSQL(t *Target) string {
+	match := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		match[i] = fmt.Sprintf("%s.%s = d.key[%d]::%s", aliasTarget, ident(k.Name), i+1, k.Type)
+	}
+	return fmt.Sprintf(`SELECT extract(epoch FROM min(d.not_before) - clock_timestamp())::float8
+		FROM matcol.debounce d JOIN %s AS %s ON %s
+		WHERE d.target_id = $1 AND d.not_before > now() AND %s.materialized_at IS NULL`,
+		t.Table.Sanitize(), aliasTarget, strings.Join(match, " AND "), aliasTarget)
+}
+
+// textKeyParams returns unnest's parameters, text arrays from $first on, and its column names.
+func textKeyParams(t *Target, first int) (string, []string) {
+	params := make([]string, len(t.Key))
+	names := make([]string, len(t.Key))
+	for i := range t.Key {
+		params[i] = fmt.Sprintf("$%d::text[]", first+i)
+		names[i] = fmt.Sprintf("c%d", i)
+	}
+	return strings.Join(params, ", "), names
 }
 
 // ClaimKeysSQL is ClaimSQL restricted to the keys in $2..$n+1 (typed arrays), for retrying parts
@@ -91,18 +141,13 @@ func MarkStaleSQL(t *Target) string {
 
 // ClearFailuresSQL deletes the failure records of the keys in $2..$n+1 (text arrays) of target $1.
 func ClearFailuresSQL(t *Target) string {
-	cols := make([]string, len(t.Key))
-	params := make([]string, len(t.Key))
-	for i := range t.Key {
-		cols[i] = fmt.Sprintf("u.c%d", i)
-		params[i] = fmt.Sprintf("$%d::text[]", i+2)
-	}
-	names := make([]string, len(t.Key))
-	for i := range names {
-		names[i] = fmt.Sprintf("c%d", i)
+	params, names := textKeyParams(t, 2)
+	cols := make([]string, len(names))
+	for i, n := range names {
+		cols[i] = "u." + n
 	}
 	return fmt.Sprintf("DELETE FROM matcol.failure f USING unnest(%s) AS u(%s) WHERE f.target_id = $1 AND f.key = ARRAY[%s]",
-		strings.Join(params, ", "), strings.Join(names, ", "), strings.Join(cols, ", "))
+		params, strings.Join(names, ", "), strings.Join(cols, ", "))
 }
 
 // LockKeysSQL locks the given rows (keys as text arrays), waiting for them, and returns the keys

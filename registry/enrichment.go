@@ -42,6 +42,8 @@ type Settings struct {
 	GUCs map[string]string `json:"gucs,omitempty"`
 	// Priority orders tables when several have work: higher first. Defaults to 0.
 	Priority int `json:"priority,omitempty"`
+	// MinInterval recomputes a row at most once per interval. Defaults to 0 (no limit).
+	MinInterval time.Duration `json:"min_interval,omitempty"`
 }
 
 // GUCsJSON returns GUCs as a JSON object.
