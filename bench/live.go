@@ -396,10 +396,11 @@ func startCaughtUp(ctx context.Context, conn *pgx.Conn, o liveOpts, cfg, name, m
 }
 
 type liveOpts struct {
-	bin, dir string
-	cl       *pgcluster.Cluster
-	loadFor  time.Duration // per freshness level
-	benchFor time.Duration // per pgbench run
+	bin, dir  string
+	cl        *pgcluster.Cluster
+	loadFor   time.Duration // per freshness level
+	benchFor  time.Duration // per pgbench run
+	scattered bool          // seat_state in seat order rather than snapshot order
 }
 
 // freshnessBench measures source-commit-to-materialized latency in both modes, and the daemon's

@@ -1,7 +1,7 @@
 // Command bench measures matcol against its alternatives on a throwaway local PostgreSQL and
 // writes docs/benchmarks.md. Every figure is a ratio against a baseline timed in the same run.
 //
-//	go run ./bench [-snapshots 300000] [-seats 50] [-load-for 15s] [-pgbench-for 10s] [-out docs/benchmarks.md]
+//	go run ./bench [-snapshots 300000] [-seats 50] [-scattered] [-load-for 15s] [-pgbench-for 10s] [-out docs/benchmarks.md]
 package main
 
 import (
@@ -58,10 +58,11 @@ func main() {
 	out := flag.String("out", "docs/benchmarks.md", "where to write the results ('' for stdout only)")
 	loadFor := flag.Duration("load-for", 15*time.Second, "how long each freshness load level runs")
 	benchFor := flag.Duration("pgbench-for", 10*time.Second, "how long each pgbench run lasts")
+	scattered := flag.Bool("scattered", false, "load seat_state seat by seat, so each snapshot's seats lie on as many pages as it has seats")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *snapshots, *seats, *out, liveOpts{loadFor: *loadFor, benchFor: *benchFor}); err != nil {
+	if err := run(ctx, *snapshots, *seats, *out, liveOpts{loadFor: *loadFor, benchFor: *benchFor, scattered: *scattered}); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -128,13 +129,19 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 	if err := conn.QueryRow(ctx, `SHOW server_version`).Scan(&version); err != nil {
 		return err
 	}
+	// An application writes a snapshot's seats together, so they share pages; -scattered spreads
+	// them over as many pages as there are seats.
+	order, layout := "c, s", "each snapshot's seats written together, as an application writes them"
+	if o.scattered {
+		order, layout = "s, c", "each snapshot's seats scattered over as many pages as it has seats (-scattered)"
+	}
 	fmt.Printf("loading %d snapshots × %d seats…\n", snapshots, seats)
 	start := time.Now()
 	for _, stmt := range []string{
 		seatSchema,
 		fmt.Sprintf(`INSERT INTO event_seat_state_change (id, event_id) SELECT g, g / 10 FROM generate_series(1, %d) g`, snapshots),
 		fmt.Sprintf(`INSERT INTO seat_state SELECT c, s, (ARRAY['SOLD','RESERVED','EMPTY'])[1 + (c * 7 + s) %% 3]
-			FROM generate_series(1, %d) c, generate_series(1, %d) s`, snapshots, seats),
+			FROM generate_series(1, %d) c, generate_series(1, %d) s ORDER BY %s`, snapshots, seats, order),
 		`VACUUM (ANALYZE) event_seat_state_change`, `VACUUM (ANALYZE) seat_state`,
 		matviewSQL,
 	} {
@@ -196,6 +203,8 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 	r.add("Every ratio is against a baseline timed in the same run on the same data.")
 	r.add("")
 	r.add("## Full backfill (%d snapshots × %d seats)", snapshots, seats)
+	r.add("")
+	r.add("`seat_state` layout: %s.", layout)
 	r.add("")
 	r.add("| method | time | rows/s | matcol ÷ baseline | target |")
 	r.add("|---|---|---|---|---|")
