@@ -46,8 +46,13 @@ type bundle struct {
 
 func setup(t *testing.T) *bundle {
 	t.Helper()
+	return setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 1})
+}
+
+// setupOn loads the venue schema and its enrichment into the empty database dsn.
+func setupOn(t *testing.T, dsn string, cfg materializer.Config) *bundle {
+	t.Helper()
 	ctx := context.Background()
-	dsn := pgtest.NewDB(t)
 	conn := pgtest.Connect(t, dsn)
 	pgtest.Exec(t, conn, schema)
 	tx, err := conn.Begin(ctx)
@@ -63,7 +68,7 @@ func setup(t *testing.T) *bundle {
 	t.Cleanup(pool.Close)
 	p, _, err := daemon.LoadPlan(ctx, pool)
 	require.NoError(t, err)
-	m := materializer.New(pool, p, materializer.Config{Workers: 1}, hclog.NewNullLogger())
+	m := materializer.New(pool, p, cfg, hclog.NewNullLogger())
 	return &bundle{dsn: dsn, conn: conn, pool: pool, plan: p, mat: m}
 }
 

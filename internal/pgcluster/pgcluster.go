@@ -254,3 +254,50 @@ func tail(s string, n int) string {
 	}
 	return s[len(s)-n:]
 }
+
+// StartStandby starts a streaming replica of c, from a base backup, with extra postgresql.conf
+// settings. Call Stop on it before stopping c.
+func (c *Cluster) StartStandby(ctx context.Context, settings map[string]string) (*Cluster, error) {
+	root, err := os.MkdirTemp(filepath.Dir(c.root), "matcol-pg-standby-")
+	if err != nil {
+		return nil, fmt.Errorf("create standby dir: %w", err)
+	}
+	s := &Cluster{BinDir: c.BinDir, DataDir: filepath.Join(root, "data"), root: root, User: c.User, Version: c.Version, cred: c.cred}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = os.RemoveAll(root)
+		}
+	}()
+	if c.cred != nil {
+		if err := os.Chown(root, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
+			return nil, fmt.Errorf("chown standby dir: %w", err)
+		}
+	}
+	if out, err := s.run(ctx, "pg_basebackup", "-D", s.DataDir, "-h", "127.0.0.1", "-p", strconv.Itoa(c.Port),
+		"-U", c.User, "-R", "-X", "stream", "--no-sync"); err != nil {
+		return nil, fmt.Errorf("pg_basebackup: %w: %s", err, out)
+	}
+	if s.Port, err = freePort(); err != nil {
+		return nil, err
+	}
+	var conf bytes.Buffer
+	fmt.Fprintf(&conf, "\n# matcol pgcluster standby\nport = %d\nunix_socket_directories = '%s'\n", s.Port, root)
+	for k, v := range settings {
+		fmt.Fprintf(&conf, "%s = %s\n", k, v)
+	}
+	f, err := os.OpenFile(filepath.Join(s.DataDir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open standby postgresql.conf: %w", err)
+	}
+	_, err = f.Write(conf.Bytes())
+	_ = f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("write standby postgresql.conf: %w", err)
+	}
+	if err := s.pgctl(ctx, "start"); err != nil {
+		return nil, err
+	}
+	ok = true
+	return s, nil
+}
