@@ -365,7 +365,9 @@ func (s *Scheduler) claim(ctx context.Context, conn *pgxpool.Conn, only *int) (*
 			return c, err
 		}
 	}
-	if err := tx.Commit(ctx); err != nil {
+	// Not cancellable: a stop arriving mid-commit could leave the execution committed yet never
+	// recorded as ended, and the next claim would call it abandoned.
+	if err := tx.Commit(context.WithoutCancel(ctx)); err != nil {
 		return c, fmt.Errorf("commit claim of %s: %w", c.view, err)
 	}
 	if c.mode == ModePlain && s.once("plain", c.view) {
