@@ -327,6 +327,8 @@ func (m *Materializer) finish(t *target, n int, failed bool) {
 
 // Run blocks until ctx ends. A batch in flight when ctx ends is allowed to commit.
 func (m *Materializer) Run(ctx context.Context) error {
+	// Know the pause switch and replica lag before the first batch, not a second after it.
+	m.checkLoad(ctx)
 	g, ctx := errgroup.WithContext(ctx)
 	for i := 0; i < m.cfg.Workers; i++ {
 		g.Go(func() error { m.worker(ctx); return nil })

@@ -48,6 +48,18 @@ func (m *Materializer) watchLoad(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		m.checkLoad(ctx)
+	}
+}
+
+// checkLoad reads the pause switch and the replicas' replay lag once.
+func (m *Materializer) checkLoad(ctx context.Context) {
+	{
 		var paused bool
 		var lag float64
 		err := m.pool.QueryRow(ctx, `SELECT
@@ -77,11 +89,6 @@ func (m *Materializer) watchLoad(ctx context.Context) {
 				default:
 				}
 			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
 		}
 	}
 }
