@@ -46,7 +46,7 @@ func (m *Materializer) batch(ctx context.Context, t *target) (int, error) {
 	}
 	n := len(keys[0])
 	held := false
-	if n < size && t.plan.MinInterval() > 0 {
+	if n < size && t.minInterval > 0 {
 		// Rows the claim passed over for min_interval come due without any new invalidation.
 		if held, err = m.wakeWhenDue(bctx, tx, t); err != nil {
 			return 0, fmt.Errorf("read held rows of %s: %w", t.plan.Table, err)
@@ -86,8 +86,8 @@ func (m *Materializer) write(ctx context.Context, tx pgx.Tx, t *target, keys [][
 	// In the same round trip; probing the small failure table costs less than tracking which keys
 	// were quarantined.
 	b.Queue(plan.ClearFailuresSQL(t.plan), append([]any{t.plan.ID}, args...)...)
-	if d := t.plan.MinInterval(); d > 0 {
-		b.Queue(plan.DebounceSQL(t.plan), append([]any{t.plan.ID, d}, args...)...)
+	if t.minInterval > 0 {
+		b.Queue(t.debounceSQL, append([]any{t.plan.ID, t.minInterval}, args...)...)
 	}
 	return tx.SendBatch(ctx, b).Close()
 }
@@ -96,7 +96,7 @@ func (m *Materializer) write(ctx context.Context, tx pgx.Tx, t *target, keys [][
 // due, and reports whether there is such a row.
 func (m *Materializer) wakeWhenDue(ctx context.Context, tx pgx.Tx, t *target) (bool, error) {
 	var secs *float64
-	if err := tx.QueryRow(ctx, plan.NextDueSQL(t.plan), t.plan.ID).Scan(&secs); err != nil {
+	if err := tx.QueryRow(ctx, t.nextDueSQL, t.plan.ID).Scan(&secs); err != nil {
 		return false, err
 	}
 	if secs == nil {

@@ -132,6 +132,10 @@ type target struct {
 	claimSQL  string
 	writeSQL  string
 	batchSize int
+	// With min_interval: how long rows are held, and the statements that hold and find them.
+	minInterval time.Duration
+	debounceSQL string
+	nextDueSQL  string
 
 	queued  bool
 	running int
@@ -172,7 +176,11 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 		if pt.Enrichments[0].Settings.BatchSize > 0 {
 			size = pt.Enrichments[0].Settings.BatchSize
 		}
-		t := &target{plan: pt, claimSQL: plan.ClaimSQL(pt), writeSQL: plan.WriteSQL(pt, pt.Enrichments, true), batchSize: size}
+		t := &target{plan: pt, claimSQL: plan.ClaimSQL(pt), writeSQL: plan.WriteSQL(pt, pt.Enrichments, true), batchSize: size,
+			minInterval: pt.MinInterval()}
+		if t.minInterval > 0 {
+			t.debounceSQL, t.nextDueSQL = plan.DebounceSQL(pt), plan.NextDueSQL(pt)
+		}
 		if o := old[pt.ID]; o != nil && o.plan.Table == pt.Table {
 			t.batchSize = o.batchSize
 			t.running = o.running

@@ -21,7 +21,7 @@ func (m *Materializer) sweep(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		debounced = debounced || t.plan.MinInterval() > 0
+		debounced = debounced || t.minInterval > 0
 		exp := expiry(t.plan)
 		if exp <= 0 {
 			continue

@@ -59,36 +59,35 @@ func (m *Materializer) watchLoad(ctx context.Context) {
 
 // checkLoad reads the pause switch and the replicas' replay lag once.
 func (m *Materializer) checkLoad(ctx context.Context) {
-	{
-		var paused bool
-		var lag float64
-		err := m.pool.QueryRow(ctx, `SELECT
-			coalesce((SELECT (value->>'paused')::bool FROM matcol.setting WHERE name = 'pause'), false),
-			coalesce((SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication), 0)::float8`).Scan(&paused, &lag)
-		if err == nil {
-			if paused != m.paused.Load() {
-				if paused {
-					m.log.Info("materialization paused")
-				} else {
-					m.log.Info("materialization resumed")
-				}
-			}
-			m.paused.Store(paused)
-			behind := m.cfg.MaxReplicaLag > 0 && lag > m.cfg.MaxReplicaLag.Seconds()
-			if behind != m.replicaBehind.Load() {
-				if behind {
-					m.log.Warn("replica lag above limit; throttling", "lag_seconds", lag, "limit", m.cfg.MaxReplicaLag)
-				} else {
-					m.log.Info("replica lag back under limit", "lag_seconds", lag)
-				}
-			}
-			m.replicaBehind.Store(behind)
-			if !paused && !behind {
-				select {
-				case m.ready <- struct{}{}:
-				default:
-				}
-			}
+	var paused bool
+	var lag float64
+	err := m.pool.QueryRow(ctx, `SELECT
+		coalesce((SELECT (value->>'paused')::bool FROM matcol.setting WHERE name = 'pause'), false),
+		coalesce((SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication), 0)::float8`).Scan(&paused, &lag)
+	if err != nil {
+		return // keep the last known state; the next tick tries again
+	}
+	if paused != m.paused.Load() {
+		if paused {
+			m.log.Info("materialization paused")
+		} else {
+			m.log.Info("materialization resumed")
+		}
+	}
+	m.paused.Store(paused)
+	behind := m.cfg.MaxReplicaLag > 0 && lag > m.cfg.MaxReplicaLag.Seconds()
+	if behind != m.replicaBehind.Load() {
+		if behind {
+			m.log.Warn("replica lag above limit; throttling", "lag_seconds", lag, "limit", m.cfg.MaxReplicaLag)
+		} else {
+			m.log.Info("replica lag back under limit", "lag_seconds", lag)
+		}
+	}
+	m.replicaBehind.Store(behind)
+	if !paused && !behind {
+		select {
+		case m.ready <- struct{}{}:
+		default:
 		}
 	}
 }

@@ -115,14 +115,8 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	for _, k := range keys {
 		fmt.Fprintf(&conf, "%s = %s\n", k, settings[k])
 	}
-	f, err := os.OpenFile(filepath.Join(c.DataDir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open postgresql.conf: %w", err)
-	}
-	_, err = f.Write(conf.Bytes())
-	_ = f.Close()
-	if err != nil {
-		return nil, fmt.Errorf("write postgresql.conf: %w", err)
+	if err := appendConf(c.DataDir, conf.Bytes()); err != nil {
+		return nil, err
 	}
 	if err := c.pgctl(ctx, "start"); err != nil {
 		return nil, err
@@ -286,18 +280,28 @@ func (c *Cluster) StartStandby(ctx context.Context, settings map[string]string) 
 	for k, v := range settings {
 		fmt.Fprintf(&conf, "%s = %s\n", k, v)
 	}
-	f, err := os.OpenFile(filepath.Join(s.DataDir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open standby postgresql.conf: %w", err)
-	}
-	_, err = f.Write(conf.Bytes())
-	_ = f.Close()
-	if err != nil {
-		return nil, fmt.Errorf("write standby postgresql.conf: %w", err)
+	if err := appendConf(s.DataDir, conf.Bytes()); err != nil {
+		return nil, err
 	}
 	if err := s.pgctl(ctx, "start"); err != nil {
 		return nil, err
 	}
 	ok = true
 	return s, nil
+}
+
+// appendConf adds lines to the data directory's postgresql.conf; later lines win.
+func appendConf(dataDir string, conf []byte) error {
+	f, err := os.OpenFile(filepath.Join(dataDir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("open postgresql.conf: %w", err)
+	}
+	_, err = f.Write(conf)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write postgresql.conf: %w", err)
+	}
+	return nil
 }
