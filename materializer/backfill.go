@@ -312,10 +312,16 @@ func (b *Backfill) write(ctx context.Context, tx pgx.Tx, rows [][]*string) ([][]
 	}
 	width := len(b.spec.Target.Key)
 	args := append(keyArgs(rows[:width]), plan.ArrayLiteral(rows[width]))
-	got, err := claim(ctx, tx, plan.BackfillWriteSQL(b.spec.Target, b.spec.Enrichments), width, args...)
+	tag, err := tx.Exec(ctx, plan.BackfillWriteSQL(b.spec.Target, b.spec.Enrichments), args...)
 	if err == nil {
-		_, err = tx.Exec(ctx, "RELEASE SAVEPOINT matcol_part")
-		return missing(rows[:width], got), 0, err
+		var skipped [][]*string
+		if int(tag.RowsAffected()) < len(rows[0]) {
+			skipped, err = b.changed(ctx, tx, rows)
+		}
+		if err == nil {
+			_, err = tx.Exec(ctx, "RELEASE SAVEPOINT matcol_part")
+		}
+		return skipped, 0, err
 	}
 	if !isRowError(err) {
 		return nil, 0, err
@@ -342,23 +348,35 @@ func (b *Backfill) write(ctx context.Context, tx pgx.Tx, rows [][]*string) ([][]
 	return append(s1, s2...), f1 + f2, err
 }
 
-// missing returns, one key per element, the keys of want that are not in got.
-func missing(want, got [][]*string) [][]*string {
-	seen := map[string]bool{}
-	for i := range got[0] {
-		seen[keyString(got, i)] = true
+// changed returns, one key per element, the keys of rows (key columns, then the stamp each row
+// had) whose row now has another stamp: the write skipped them. It runs only when the write came
+// up short, in the same transaction, so a row the write did update still holds its stamp and
+// its lock. Deleted rows are not returned.
+func (b *Backfill) changed(ctx context.Context, tx pgx.Tx, rows [][]*string) ([][]*string, error) {
+	width := len(b.spec.Target.Key)
+	now, err := claim(ctx, tx, plan.KeysWithStampSQL(b.spec.Target), width+1, keyArgs(rows[:width])...)
+	if err != nil {
+		return nil, fmt.Errorf("read stamps of skipped rows: %w", err)
+	}
+	seen := map[string]*string{}
+	for i := range rows[0] {
+		seen[keyString(rows[:width], i)] = rows[width][i]
 	}
 	var out [][]*string
-	for i := range want[0] {
-		if !seen[keyString(want, i)] {
-			k := make([]*string, len(want))
-			for c := range want {
-				k[c] = want[c][i]
+	for i := range now[0] {
+		if was := seen[keyString(now[:width], i)]; !sameText(was, now[width][i]) {
+			k := make([]*string, width)
+			for c := range k {
+				k[c] = now[c][i]
 			}
 			out = append(out, k)
 		}
 	}
-	return out
+	return out, nil
+}
+
+func sameText(a, b *string) bool {
+	return (a == nil && b == nil) || (a != nil && b != nil && *a == *b)
 }
 
 func keyString(cols [][]*string, i int) string {

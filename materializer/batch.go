@@ -138,13 +138,14 @@ func (m *Materializer) done(t *target, n int, d time.Duration) {
 // batchSettingsSQL sets each batch's limits. Batches read few rows by key, mostly from cache: a
 // random page costs about what a sequential one does, and without saying so the planner
 // scans whole tables for a few thousand keys. JIT compilation costs more than such a short
-// statement gains. An enrichment's own settings come last and win. A template instance runs
+// statement gains. matcol's own writes skip the self trigger (plan.OwnWriteSetting). An
+// enrichment's own settings come last and win. A template instance runs
 // with search_path set to its schema ($5), so that its SQL's unqualified names are its tenant's;
 // PostgreSQL replans a cached statement when search_path changes, so a plan never crosses
 // schemas.
 const batchSettingsSQL = `SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),
 	set_config('work_mem', coalesce(nullif($3, ''), current_setting('work_mem')), true),
-	(SELECT count(set_config(k, v, true)) FROM jsonb_each_text('{"random_page_cost": "1.1", "jit": "off"}'::jsonb || $4::jsonb) AS g(k, v)),
+	(SELECT count(set_config(k, v, true)) FROM jsonb_each_text('{"random_page_cost": "1.1", "jit": "off", "matcol.own_write": "on"}'::jsonb || $4::jsonb) AS g(k, v)),
 	set_config('search_path', coalesce(nullif($5, ''), current_setting('search_path')), true)`
 
 func settingsArgs(t *plan.Target) []any {

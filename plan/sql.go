@@ -10,6 +10,10 @@ import (
 	"github.com/matcol/matcol/discovery"
 )
 
+// OwnWriteSetting is set locally in matcol's batches, which write only matcol's columns, so that
+// the self trigger skips them: its check costs more per row than the rest of the write.
+const OwnWriteSetting = "matcol.own_write"
+
 func ident(s string) string { return pgx.Identifier{s}.Sanitize() }
 
 // Aliases inside generated statements. They contain spaces so that they cannot shadow a table
@@ -19,7 +23,8 @@ const (
 	aliasKeys   = `"matcol k"`
 	aliasLocked = `"matcol l"`
 	aliasDone   = `"matcol u"`
-	aliasDup    = `"matcol dup"`
+	aliasSource = `"matcol s"`
+	aliasSeen   = `"matcol seen"`
 )
 
 func enrichAlias(i int) string { return fmt.Sprintf(`"matcol e%d"`, i) }
@@ -205,7 +210,7 @@ func WriteSQL(t *Target, es []*Enrichment, stamp bool) string {
 // first: $n+1 holds each row's materialized_at as the key read saw it, and a row whose stamp has
 // changed since (a batch recomputed it, or it went stale) is left alone, even when the UPDATE had
 // to wait for it and re-checks the newer row version. So an older snapshot's value never lands on
-// a row stamped fresh. It returns the keys it wrote, as text.
+// a row stamped fresh. Its row count says how many rows it wrote.
 func BackfillWriteSQL(t *Target, es []*Enrichment) string {
 	return writeSQL(t, es, false, true)
 }
@@ -216,58 +221,50 @@ func BackfillNextSQL(t *Target, where string) string {
 	return strings.Replace(q, " FROM ", ", "+aliasTarget+".materialized_at::text FROM ", 1)
 }
 
+// writeSQL joins the batch's keys to each enrichment's output once, in a materialized CTE, and
+// updates the target from it. The CTE has one row per key unless an enrichment returned a key
+// twice, which a count over it catches before any row is written: a plain UPDATE would silently
+// take either value. Everything else is what a set-based UPDATE does; no RETURNING, because the
+// row count tells a backfill whether any row was skipped.
 func writeSQL(t *Target, es []*Enrichment, stamp, checkStamp bool) string {
 	var b strings.Builder
-	b.WriteString("WITH ")
-	for i, e := range es {
-		fmt.Fprintf(&b, "%s AS (\n%s\n),\n", enrichAlias(i), trimSQL(e.SQL))
-	}
-	b.WriteString(aliasDup + " AS (\n")
-	for i, e := range es {
-		if i > 0 {
-			b.WriteString("  UNION ALL\n")
-		}
-		fmt.Fprintf(&b, "  SELECT 1 FROM %s GROUP BY %s HAVING count(*) > 1 AND matcol.raise(%s || %s)\n",
-			enrichAlias(i), keyList(t.Key, ""),
-			quoteLiteral(fmt.Sprintf("enrichment %s returned a key more than once: ", e.Name)),
-			rowText(t.Key))
-	}
-	b.WriteString(")\n")
-	// The stamp check sits in SET and RETURNING, not WHERE: as a join filter it makes the planner
-	// expect a handful of rows and loop over the whole enrichment result once per key.
-	same := fmt.Sprintf(`%s.materialized_at IS NOT DISTINCT FROM %s."matcol seen"`, aliasTarget, aliasKeys)
+	cols := []string{keyList(t.Key, aliasKeys+".")}
+	params, names := keyArrayParams(t.Key, 1), keyList(t.Key, "")
 	if checkStamp {
-		b.WriteString(`, "matcol w" AS (` + "\n")
+		params += fmt.Sprintf(", $%d::timestamptz[]", len(t.Key)+1)
+		names += ", " + aliasSeen
+		cols = append(cols, aliasKeys+"."+aliasSeen)
 	}
-	fmt.Fprintf(&b, "UPDATE %s AS %s SET ", t.Table.Sanitize(), aliasTarget)
 	var sets []string
 	for i, e := range es {
 		for _, c := range e.Columns {
-			v := fmt.Sprintf("%s.%s", enrichAlias(i), ident(c))
-			if checkStamp {
-				v = fmt.Sprintf("CASE WHEN %s THEN %s ELSE %s.%s END", same, v, aliasTarget, ident(c))
-			}
-			sets = append(sets, fmt.Sprintf("%s = %s", ident(c), v))
+			cols = append(cols, enrichAlias(i)+"."+ident(c))
+			sets = append(sets, fmt.Sprintf("%s = %s.%s", ident(c), aliasSource, ident(c)))
 		}
 	}
 	if stamp {
 		sets = append(sets, "materialized_at = now()")
 	}
-	b.WriteString(strings.Join(sets, ", "))
-	params, cols := keyArrayParams(t.Key, 1), keyList(t.Key, "")
+	fmt.Fprintf(&b, "WITH %s AS MATERIALIZED (\nSELECT %s\nFROM unnest(%s) AS %s(%s)",
+		aliasSource, strings.Join(cols, ", "), params, aliasKeys, names)
+	for i, e := range es {
+		fmt.Fprintf(&b, "\nLEFT JOIN (\n%s\n) AS %s ON %s", trimSQL(e.SQL), enrichAlias(i), keyMatch(t.Key, enrichAlias(i), aliasKeys))
+	}
+	// The LIMIT never cuts a correct result (one row per key) and keeps a duplicate visible to the
+	// count, but it caps the planner's guess of the join's size: that guess is otherwise many times
+	// the batch, and leads it to hash the whole target table.
+	fmt.Fprintf(&b, "\nLIMIT cardinality($1::%s[]) + 1\n)\nUPDATE %s AS %s SET %s\nFROM %s\nWHERE %s",
+		t.Key[0].Type, t.Table.Sanitize(), aliasTarget, strings.Join(sets, ", "), aliasSource, keyMatch(t.Key, aliasTarget, aliasSource))
 	if checkStamp {
-		params += fmt.Sprintf(", $%d::timestamptz[]", len(t.Key)+1)
-		cols += `, "matcol seen"`
+		fmt.Fprintf(&b, " AND %s.materialized_at IS NOT DISTINCT FROM %s.%s", aliasTarget, aliasSource, aliasSeen)
 	}
-	fmt.Fprintf(&b, "\nFROM unnest(%s) AS %s(%s)", params, aliasKeys, cols)
-	for i := range es {
-		fmt.Fprintf(&b, "\nLEFT JOIN %s ON %s", enrichAlias(i), keyMatch(t.Key, enrichAlias(i), aliasKeys))
+	names2 := make([]string, len(es))
+	for i, e := range es {
+		names2[i] = e.Name
 	}
-	fmt.Fprintf(&b, "\nWHERE %s AND NOT EXISTS (SELECT FROM %s)", keyMatch(t.Key, aliasTarget, aliasKeys), aliasDup)
-	if checkStamp {
-		fmt.Fprintf(&b, "\nRETURNING %s, %s AS \"matcol same\")\nSELECT %s FROM \"matcol w\" WHERE \"matcol same\"",
-			keyTexts(t.Key, aliasTarget), same, keyList(t.Key, `"matcol w".`))
-	}
+	msg := fmt.Sprintf("enrichment %s returned a key more than once: ", strings.Join(names2, " or "))
+	fmt.Fprintf(&b, "\n  AND (SELECT CASE WHEN count(*) = cardinality($1::%s[]) THEN true ELSE matcol.raise(%s || (SELECT %s FROM %s GROUP BY %s HAVING count(*) > 1 LIMIT 1)) END FROM %s)",
+		t.Key[0].Type, quoteLiteral(msg), rowText(t.Key), aliasSource, keyList(t.Key, ""), aliasSource)
 	return b.String()
 }
 

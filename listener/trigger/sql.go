@@ -170,14 +170,16 @@ $matcol$`, ident(SelfFunction(t)), ignored, ignored)
 }
 
 // SelfTriggerSQL creates the row trigger of a target. Without self invalidation it still fires on
-// INSERT, so new rows arrive stale.
+// INSERT, so new rows arrive stale. Its WHEN passes over matcol's own statements (see
+// plan.OwnWriteSetting) without a function call; statements fired by other triggers (depth > 0)
+// are still checked.
 func SelfTriggerSQL(t *plan.Target) string {
 	events := "INSERT OR UPDATE"
 	if !t.Self {
 		events = "INSERT"
 	}
-	return fmt.Sprintf("CREATE TRIGGER %s BEFORE %s ON %s FOR EACH ROW EXECUTE FUNCTION matcol.%s()",
-		TrigSelf, events, t.Table.Sanitize(), ident(SelfFunction(t)))
+	return fmt.Sprintf("CREATE TRIGGER %s BEFORE %s ON %s FOR EACH ROW WHEN (pg_trigger_depth() > 0 OR current_setting(%s, true) IS DISTINCT FROM 'on') EXECUTE FUNCTION matcol.%s()",
+		TrigSelf, events, t.Table.Sanitize(), literal(plan.OwnWriteSetting), ident(SelfFunction(t)))
 }
 
 // StaleFunction is matcol.stale_<hash>(), the statement trigger of target t that tells the daemon

@@ -91,6 +91,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 	rows, err := tx.Query(ctx, `
 		SELECT n.nspname, c.relname, t.tgname,
 		       p.proname || CASE WHEN t.tgtype::int & 16 <> 0 THEN ' BEFORE INSERT OR UPDATE ON' ELSE ' BEFORE INSERT ON' END
+		         || CASE WHEN t.tgqual IS NULL THEN '' ELSE ' WHEN' END
 		FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 		JOIN pg_proc p ON p.oid = t.tgfoid
 		WHERE NOT t.tgisinternal AND t.tgname LIKE 'matcol\_%'`)
@@ -170,9 +171,9 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 				m = map[string]want{}
 				wanted[t.Table] = m
 			}
-			events := "BEFORE INSERT OR UPDATE ON"
+			events := "BEFORE INSERT OR UPDATE ON WHEN"
 			if !t.Self {
-				events = "BEFORE INSERT ON"
+				events = "BEFORE INSERT ON WHEN"
 			}
 			m[TrigSelf] = want{create: SelfTriggerSQL(t), match: events}
 			if !stale {
