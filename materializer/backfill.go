@@ -33,6 +33,9 @@ type BackfillSpec struct {
 	// Defaults to 1 (batches run on the backfill's own connection, one after another).
 	Jobs    int
 	Connect func(context.Context) (*pgx.Conn, error)
+	// MaxReplicaLag holds the backfill while a replica's replay lag exceeds it, as it holds the
+	// daemon; 0 disables. matcol pause holds it too.
+	MaxReplicaLag time.Duration
 }
 
 // BackfillProgress is reported after each batch.
@@ -55,6 +58,7 @@ type Backfill struct {
 	done   int64
 	total  int64
 	log    hclog.Logger
+	loadAt time.Time // when hold last read the pause switch and replica lag
 }
 
 // EnrichmentNames returns the sorted names a backfill row is keyed by.
@@ -198,7 +202,7 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 		return b.finish(ctx, retry, report)
 	}
 	for {
-		if err := ctx.Err(); err != nil {
+		if err := b.hold(ctx); err != nil {
 			return err
 		}
 		batchStart := time.Now()
@@ -251,6 +255,41 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 		}
 	}
 	return b.finish(ctx, retry, report)
+}
+
+// hold waits while materialization is paused or a replica lags more than MaxReplicaLag, reading
+// both at most once a second.
+func (b *Backfill) hold(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if time.Since(b.loadAt) < time.Second {
+		return nil
+	}
+	for waited := false; ; waited = true {
+		var paused bool
+		var lag float64
+		if err := b.conn.QueryRow(ctx, loadSQL).Scan(&paused, &lag); err != nil {
+			return fmt.Errorf("read the pause switch and replica lag: %w", err)
+		}
+		b.loadAt = time.Now()
+		behind := b.spec.MaxReplicaLag > 0 && lag > b.spec.MaxReplicaLag.Seconds()
+		if !paused && !behind {
+			if waited {
+				b.log.Info("backfill continues", "backfill", b.ID)
+			}
+			return nil
+		}
+		if !waited {
+			b.log.Info("backfill holds: materialization is paused or a replica lags", "backfill", b.ID,
+				"paused", paused, "replica_lag_seconds", lag, "limit", b.spec.MaxReplicaLag)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // nextKeysArgs are the arguments of plan.BackfillNextSQL: the cursor (nil: from the start) and
@@ -435,11 +474,11 @@ func isLockTimeout(err error) bool {
 // RunQueuedBackfills takes backfills queued with --async (or left by a crashed run) and runs
 // them, one at a time, until ctx ends.
 func RunQueuedBackfills(ctx context.Context, connect func(context.Context) (*pgx.Conn, error), planOf func() *plan.Plan,
-	log hclog.Logger, progress func(BackfillProgress)) {
+	maxLag time.Duration, log hclog.Logger, progress func(BackfillProgress)) {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
-		if err := runOneQueued(ctx, connect, planOf, log, progress); err != nil && ctx.Err() == nil {
+		if err := runOneQueued(ctx, connect, planOf, maxLag, log, progress); err != nil && ctx.Err() == nil {
 			log.Warn("queued backfill failed", "error", err)
 		}
 		select {
@@ -451,7 +490,7 @@ func RunQueuedBackfills(ctx context.Context, connect func(context.Context) (*pgx
 }
 
 func runOneQueued(ctx context.Context, connect func(context.Context) (*pgx.Conn, error), planOf func() *plan.Plan,
-	log hclog.Logger, progress func(BackfillProgress)) error {
+	maxLag time.Duration, log hclog.Logger, progress func(BackfillProgress)) error {
 	conn, err := connect(ctx)
 	if err != nil {
 		return err
@@ -482,7 +521,7 @@ func runOneQueued(ctx context.Context, connect func(context.Context) (*pgx.Conn,
 		if !ok {
 			continue
 		}
-		spec.Where, spec.BatchSize, spec.Rate = x.where, x.batch, x.rate
+		spec.Where, spec.BatchSize, spec.Rate, spec.MaxReplicaLag = x.where, x.batch, x.rate, maxLag
 		b, err := claimBackfill(ctx, conn, spec, x.id, log)
 		if errors.Is(err, ErrBackfillRunning) {
 			continue

@@ -70,6 +70,9 @@ func (b *Backfill) runParallel(ctx context.Context, report func(bool)) (retry []
 	start, startDone := time.Now(), b.done
 	for {
 		if !exhausted && inflight < 2*jobs {
+			if err := b.hold(ctx); err != nil {
+				return nil, 0, err
+			}
 			rows, err := plan.CollectKeys(ctx, b.conn, next, width+1, nextKeysArgs(cursor, width, size)...)
 			if err != nil {
 				return nil, 0, fmt.Errorf("read next keys: %w", err)

@@ -2,10 +2,12 @@ package materializer_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/matcol/matcol/internal/dial"
@@ -68,4 +70,47 @@ func reload(t *testing.T, b *bundle) *planT {
 	b.plan = p
 	b.mat.SetPlan(p)
 	return p
+}
+
+// matcol pause holds a backfill before its next batch, in either mode, and resume lets it finish.
+func TestBackfillHoldsWhilePaused(t *testing.T) {
+	for _, jobs := range []int{1, 2} {
+		t.Run(fmt.Sprintf("jobs %d", jobs), func(t *testing.T) {
+			b := setup(t)
+			ctx := context.Background()
+			b.catchUp(t)
+			pgtest.Exec(t, b.conn, `UPDATE venue SET seat_count = NULL;
+				INSERT INTO matcol.setting (name, value) VALUES ('pause', '{"paused": true}')`)
+			bconn, err := dial.Connect(ctx, b.dsn, "backfill")
+			require.NoError(t, err)
+			defer bconn.Close(ctx)
+			spec := materializer.BackfillSpec{Target: b.plan.Targets[0], Enrichments: b.plan.Targets[0].Enrichments, BatchSize: 1,
+				Jobs: jobs, Connect: func(ctx context.Context) (*pgx.Conn, error) { return dial.Connect(ctx, b.dsn, "backfill") }}
+			bf, err := materializer.OpenBackfill(ctx, bconn, spec, true, hclog.NewNullLogger())
+			require.NoError(t, err)
+			done := make(chan error, 1)
+			go func() { done <- bf.Run(ctx, nil) }()
+
+			filled := func() int {
+				var n int
+				require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(seat_count) FROM venue`).Scan(&n))
+				return n
+			}
+			time.Sleep(1500 * time.Millisecond)
+			require.Zero(t, filled(), "no row is written while paused")
+			select {
+			case err := <-done:
+				t.Fatalf("the backfill ended while paused: %v", err)
+			default:
+			}
+			pgtest.Exec(t, b.conn, `UPDATE matcol.setting SET value = '{"paused": false}' WHERE name = 'pause'`)
+			select {
+			case err := <-done:
+				require.NoError(t, err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("the backfill did not finish after resume")
+			}
+			require.Equal(t, 2, filled())
+		})
+	}
 }

@@ -43,6 +43,11 @@ func (m *Materializer) pace(t *target, n int, d time.Duration) time.Duration {
 	return 0
 }
 
+// loadSQL reads the pause switch and the largest replay lag of the replicas, in seconds.
+const loadSQL = `SELECT
+	coalesce((SELECT (value->>'paused')::bool FROM matcol.setting WHERE name = 'pause'), false),
+	coalesce((SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication), 0)::float8`
+
 // watchLoad keeps the pause switch and the replica-lag throttle current.
 func (m *Materializer) watchLoad(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
@@ -61,9 +66,7 @@ func (m *Materializer) watchLoad(ctx context.Context) {
 func (m *Materializer) checkLoad(ctx context.Context) {
 	var paused bool
 	var lag float64
-	err := m.pool.QueryRow(ctx, `SELECT
-		coalesce((SELECT (value->>'paused')::bool FROM matcol.setting WHERE name = 'pause'), false),
-		coalesce((SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication), 0)::float8`).Scan(&paused, &lag)
+	err := m.pool.QueryRow(ctx, loadSQL).Scan(&paused, &lag)
 	if err != nil {
 		return // keep the last known state; the next tick tries again
 	}

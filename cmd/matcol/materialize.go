@@ -59,13 +59,13 @@ and it resumes (--restart starts over). materialized_at is left alone.`,
 			if jobs < 1 {
 				return fmt.Errorf("--jobs %d: give at least 1", jobs)
 			}
-			spec.Jobs = jobs
+			spec.Jobs, spec.MaxReplicaLag = jobs, cfg.Throttle.MaxReplicaLag
 			spec.Connect = func(ctx context.Context) (*pgx.Conn, error) {
 				return dial.Connect(ctx, cfg.DatabaseURL, "backfill")
 			}
 			out := cmd.OutOrStdout()
 			if async {
-				if jobs > 1 {
+				if cmd.Flags().Changed("jobs") && jobs > 1 {
 					return errors.New("--jobs applies to a backfill run here; --async backfills run one batch at a time")
 				}
 				id, err := materializer.QueueBackfill(ctx, conn, spec, restart)
@@ -119,7 +119,7 @@ and it resumes (--restart starts over). materialized_at is left alone.`,
 	f.StringVar(&where, "where", "", "only rows matching this SQL condition")
 	f.IntVar(&batch, "batch", 0, "starting rows per batch (adapts to keep row locks short)")
 	f.IntVar(&rate, "rate", 0, "rows per second at most (0: no limit)")
-	f.IntVar(&jobs, "jobs", 1, "batches written at once, each on its own connection")
+	f.IntVar(&jobs, "jobs", 2, "batches written at once, each on its own connection (1: the gentlest)")
 	f.BoolVar(&restart, "restart", false, "start over instead of resuming")
 	f.BoolVar(&async, "async", false, "queue it for the running daemon and return")
 	return cmd
