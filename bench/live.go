@@ -401,6 +401,8 @@ type liveOpts struct {
 	loadFor   time.Duration // per freshness level
 	benchFor  time.Duration // per pgbench run
 	scattered bool          // seat_state in seat order rather than snapshot order
+	orders    int           // orders rows of the light backfill
+	only      string        // "backfill": the backfill comparisons alone
 }
 
 // freshnessBench measures source-commit-to-materialized latency in both modes, and the daemon's

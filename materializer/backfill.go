@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -59,6 +60,10 @@ type Backfill struct {
 	total  int64
 	log    hclog.Logger
 	loadAt time.Time // when hold last read the pause switch and replica lag
+	// stepSQL is the one-statement batch; empty when the enrichment's SQL cannot take it, and
+	// then every batch reads its keys first (rangeSQL).
+	stepSQL, rangeSQL string
+	noStep            atomic.Bool // set when the step does not plan
 }
 
 // EnrichmentNames returns the sorted names a backfill row is keyed by.
@@ -174,8 +179,12 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 		_, _ = b.conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1, $2)`, int32(lockBackfill), int32(b.ID))
 	}()
 	t := b.spec.Target
-	width := len(t.Key)
-	next := plan.BackfillNextSQL(t, b.spec.Where)
+	b.rangeSQL = plan.RangeKeysSQL(t, b.spec.Where)
+	if step, err := plan.BackfillStepSQL(t, b.spec.Enrichments, b.spec.Where); err == nil {
+		b.stepSQL = step
+	} else {
+		b.log.Info("backfill reads each batch's keys first", "reason", err)
+	}
 	size := b.spec.BatchSize
 	start := time.Now()
 	startDone := b.done
@@ -206,31 +215,9 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 			return err
 		}
 		batchStart := time.Now()
-		var n int
-		var last []*string
-		err := pgx.BeginFunc(ctx, b.conn, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(t)...); err != nil {
-				return err
-			}
-			rows, err := claim(ctx, tx, next, width+1, nextKeysArgs(b.cursor, width, size)...)
-			if err != nil {
-				return fmt.Errorf("read next keys: %w", err)
-			}
-			if n = len(rows[0]); n == 0 {
-				return nil
-			}
-			last = make([]*string, width)
-			for i := range last {
-				last[i] = rows[i][n-1]
-			}
-			skipped, f, err := b.write(ctx, tx, rows)
-			if err != nil {
-				return err
-			}
-			failed += f
-			retry = append(retry, skipped...)
-			_, err = tx.Exec(ctx, `UPDATE matcol.backfill SET cursor = $2, rows_done = rows_done + $3, updated_at = now()
-				WHERE id = $1`, b.ID, last, n)
+		f, err := b.fill(ctx, b.conn, span{lo: b.cursor, limit: size}, func(tx pgx.Tx, f filled) error {
+			_, err := tx.Exec(ctx, `UPDATE matcol.backfill SET cursor = $2, rows_done = rows_done + $3, updated_at = now()
+				WHERE id = $1`, b.ID, f.last, f.n)
 			return err
 		})
 		if err != nil {
@@ -243,12 +230,14 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 				b.ID, err.Error())
 			return fmt.Errorf("backfill %d of %s: %w", b.ID, t.Table, err)
 		}
-		if n == 0 {
+		if f.n == 0 {
 			break
 		}
-		b.cursor = last
-		b.done += int64(n)
-		size = b.adapt(size, n, time.Since(batchStart))
+		failed += f.failed
+		retry = append(retry, f.skipped...)
+		b.cursor = f.last
+		b.done += int64(f.n)
+		size = b.adapt(size, f.n, time.Since(batchStart))
 		report(false)
 		if err := b.pace(ctx, start, startDone); err != nil {
 			return err
@@ -290,17 +279,6 @@ func (b *Backfill) hold(ctx context.Context) error {
 		case <-time.After(time.Second):
 		}
 	}
-}
-
-// nextKeysArgs are the arguments of plan.BackfillNextSQL: the cursor (nil: from the start) and
-// how many keys to read.
-func nextKeysArgs(cursor []*string, width, size int) []any {
-	args := make([]any, width+2)
-	for i := range cursor {
-		args[i] = *cursor[i]
-	}
-	args[width], args[width+1] = cursor != nil, size
-	return args
 }
 
 // adapt moves the batch size toward TargetDuration after a batch of n rows took d.

@@ -2,6 +2,7 @@ package materializer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -18,7 +19,7 @@ import (
 func (b *Backfill) runParallel(ctx context.Context, report func(bool)) (retry [][]*string, failed int64, err error) {
 	t := b.spec.Target
 	width := len(t.Key)
-	next := plan.BackfillNextSQL(t, b.spec.Where)
+	end := plan.RangeEndSQL(t, b.spec.Where)
 	jobs := b.spec.Jobs
 	type result struct {
 		seq     int
@@ -29,8 +30,8 @@ func (b *Backfill) runParallel(ctx context.Context, report func(bool)) (retry []
 		err     error
 	}
 	type chunk struct {
-		seq  int
-		rows [][]*string
+		seq int
+		s   span
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	chunks := make(chan chunk)
@@ -52,10 +53,11 @@ func (b *Backfill) runParallel(ctx context.Context, report func(bool)) (retry []
 			defer wg.Done()
 			defer conn.Close(context.WithoutCancel(ctx))
 			for c := range chunks {
-				r := result{seq: c.seq, n: len(c.rows[0])}
+				r := result{seq: c.seq}
 				start := time.Now()
-				r.skipped, r.failed, r.err = b.writeChunk(ctx, conn, c.rows)
-				r.took = time.Since(start)
+				var f filled
+				f, r.err = b.writeChunk(ctx, conn, c.s)
+				r.n, r.skipped, r.failed, r.took = f.n, f.skipped, f.failed, time.Since(start)
 				results <- r
 			}
 		}()
@@ -73,22 +75,26 @@ func (b *Backfill) runParallel(ctx context.Context, report func(bool)) (retry []
 			if err := b.hold(ctx); err != nil {
 				return nil, 0, err
 			}
-			rows, err := plan.CollectKeys(ctx, b.conn, next, width+1, nextKeysArgs(cursor, width, size)...)
-			if err != nil {
-				return nil, 0, fmt.Errorf("read next keys: %w", err)
+			// Only the chunk's last key: the writer reads the keys themselves.
+			var n int
+			hi := make([]*string, width)
+			dest := []any{&n}
+			for i := range hi {
+				dest = append(dest, &hi[i])
 			}
-			n := len(rows[0])
-			if n == 0 {
+			err := b.conn.QueryRow(ctx, end, span{lo: cursor, limit: size}.args(width)...).Scan(dest...)
+			if errors.Is(err, pgx.ErrNoRows) {
 				exhausted = true
 				continue
 			}
-			cursor = make([]*string, width)
-			for i := range cursor {
-				cursor[i] = rows[i][n-1]
+			if err != nil {
+				return nil, 0, fmt.Errorf("read next keys: %w", err)
 			}
+			lo := cursor
+			cursor = hi
 			lasts[seq] = cursor
 			select {
-			case chunks <- chunk{seq: seq, rows: rows}:
+			case chunks <- chunk{seq: seq, s: span{lo: lo, hi: hi}}:
 			case <-ctx.Done():
 				return nil, 0, ctx.Err()
 			}
@@ -141,23 +147,16 @@ func (b *Backfill) runParallel(ctx context.Context, report func(bool)) (retry []
 }
 
 // writeChunk writes one chunk in its own transaction, retrying while its rows are locked.
-func (b *Backfill) writeChunk(ctx context.Context, conn *pgx.Conn, rows [][]*string) (skipped [][]*string, failed int64, err error) {
+func (b *Backfill) writeChunk(ctx context.Context, conn *pgx.Conn, s span) (f filled, err error) {
 	for attempt := 1; ; attempt++ {
-		err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(b.spec.Target)...); err != nil {
-				return err
-			}
-			var err error
-			skipped, failed, err = b.write(ctx, tx, rows)
-			return err
-		})
+		f, err = b.fill(ctx, conn, s, nil)
 		if !isLockTimeout(err) || attempt == 10 {
-			return skipped, failed, err
+			return f, err
 		}
 		b.log.Info("rows are busy; retrying the batch", "table", b.spec.Target.Table.String(), "attempt", attempt)
 		select {
 		case <-ctx.Done():
-			return nil, 0, ctx.Err()
+			return filled{}, ctx.Err()
 		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
 		}
 	}

@@ -3,6 +3,8 @@ package materializer_test
 import (
 	"context"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -111,6 +113,55 @@ func TestBackfillHoldsWhilePaused(t *testing.T) {
 				t.Fatal("the backfill did not finish after resume")
 			}
 			require.Equal(t, 2, filled())
+		})
+	}
+}
+
+// A composite key under an awkward name, a --where, and both modes: the one-statement batch binds
+// each key column's array to its own $n and walks the key in order.
+func TestBackfillCompositeKeyAndWhere(t *testing.T) {
+	for _, jobs := range []int{1, 2} {
+		t.Run(fmt.Sprintf("jobs %d", jobs), func(t *testing.T) {
+			b := setup(t)
+			ctx := context.Background()
+			pgtest.Exec(t, b.conn, `CREATE SCHEMA "Ünï ""q"""; CREATE TABLE "Ünï ""q"""."Line item" (
+					"order id" bigint, "no." text, qty int NOT NULL, doubled int, materialized_at timestamptz DEFAULT now(),
+					PRIMARY KEY ("order id", "no."));
+				INSERT INTO "Ünï ""q"""."Line item" ("order id", "no.", qty) SELECT o, 'n' || l, o * 10 + l
+				FROM generate_series(1, 40) o, generate_series(1, 3) l`)
+			defs := []registry.Enrichment{{Name: "doubled", Target: tableName(`Ünï "q"`, "Line item"), Columns: []string{"doubled"}, Self: true,
+				SQL: `SELECT l."order id", l."no.", l.qty * 2 AS doubled
+					FROM "Ünï ""q"""."Line item" l JOIN unnest($1::bigint[], $2::text[]) AS k(o, n) ON (k.o, k.n) = (l."order id", l."no.")
+					-- $3 in a comment, '$1' in a string: left alone
+					WHERE '$1' <> ''`}}
+			applyDefs(t, b.conn, defs)
+			p := reload(t, b)
+			var target = p.Targets[0]
+			for _, tg := range p.Targets {
+				if tg.Table.Name == "Line item" {
+					target = tg
+				}
+			}
+			bconn, err := dial.Connect(ctx, b.dsn, "backfill")
+			require.NoError(t, err)
+			defer bconn.Close(ctx)
+			spec := materializer.BackfillSpec{Target: target, Enrichments: target.Enrichments, BatchSize: 7, Jobs: jobs,
+				Where:   `"order id" % 2 = 0`,
+				Connect: func(ctx context.Context) (*pgx.Conn, error) { return dial.Connect(ctx, b.dsn, "backfill") }}
+			var logs strings.Builder
+			bf, err := materializer.OpenBackfill(ctx, bconn, spec, true, hclog.New(&hclog.LoggerOptions{Output: &logs, Mutex: &sync.Mutex{}}))
+			require.NoError(t, err)
+			require.NoError(t, bf.Run(ctx, nil))
+			require.NotContains(t, logs.String(), "reads each batch's keys first", "the one-statement batch must plan")
+			var right, wrong, untouched int
+			require.NoError(t, b.conn.QueryRow(ctx, `SELECT
+				count(*) FILTER (WHERE "order id" % 2 = 0 AND doubled = qty * 2),
+				count(*) FILTER (WHERE "order id" % 2 = 0 AND doubled IS DISTINCT FROM qty * 2),
+				count(*) FILTER (WHERE "order id" % 2 = 1 AND doubled IS NULL)
+				FROM "Ünï ""q"""."Line item"`).Scan(&right, &wrong, &untouched))
+			require.Equal(t, 60, right)
+			require.Zero(t, wrong)
+			require.Equal(t, 60, untouched, "--where leaves other rows alone")
 		})
 	}
 }

@@ -155,30 +155,12 @@ func ClearFailuresSQL(t *Target) string {
 		params, strings.Join(names, ", "), strings.Join(cols, ", "))
 }
 
-// LockKeysSQL locks the given rows (keys as text arrays), waiting for them, and returns the keys
-// it locked. Backfills use it: the rows are fresh, so the claim cannot find them.
-func LockKeysSQL(t *Target) string {
-	texts := make([]string, len(t.Key))
-	for i, k := range t.Key {
-		texts[i] = aliasTarget + "." + ident(k.Name) + "::text"
-	}
-	return fmt.Sprintf("SELECT %s FROM %s AS %s JOIN unnest(%s) AS %s(%s) ON %s ORDER BY %s FOR UPDATE OF %s",
-		strings.Join(texts, ", "), t.Table.Sanitize(), aliasTarget, keyArrayParams(t.Key, 1), aliasKeys, keyList(t.Key, ""),
-		keyMatch(t.Key, aliasTarget, aliasKeys), keyCols(t.Key, aliasTarget), aliasTarget)
-}
-
 // KeysWithStampSQL returns the given keys ($1..$n, typed arrays) that still exist, as text, with
 // each row's materialized_at last.
 func KeysWithStampSQL(t *Target) string {
 	return fmt.Sprintf("SELECT %s, %s.materialized_at::text FROM %s AS %s JOIN unnest(%s) AS %s(%s) ON %s ORDER BY %s",
 		keyTexts(t.Key, aliasTarget), aliasTarget, t.Table.Sanitize(), aliasTarget, keyArrayParams(t.Key, 1), aliasKeys,
 		keyList(t.Key, ""), keyMatch(t.Key, aliasTarget, aliasKeys), keyCols(t.Key, aliasTarget))
-}
-
-// BackfillKeysSQL is NextKeysSQL that also locks the rows, waiting for them (lock_timeout bounds
-// the wait): a backfill must hold the rows before it computes them, like a batch.
-func BackfillKeysSQL(t *Target, where string) string {
-	return NextKeysSQL(t, where) + " FOR UPDATE"
 }
 
 // NextKeysSQL returns, in key order, the keys after the cursor ($1..$n as text, or all rows when
@@ -213,12 +195,6 @@ func WriteSQL(t *Target, es []*Enrichment, stamp bool) string {
 // a row stamped fresh. Its row count says how many rows it wrote.
 func BackfillWriteSQL(t *Target, es []*Enrichment) string {
 	return writeSQL(t, es, false, true)
-}
-
-// BackfillNextSQL is NextKeysSQL that also returns each row's materialized_at as text, last.
-func BackfillNextSQL(t *Target, where string) string {
-	q := NextKeysSQL(t, where)
-	return strings.Replace(q, " FROM ", ", "+aliasTarget+".materialized_at::text FROM ", 1)
 }
 
 // writeSQL joins the batch's keys to each enrichment's output once, in a materialized CTE, and
@@ -366,4 +342,109 @@ func ArrayLiteral(vals []*string) string {
 	}
 	b.WriteByte('}')
 	return b.String()
+}
+
+// rangeCond limits rows of alias to keys in (lower, upper], each bound used when its flag is
+// true: $1..$n the lower bound and $n+1 its flag, $n+2..$2n+1 the upper bound and $2n+2 its flag
+// (bounds as text), plus the backfill's --where.
+func rangeCond(t *Target, alias, where string) string {
+	n := len(t.Key)
+	bound := func(first int) string {
+		parts := make([]string, n)
+		for i, k := range t.Key {
+			parts[i] = fmt.Sprintf("$%d::%s", first+i, k.Type)
+		}
+		return strings.Join(parts, ", ")
+	}
+	keys := keyCols(t.Key, alias)
+	cond := fmt.Sprintf("(NOT $%d::bool OR (%s) > (%s)) AND (NOT $%d::bool OR (%s) <= (%s))",
+		n+1, keys, bound(1), 2*n+2, keys, bound(n+2))
+	if strings.TrimSpace(where) != "" {
+		cond += " AND (" + where + ")"
+	}
+	return cond
+}
+
+// RangeKeysSQL returns, in key order, the keys in the range (see rangeCond) as text with each
+// row's materialized_at last, at most $2n+3 of them (NULL: all).
+func RangeKeysSQL(t *Target, where string) string {
+	return fmt.Sprintf("SELECT %s, %s.materialized_at::text FROM %s AS %s WHERE %s ORDER BY %s LIMIT $%d",
+		keyTexts(t.Key, aliasTarget), aliasTarget, t.Table.Sanitize(), aliasTarget, rangeCond(t, aliasTarget, where),
+		keyCols(t.Key, aliasTarget), 2*len(t.Key)+3)
+}
+
+// RangeEndSQL returns how many keys the range holds, at most $2n+3, and the last of them as
+// text: the bounds of a parallel backfill's next chunk.
+func RangeEndSQL(t *Target, where string) string {
+	desc := keyListDesc(t.Key, "x.")
+	return fmt.Sprintf("SELECT count(*) OVER ()::int, %s FROM (SELECT %s FROM %s AS %s WHERE %s ORDER BY %s LIMIT $%d) AS x ORDER BY %s LIMIT 1",
+		keyTexts(t.Key, "x"), keyCols(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, rangeCond(t, aliasTarget, where),
+		keyCols(t.Key, aliasTarget), 2*len(t.Key)+3, desc)
+}
+
+// NotWrittenSQL returns, as text, the keys in the range (see rangeCond) whose row this
+// transaction has not written: rows a backfill step skipped because they changed under it. At
+// most $2n+3 (NULL: all).
+func NotWrittenSQL(t *Target, where string) string {
+	return fmt.Sprintf("SELECT %s FROM %s AS %s WHERE %s AND %s.xmin <> pg_current_xact_id()::xid ORDER BY %s LIMIT $%d",
+		keyTexts(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, rangeCond(t, aliasTarget, where), aliasTarget,
+		keyCols(t.Key, aliasTarget), 2*len(t.Key)+3)
+}
+
+// BackfillStepSQL is a whole backfill batch in one statement: it reads the keys of the range
+// (see rangeCond; at most $2n+3 of them, NULL for all) with their stamps, runs the enrichments
+// over them with their $1..$n bound to those keys, and writes rows whose stamp has not changed
+// meanwhile, as BackfillWriteSQL does. Keys never travel to matcol and back. It returns how many
+// keys it read, how many rows it wrote, and the last key as text.
+func BackfillStepSQL(t *Target, es []*Enrichment, where string) (string, error) {
+	const keysCTE = `"matcol k"`
+	order := keyList(t.Key, keysCTE+".")
+	arrays := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		arrays[i] = fmt.Sprintf("(SELECT array_agg(%s.%s ORDER BY %s) FROM %s)::%s[]", keysCTE, ident(k.Name), order, keysCTE, k.Type)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "WITH %s AS MATERIALIZED (\nSELECT %s, %s.materialized_at AS %s FROM %s AS %s WHERE %s ORDER BY %s LIMIT $%d\n),\n",
+		keysCTE, keyCols(t.Key, aliasTarget), aliasTarget, aliasSeen, t.Table.Sanitize(), aliasTarget,
+		rangeCond(t, aliasTarget, where), keyCols(t.Key, aliasTarget), 2*len(t.Key)+3)
+	cols := []string{keyList(t.Key, keysCTE+"."), keysCTE + "." + aliasSeen}
+	var sets []string
+	for i, e := range es {
+		for _, c := range e.Columns {
+			cols = append(cols, enrichAlias(i)+"."+ident(c))
+			sets = append(sets, fmt.Sprintf("%s = %s.%s", ident(c), aliasSource, ident(c)))
+		}
+	}
+	fmt.Fprintf(&b, "%s AS MATERIALIZED (\nSELECT %s\nFROM %s", aliasSource, strings.Join(cols, ", "), keysCTE)
+	names := make([]string, len(es))
+	for i, e := range es {
+		sql, err := ReplaceParams(trimSQL(e.SQL), arrays)
+		if err != nil {
+			return "", fmt.Errorf("enrichment %s: %w", e.Name, err)
+		}
+		fmt.Fprintf(&b, "\nLEFT JOIN (\n%s\n) AS %s ON %s", sql, enrichAlias(i), keyMatch(t.Key, enrichAlias(i), keysCTE))
+		names[i] = e.Name
+	}
+	count := "(SELECT count(*) FROM " + keysCTE + ")"
+	msg := fmt.Sprintf("enrichment %s returned a key more than once: ", strings.Join(names, " or "))
+	fmt.Fprintf(&b, "\nLIMIT %s + 1\n),\n", count)
+	fmt.Fprintf(&b, `"matcol w" AS (UPDATE %s AS %s SET %s
+FROM %s WHERE %s AND %s.materialized_at IS NOT DISTINCT FROM %s.%s
+  AND (SELECT CASE WHEN count(*) = %s THEN true ELSE matcol.raise(%s || (SELECT %s FROM %s GROUP BY %s HAVING count(*) > 1 LIMIT 1)) END FROM %s)
+RETURNING 1)
+`, t.Table.Sanitize(), aliasTarget, strings.Join(sets, ", "), aliasSource, keyMatch(t.Key, aliasTarget, aliasSource),
+		aliasTarget, aliasSource, aliasSeen, count, quoteLiteral(msg), rowText(t.Key), aliasSource, keyList(t.Key, ""), aliasSource)
+	desc := keyListDesc(t.Key, keysCTE+".")
+	fmt.Fprintf(&b, `SELECT %s::int, (SELECT count(*) FROM "matcol w")::int, %s
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT %s FROM %s ORDER BY %s LIMIT 1) AS %s ON true`,
+		count, keyTexts(t.Key, `"matcol last"`), keyList(t.Key, keysCTE+"."), keysCTE, desc, `"matcol last"`)
+	return b.String(), nil
+}
+
+func keyListDesc(key []discovery.Column, prefix string) string {
+	parts := make([]string, len(key))
+	for i, k := range key {
+		parts[i] = prefix + ident(k.Name) + " DESC"
+	}
+	return strings.Join(parts, ", ")
 }
