@@ -153,7 +153,7 @@ func (d *Daemon) Wait(ctx context.Context) error {
 	g.Go(func() error {
 		materializer.RunQueuedBackfills(gctx, func(ctx context.Context) (*pgx.Conn, error) {
 			return dial.Connect(ctx, d.cfg.DatabaseURL, "backfill")
-		}, d.Mat.Plan, d.cfg.Throttle.MaxReplicaLag, d.log.Named("backfill"), nil)
+		}, d.Mat.Plan, d.cfg.Throttle.MaxReplicaLag, d.cfg.Throttle.LatencyFactor, d.log.Named("backfill"), nil)
 		return nil
 	})
 	g.Go(func() error {

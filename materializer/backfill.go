@@ -37,6 +37,9 @@ type BackfillSpec struct {
 	// MaxReplicaLag holds the backfill while a replica's replay lag exceeds it, as it holds the
 	// daemon; 0 disables. matcol pause holds it too.
 	MaxReplicaLag time.Duration
+	// LatencyFactor: a batch this many times slower per row than the backfill's usual pauses it
+	// for as long as the batch took; 0 disables.
+	LatencyFactor float64
 }
 
 // BackfillProgress is reported after each batch.
@@ -47,7 +50,9 @@ type BackfillProgress struct {
 	Elapsed  time.Duration
 	Rate     float64 // rows per second in this run
 	Failed   int64
-	Finished bool
+	// Throttled counts the pauses after slow batches.
+	Throttled int64
+	Finished  bool
 }
 
 // Backfill is a backfill bound to a connection that holds its lock.
@@ -64,6 +69,9 @@ type Backfill struct {
 	// then every batch reads its keys first (rangeSQL).
 	stepSQL, rangeSQL string
 	noStep            atomic.Bool // set when the step does not plan
+	// perRow is the usual seconds per row, learnt from batches that were not slow.
+	perRow             float64
+	batches, throttled int64
 }
 
 // EnrichmentNames returns the sorted names a backfill row is keyed by.
@@ -196,7 +204,7 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 		}
 		el := time.Since(start)
 		progress(BackfillProgress{ID: b.ID, Done: b.done, Total: b.total, Elapsed: el, Failed: failed, Finished: finished,
-			Rate: float64(b.done-startDone) / max(el.Seconds(), 1e-9)})
+			Rate: float64(b.done-startDone) / max(el.Seconds(), 1e-9), Throttled: b.throttled})
 	}
 	if b.spec.Jobs > 1 && b.spec.Connect != nil {
 		var err error
@@ -237,9 +245,13 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 		retry = append(retry, f.skipped...)
 		b.cursor = f.last
 		b.done += int64(f.n)
-		size = b.adapt(size, f.n, time.Since(batchStart))
+		took := time.Since(batchStart)
+		size = b.adapt(size, f.n, took)
 		report(false)
 		if err := b.pace(ctx, start, startDone); err != nil {
+			return err
+		}
+		if err := b.backOff(ctx, f.n, took); err != nil {
 			return err
 		}
 	}
@@ -290,6 +302,31 @@ func (b *Backfill) adapt(size, n int, d time.Duration) int {
 		return min(50000, size*3/2)
 	}
 	return size
+}
+
+// backOff pauses after a batch that ran LatencyFactor times slower per row than usual, for as
+// long as it took: the database is busy, and the backfill yields to the application, as the
+// daemon's batches do. Slow batches do not move the usual time.
+func (b *Backfill) backOff(ctx context.Context, n int, d time.Duration) error {
+	if n == 0 || b.spec.LatencyFactor <= 0 {
+		return nil
+	}
+	per := d.Seconds() / float64(n)
+	b.batches++
+	switch {
+	case b.batches == 1:
+		b.perRow = per
+	case per < b.perRow*b.spec.LatencyFactor:
+		b.perRow = 0.9*b.perRow + 0.1*per
+	case b.batches > 10:
+		b.throttled++
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+		}
+	}
+	return nil
 }
 
 // pace sleeps as long as the rows done since start run ahead of the rate cap.
@@ -452,11 +489,11 @@ func isLockTimeout(err error) bool {
 // RunQueuedBackfills takes backfills queued with --async (or left by a crashed run) and runs
 // them, one at a time, until ctx ends.
 func RunQueuedBackfills(ctx context.Context, connect func(context.Context) (*pgx.Conn, error), planOf func() *plan.Plan,
-	maxLag time.Duration, log hclog.Logger, progress func(BackfillProgress)) {
+	maxLag time.Duration, latencyFactor float64, log hclog.Logger, progress func(BackfillProgress)) {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
-		if err := runOneQueued(ctx, connect, planOf, maxLag, log, progress); err != nil && ctx.Err() == nil {
+		if err := runOneQueued(ctx, connect, planOf, maxLag, latencyFactor, log, progress); err != nil && ctx.Err() == nil {
 			log.Warn("queued backfill failed", "error", err)
 		}
 		select {
@@ -468,7 +505,7 @@ func RunQueuedBackfills(ctx context.Context, connect func(context.Context) (*pgx
 }
 
 func runOneQueued(ctx context.Context, connect func(context.Context) (*pgx.Conn, error), planOf func() *plan.Plan,
-	maxLag time.Duration, log hclog.Logger, progress func(BackfillProgress)) error {
+	maxLag time.Duration, latencyFactor float64, log hclog.Logger, progress func(BackfillProgress)) error {
 	conn, err := connect(ctx)
 	if err != nil {
 		return err
@@ -499,7 +536,8 @@ func runOneQueued(ctx context.Context, connect func(context.Context) (*pgx.Conn,
 		if !ok {
 			continue
 		}
-		spec.Where, spec.BatchSize, spec.Rate, spec.MaxReplicaLag = x.where, x.batch, x.rate, maxLag
+		spec.Where, spec.BatchSize, spec.Rate = x.where, x.batch, x.rate
+		spec.MaxReplicaLag, spec.LatencyFactor = maxLag, latencyFactor
 		b, err := claimBackfill(ctx, conn, spec, x.id, log)
 		if errors.Is(err, ErrBackfillRunning) {
 			continue

@@ -118,6 +118,9 @@ func (b *Backfill) runParallel(ctx context.Context, report func(bool)) (retry []
 		failed += r.failed
 		retry = append(retry, r.skipped...)
 		size = b.adapt(size, r.n, r.took)
+		if err := b.backOff(ctx, r.n, r.took); err != nil {
+			return nil, 0, err
+		}
 		done[r.seq] = r
 		moved := false
 		for {

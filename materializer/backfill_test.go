@@ -165,3 +165,39 @@ func TestBackfillCompositeKeyAndWhere(t *testing.T) {
 		})
 	}
 }
+
+// A backfill whose batches turn slow pauses after each slow batch for as long as it took, as the
+// daemon does: the database is busy and the application comes first.
+func TestBackfillBacksOffWhenBatchesSlowDown(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	pgtest.Exec(t, b.conn, `CREATE TABLE slow (s float8 NOT NULL); INSERT INTO slow VALUES (0);
+		CREATE FUNCTION slow_row(id bigint) RETURNS boolean LANGUAGE plpgsql VOLATILE AS
+		  $$BEGIN PERFORM pg_sleep((SELECT s FROM slow)); RETURN true; END$$;
+		INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(3, 40) g`)
+	defs := []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"), Columns: []string{"seat_count"}, Self: true,
+		SQL: `SELECT v.id, sum(e.seats)::bigint AS seat_count FROM venue v LEFT JOIN event e ON e.venue_id = v.id
+			WHERE v.id = ANY($1) AND slow_row(v.id) GROUP BY v.id`,
+		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}}
+	applyDefs(t, b.conn, defs)
+	p := reload(t, b)
+	bconn, err := dial.Connect(ctx, b.dsn, "backfill")
+	require.NoError(t, err)
+	defer bconn.Close(ctx)
+	spec := materializer.BackfillSpec{Target: p.Targets[0], Enrichments: p.Targets[0].Enrichments, BatchSize: 1, LatencyFactor: 4}
+	bf, err := materializer.OpenBackfill(ctx, bconn, spec, true, hclog.NewNullLogger())
+	require.NoError(t, err)
+	var last materializer.BackfillProgress
+	var slowFrom time.Time
+	require.NoError(t, bf.Run(ctx, func(pr materializer.BackfillProgress) {
+		last = pr
+		if pr.Done == 15 { // the usual time per row is known; 25 rows of 60 ms follow
+			pgtest.Exec(t, b.conn, `UPDATE slow SET s = 0.06`)
+			slowFrom = time.Now()
+		}
+	}))
+	took := time.Since(slowFrom)
+	t.Logf("25 slow rows took %s; %d pauses", took.Round(time.Millisecond), last.Throttled)
+	require.GreaterOrEqual(t, last.Throttled, int64(20), "slow batches must be followed by pauses")
+	require.Greater(t, took, 2500*time.Millisecond, "1.5 s of slow batches, each followed by a pause as long")
+}

@@ -59,7 +59,7 @@ and it resumes (--restart starts over). materialized_at is left alone.`,
 			if jobs < 1 {
 				return fmt.Errorf("--jobs %d: give at least 1", jobs)
 			}
-			spec.Jobs, spec.MaxReplicaLag = jobs, cfg.Throttle.MaxReplicaLag
+			spec.Jobs, spec.MaxReplicaLag, spec.LatencyFactor = jobs, cfg.Throttle.MaxReplicaLag, cfg.Throttle.LatencyFactor
 			spec.Connect = func(ctx context.Context) (*pgx.Conn, error) {
 				return dial.Connect(ctx, cfg.DatabaseURL, "backfill")
 			}
@@ -106,6 +106,9 @@ and it resumes (--restart starts over). materialized_at is left alone.`,
 				return err
 			}
 			fmt.Fprintf(out, "backfill %d done: %d rows in %s (%.0f rows/s)", b.ID, final.Done, final.Elapsed.Round(time.Millisecond), final.Rate)
+			if final.Throttled > 0 {
+				fmt.Fprintf(out, "; paused %d times after slow batches (throttle.latency_factor)", final.Throttled)
+			}
 			if final.Failed > 0 {
 				fmt.Fprintf(out, "; %d rows failed and were left stale for the daemon (see matcol failures)", final.Failed)
 			}
