@@ -44,12 +44,12 @@ type BackfillSpec struct {
 
 // BackfillProgress is reported after each batch.
 type BackfillProgress struct {
-	ID       int64
-	Done     int64
-	Total    int64 // estimate; 0 when unknown
-	Elapsed  time.Duration
-	Rate     float64 // rows per second in this run
-	Failed   int64
+	ID      int64
+	Done    int64
+	Total   int64 // estimate; 0 when unknown
+	Elapsed time.Duration
+	Rate    float64 // rows per second in this run
+	Failed  int64
 	// Throttled counts the pauses after slow batches.
 	Throttled int64
 	Finished  bool
