@@ -229,7 +229,7 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 			return err
 		})
 		if err != nil {
-			if isLockTimeout(err) {
+			if isBusy(err) {
 				b.log.Info("rows are busy; retrying the batch", "table", t.Table.String())
 				size = max(1, size/2)
 				continue
@@ -481,9 +481,18 @@ func (b *Backfill) retryChanged(ctx context.Context, keys [][]*string) error {
 	return nil
 }
 
-func isLockTimeout(err error) bool {
+// isBusy reports an error that says the batch's rows are contended, not wrong: its lock wait
+// timed out, or it was chosen to break a deadlock with the application. The batch is retried.
+func isBusy(err error) bool {
 	var pe interface{ SQLState() string }
-	return errors.As(err, &pe) && pe.SQLState() == "55P03"
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.SQLState() {
+	case "55P03", "40P01", "40001":
+		return true
+	}
+	return false
 }
 
 // RunQueuedBackfills takes backfills queued with --async (or left by a crashed run) and runs

@@ -153,7 +153,7 @@ func (b *Backfill) runParallel(ctx context.Context, report func(bool)) (retry []
 func (b *Backfill) writeChunk(ctx context.Context, conn *pgx.Conn, s span) (f filled, err error) {
 	for attempt := 1; ; attempt++ {
 		f, err = b.fill(ctx, conn, s, nil)
-		if !isLockTimeout(err) || attempt == 10 {
+		if !isBusy(err) || attempt == 10 {
 			return f, err
 		}
 		b.log.Info("rows are busy; retrying the batch", "table", b.spec.Target.Table.String(), "attempt", attempt)

@@ -201,3 +201,45 @@ func TestBackfillBacksOffWhenBatchesSlowDown(t *testing.T) {
 	require.GreaterOrEqual(t, last.Throttled, int64(20), "slow batches must be followed by pauses")
 	require.Greater(t, took, 2500*time.Millisecond, "1.5 s of slow batches, each followed by a pause as long")
 }
+
+// A backfill that deadlocks with the application retries its batch instead of failing: the
+// application's transaction goes on, and the backfill still fills every row.
+func TestBackfillRetriesAfterDeadlock(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	b.catchUp(t)
+	pgtest.Exec(t, b.conn, `UPDATE venue SET seat_count = NULL`)
+	app := pgtest.Connect(t, b.dsn)
+	appTx, err := app.Begin(ctx)
+	require.NoError(t, err)
+	_, err = appTx.Exec(ctx, `UPDATE venue SET materialized_at = materialized_at WHERE id = 2`)
+	require.NoError(t, err)
+
+	bconn, err := dial.Connect(ctx, b.dsn, "backfill")
+	require.NoError(t, err)
+	defer bconn.Close(ctx)
+	spec := materializer.BackfillSpec{Target: b.plan.Targets[0], Enrichments: b.plan.Targets[0].Enrichments}
+	bf, err := materializer.OpenBackfill(ctx, bconn, spec, true, hclog.NewNullLogger())
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- bf.Run(ctx, nil) }()
+	// The backfill holds venue 1 and waits for venue 2; the application then wants venue 1.
+	require.Eventually(t, func() bool {
+		var waiting bool
+		_ = b.conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE application_name LIKE 'matcol backfill%' AND wait_event_type = 'Lock')`).Scan(&waiting)
+		return waiting
+	}, 10*time.Second, 10*time.Millisecond)
+	_, err = appTx.Exec(ctx, `UPDATE venue SET materialized_at = materialized_at WHERE id = 1`)
+	require.NoError(t, err, "the backfill, which waited first, is the one PostgreSQL aborts")
+	require.NoError(t, appTx.Commit(ctx))
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the backfill did not finish")
+	}
+	var filled int
+	require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(seat_count) FROM venue`).Scan(&filled))
+	require.Equal(t, 2, filled)
+}
