@@ -214,3 +214,68 @@ func ordersBackfill(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts,
 	r.add("")
 	return nil
 }
+
+// Customers and their purchases, each customer's spread over the table as they come: the shape
+// of the acceptance check (a 300k-row table gains a column) with an ordinary foreign-key index.
+const purchaseSchema = `
+CREATE TABLE customer (id bigint PRIMARY KEY, name text NOT NULL, spent numeric, materialized_at timestamptz);
+CREATE TABLE purchase (id bigint PRIMARY KEY, customer_id bigint NOT NULL, amount numeric NOT NULL);
+`
+
+const purchaseEnrichment = `SELECT c.id, coalesce(sum(p.amount), 0) AS spent
+FROM customer c LEFT JOIN purchase p ON p.customer_id = c.id
+WHERE c.id = ANY($1) GROUP BY c.id`
+
+const purchaseSetBased = `UPDATE customer c SET spent = coalesce(s.t, 0)
+FROM (SELECT customer_id, sum(amount) AS t FROM purchase GROUP BY customer_id) s
+WHERE c.id = s.customer_id`
+
+// purchasesBackfill loads customers × purchases into database "purchases" and compares full
+// backfills.
+func purchasesBackfill(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts, customers, each int) error {
+	fmt.Printf("loading %d customers × %d purchases…\n", customers, each)
+	conn, err := createDB(ctx, admin, o.cl, "purchases", purchaseSchema)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	for _, stmt := range []string{
+		fmt.Sprintf(`INSERT INTO customer (id, name, materialized_at) SELECT g, 'customer ' || g, now() FROM generate_series(1, %d) g`, customers),
+		// Purchase g belongs to a customer picked by a stride, so a customer's purchases are
+		// spread over the table.
+		fmt.Sprintf(`INSERT INTO purchase SELECT g, 1 + (g * 7919) %% %d, g %% 97 + 0.5 FROM generate_series(1::bigint, %d) g`, customers, customers*each),
+		`CREATE INDEX ON purchase (customer_id)`,
+		`VACUUM (ANALYZE) customer`, `VACUUM (ANALYZE) purchase`,
+	} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("load purchases: %w", err)
+		}
+	}
+	def := registry.Enrichment{Name: "customer_spent", Self: true, SQL: purchaseEnrichment, Columns: []string{"spent"},
+		DependsOn: []registry.Dependency{{Columns: []string{"customer_id"}}}}
+	def.Target.Schema, def.Target.Name = "public", "customer"
+	def.DependsOn[0].Source.Schema, def.DependsOn[0].Source.Name = "public", "purchase"
+	c := backfillCase{conn: conn, dsn: o.cl.DSN("purchases"), def: def, setBased: purchaseSetBased, table: "customer",
+		reset: `UPDATE customer SET spent = NULL`}
+	fmt.Println("backfilling customers…")
+	bt, err := c.run(ctx)
+	if err != nil {
+		return err
+	}
+	var wrong int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM customer c LEFT JOIN (SELECT customer_id, sum(amount) AS t
+		FROM purchase GROUP BY customer_id) s ON s.customer_id = c.id
+		WHERE c.spent IS DISTINCT FROM coalesce(s.t, 0) OR c.materialized_at IS NULL`).Scan(&wrong); err != nil {
+		return err
+	}
+	if wrong > 0 {
+		return fmt.Errorf("customers backfill left %d wrong or stale rows", wrong)
+	}
+	r.add("## Full backfill of a new column (%d customers × %d purchases, spread)", customers, each)
+	r.add("")
+	r.add("`customer` gains `spent`, the sum of the customer's purchases, every row otherwise fresh. A customer's purchases lie all over `purchase`, found through an index on `customer_id`.")
+	r.add("")
+	bt.report(r, "customer_spent", customers)
+	r.add("")
+	return nil
+}

@@ -194,6 +194,9 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 	if err := ordersBackfill(ctx, r, conn, o, o.orders, 3); err != nil {
 		return err
 	}
+	if err := purchasesBackfill(ctx, r, conn, o, 300_000, 5); err != nil {
+		return err
+	}
 	if o.only == "backfill" {
 		return r.finish(out, began)
 	}
