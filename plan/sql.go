@@ -164,7 +164,8 @@ func KeysWithStampSQL(t *Target) string {
 }
 
 // NextKeysSQL returns, in key order, the keys after the cursor ($1..$n as text, or all rows when
-// $n+1 is false), at most $n+2 of them. Backfills walk the table with it.
+// $n+1 is false), at most $n+2 of them. Apply's sample, verify and whole-table invalidation walk
+// the table with it.
 func NextKeysSQL(t *Target, where string) string {
 	cursor := make([]string, len(t.Key))
 	for i, k := range t.Key {
@@ -197,22 +198,37 @@ func BackfillWriteSQL(t *Target, es []*Enrichment) string {
 	return writeSQL(t, es, false, true)
 }
 
-// writeSQL joins the batch's keys to each enrichment's output once, in a materialized CTE, and
-// updates the target from it. The CTE has one row per key unless an enrichment returned a key
-// twice, which a count over it catches before any row is written: a plain UPDATE would silently
-// take either value. Everything else is what a set-based UPDATE does; no RETURNING, because the
-// row count tells a backfill whether any row was skipped.
 func writeSQL(t *Target, es []*Enrichment, stamp, checkStamp bool) string {
-	var b strings.Builder
-	cols := []string{keyList(t.Key, aliasKeys+".")}
 	params, names := keyArrayParams(t.Key, 1), keyList(t.Key, "")
 	if checkStamp {
 		params += fmt.Sprintf(", $%d::timestamptz[]", len(t.Key)+1)
 		names += ", " + aliasSeen
+	}
+	sqls := make([]string, len(es))
+	for i, e := range es {
+		sqls[i] = trimSQL(e.SQL)
+	}
+	keys := fmt.Sprintf("unnest(%s) AS %s(%s)", params, aliasKeys, names)
+	cte, update := joinAndUpdate(t, es, sqls, keys, fmt.Sprintf("cardinality($1::%s[])", t.Key[0].Type), stamp, checkStamp)
+	return "WITH " + cte + "\n" + update
+}
+
+// joinAndUpdate renders the write of a batch whose keys come from keys, a FROM item aliased
+// "matcol k" with the key columns (and "matcol seen", each row's stamp as read, with
+// checkStamp), count of them: the materialized CTE "matcol s" that joins the keys once to each
+// enrichment's output (sqls, the enrichments' SQL as it is to run), and the UPDATE of the target
+// from it. The CTE has one row per key unless an enrichment returned a key twice, which the count
+// catches before any row is written: a plain UPDATE … FROM would silently take either value.
+// Otherwise it is what a set-based UPDATE does.
+func joinAndUpdate(t *Target, es []*Enrichment, sqls []string, keys, count string, stamp, checkStamp bool) (cte, update string) {
+	cols := []string{keyList(t.Key, aliasKeys+".")}
+	if checkStamp {
 		cols = append(cols, aliasKeys+"."+aliasSeen)
 	}
 	var sets []string
+	names := make([]string, len(es))
 	for i, e := range es {
+		names[i] = e.Name
 		for _, c := range e.Columns {
 			cols = append(cols, enrichAlias(i)+"."+ident(c))
 			sets = append(sets, fmt.Sprintf("%s = %s.%s", ident(c), aliasSource, ident(c)))
@@ -221,27 +237,28 @@ func writeSQL(t *Target, es []*Enrichment, stamp, checkStamp bool) string {
 	if stamp {
 		sets = append(sets, "materialized_at = now()")
 	}
-	fmt.Fprintf(&b, "WITH %s AS MATERIALIZED (\nSELECT %s\nFROM unnest(%s) AS %s(%s)",
-		aliasSource, strings.Join(cols, ", "), params, aliasKeys, names)
-	for i, e := range es {
-		fmt.Fprintf(&b, "\nLEFT JOIN (\n%s\n) AS %s ON %s", trimSQL(e.SQL), enrichAlias(i), keyMatch(t.Key, enrichAlias(i), aliasKeys))
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s AS MATERIALIZED (\nSELECT %s\nFROM %s", aliasSource, strings.Join(cols, ", "), keys)
+	for i, sql := range sqls {
+		fmt.Fprintf(&b, "\nLEFT JOIN (\n%s\n) AS %s ON %s", sql, enrichAlias(i), keyMatch(t.Key, enrichAlias(i), aliasKeys))
 	}
 	// The LIMIT never cuts a correct result (one row per key) and keeps a duplicate visible to the
 	// count, but it caps the planner's guess of the join's size: that guess is otherwise many times
 	// the batch, and leads it to hash the whole target table.
-	fmt.Fprintf(&b, "\nLIMIT cardinality($1::%s[]) + 1\n)\nUPDATE %s AS %s SET %s\nFROM %s\nWHERE %s",
-		t.Key[0].Type, t.Table.Sanitize(), aliasTarget, strings.Join(sets, ", "), aliasSource, keyMatch(t.Key, aliasTarget, aliasSource))
+	fmt.Fprintf(&b, "\nLIMIT %s + 1\n)", count)
+	cond := keyMatch(t.Key, aliasTarget, aliasSource)
 	if checkStamp {
-		fmt.Fprintf(&b, " AND %s.materialized_at IS NOT DISTINCT FROM %s.%s", aliasTarget, aliasSource, aliasSeen)
+		// A row whose stamp changed since the keys were read is left alone, even when the UPDATE
+		// waited for it and rechecks the newer version.
+		cond += fmt.Sprintf(" AND %s.materialized_at IS NOT DISTINCT FROM %s.%s", aliasTarget, aliasSource, aliasSeen)
 	}
-	names2 := make([]string, len(es))
-	for i, e := range es {
-		names2[i] = e.Name
-	}
-	msg := fmt.Sprintf("enrichment %s returned a key more than once: ", strings.Join(names2, " or "))
-	fmt.Fprintf(&b, "\n  AND (SELECT CASE WHEN count(*) = cardinality($1::%s[]) THEN true ELSE matcol.raise(%s || (SELECT %s FROM %s GROUP BY %s HAVING count(*) > 1 LIMIT 1)) END FROM %s)",
-		t.Key[0].Type, quoteLiteral(msg), rowText(t.Key), aliasSource, keyList(t.Key, ""), aliasSource)
-	return b.String()
+	msg := fmt.Sprintf("enrichment %s returned a key more than once: ", strings.Join(names, " or "))
+	update = fmt.Sprintf(`UPDATE %s AS %s SET %s
+FROM %s WHERE %s
+  AND (SELECT CASE WHEN count(*) = %s THEN true ELSE matcol.raise(%s || (SELECT %s FROM %s GROUP BY %s HAVING count(*) > 1 LIMIT 1)) END FROM %s)`,
+		t.Table.Sanitize(), aliasTarget, strings.Join(sets, ", "), aliasSource, cond,
+		count, quoteLiteral(msg), rowText(t.Key), aliasSource, keyList(t.Key, ""), aliasSource)
+	return b.String(), update
 }
 
 func rowText(key []discovery.Column) string {
@@ -397,48 +414,33 @@ func NotWrittenSQL(t *Target, where string) string {
 // meanwhile, as BackfillWriteSQL does. Keys never travel to matcol and back. It returns how many
 // keys it read, how many rows it wrote, and the last key as text.
 func BackfillStepSQL(t *Target, es []*Enrichment, where string) (string, error) {
-	const keysCTE = `"matcol k"`
-	order := keyList(t.Key, keysCTE+".")
+	order := keyList(t.Key, aliasKeys+".")
 	arrays := make([]string, len(t.Key))
 	for i, k := range t.Key {
-		arrays[i] = fmt.Sprintf("(SELECT array_agg(%s.%s ORDER BY %s) FROM %s)::%s[]", keysCTE, ident(k.Name), order, keysCTE, k.Type)
+		arrays[i] = fmt.Sprintf("(SELECT array_agg(%s.%s ORDER BY %s) FROM %s)::%s[]", aliasKeys, ident(k.Name), order, aliasKeys, k.Type)
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "WITH %s AS MATERIALIZED (\nSELECT %s, %s.materialized_at AS %s FROM %s AS %s WHERE %s ORDER BY %s LIMIT $%d\n),\n",
-		keysCTE, keyCols(t.Key, aliasTarget), aliasTarget, aliasSeen, t.Table.Sanitize(), aliasTarget,
-		rangeCond(t, aliasTarget, where), keyCols(t.Key, aliasTarget), 2*len(t.Key)+3)
-	cols := []string{keyList(t.Key, keysCTE+"."), keysCTE + "." + aliasSeen}
-	var sets []string
-	for i, e := range es {
-		for _, c := range e.Columns {
-			cols = append(cols, enrichAlias(i)+"."+ident(c))
-			sets = append(sets, fmt.Sprintf("%s = %s.%s", ident(c), aliasSource, ident(c)))
-		}
-	}
-	fmt.Fprintf(&b, "%s AS MATERIALIZED (\nSELECT %s\nFROM %s", aliasSource, strings.Join(cols, ", "), keysCTE)
-	names := make([]string, len(es))
+	sqls := make([]string, len(es))
 	for i, e := range es {
 		sql, err := ReplaceParams(trimSQL(e.SQL), arrays)
 		if err != nil {
 			return "", fmt.Errorf("enrichment %s: %w", e.Name, err)
 		}
-		fmt.Fprintf(&b, "\nLEFT JOIN (\n%s\n) AS %s ON %s", sql, enrichAlias(i), keyMatch(t.Key, enrichAlias(i), keysCTE))
-		names[i] = e.Name
+		sqls[i] = sql
 	}
-	count := "(SELECT count(*) FROM " + keysCTE + ")"
-	msg := fmt.Sprintf("enrichment %s returned a key more than once: ", strings.Join(names, " or "))
-	fmt.Fprintf(&b, "\nLIMIT %s + 1\n),\n", count)
-	fmt.Fprintf(&b, `"matcol w" AS (UPDATE %s AS %s SET %s
-FROM %s WHERE %s AND %s.materialized_at IS NOT DISTINCT FROM %s.%s
-  AND (SELECT CASE WHEN count(*) = %s THEN true ELSE matcol.raise(%s || (SELECT %s FROM %s GROUP BY %s HAVING count(*) > 1 LIMIT 1)) END FROM %s)
+	count := "(SELECT count(*) FROM " + aliasKeys + ")"
+	cte, update := joinAndUpdate(t, es, sqls, aliasKeys, count, false, true)
+	return fmt.Sprintf(`WITH %s AS MATERIALIZED (
+SELECT %s, %s.materialized_at AS %s FROM %s AS %s WHERE %s ORDER BY %s LIMIT $%d
+),
+%s,
+"matcol w" AS (%s
 RETURNING 1)
-`, t.Table.Sanitize(), aliasTarget, strings.Join(sets, ", "), aliasSource, keyMatch(t.Key, aliasTarget, aliasSource),
-		aliasTarget, aliasSource, aliasSeen, count, quoteLiteral(msg), rowText(t.Key), aliasSource, keyList(t.Key, ""), aliasSource)
-	desc := keyListDesc(t.Key, keysCTE+".")
-	fmt.Fprintf(&b, `SELECT %s::int, (SELECT count(*) FROM "matcol w")::int, %s
-FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT %s FROM %s ORDER BY %s LIMIT 1) AS %s ON true`,
-		count, keyTexts(t.Key, `"matcol last"`), keyList(t.Key, keysCTE+"."), keysCTE, desc, `"matcol last"`)
-	return b.String(), nil
+SELECT %s::int, (SELECT count(*) FROM "matcol w")::int, %s
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT %s FROM %s ORDER BY %s LIMIT 1) AS "matcol last" ON true`,
+		aliasKeys, keyCols(t.Key, aliasTarget), aliasTarget, aliasSeen, t.Table.Sanitize(), aliasTarget,
+		rangeCond(t, aliasTarget, where), keyCols(t.Key, aliasTarget), 2*len(t.Key)+3,
+		cte, update,
+		count, keyTexts(t.Key, `"matcol last"`), order, aliasKeys, keyListDesc(t.Key, aliasKeys+".")), nil
 }
 
 func keyListDesc(key []discovery.Column, prefix string) string {
