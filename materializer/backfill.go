@@ -69,9 +69,8 @@ type Backfill struct {
 	// then every batch reads its keys first (rangeSQL).
 	stepSQL, rangeSQL string
 	noStep            atomic.Bool // set when the step does not plan
-	// perRow is the usual seconds per row, learnt from batches that were not slow.
-	perRow             float64
-	batches, throttled int64
+	usual             rowTime     // for the latency throttle
+	throttled         int64
 }
 
 // EnrichmentNames returns the sorted names a backfill row is keyed by.
@@ -306,25 +305,17 @@ func (b *Backfill) adapt(size, n int, d time.Duration) int {
 
 // backOff pauses after a batch that ran LatencyFactor times slower per row than usual, for as
 // long as it took: the database is busy, and the backfill yields to the application, as the
-// daemon's batches do. Slow batches do not move the usual time.
+// daemon's batches do.
 func (b *Backfill) backOff(ctx context.Context, n int, d time.Duration) error {
-	if n == 0 || b.spec.LatencyFactor <= 0 {
+	b.usual.observe(n, d, b.spec.LatencyFactor)
+	if !b.usual.slow(n, d, b.spec.LatencyFactor) {
 		return nil
 	}
-	per := d.Seconds() / float64(n)
-	b.batches++
-	switch {
-	case b.batches == 1:
-		b.perRow = per
-	case per < b.perRow*b.spec.LatencyFactor:
-		b.perRow = 0.9*b.perRow + 0.1*per
-	case b.batches > 10:
-		b.throttled++
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(d):
-		}
+	b.throttled++
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
 	}
 	return nil
 }

@@ -148,8 +148,7 @@ type target struct {
 
 	rows      atomic.Int64 // materialized by this process
 	lastBatch atomic.Int64 // nanoseconds
-	perRow    float64      // baseline seconds per row (EWMA), for throttling
-	batches   int
+	usual     rowTime      // for the latency throttle
 	fresh     freshness
 }
 

@@ -18,14 +18,34 @@ func (m *Materializer) observe(t *target, n int, d time.Duration) {
 	case d < goal/2 && n >= t.batchSize && t.batchSize < 20000:
 		t.batchSize = min(20000, t.batchSize*5/4+1)
 	}
-	per := d.Seconds() / float64(n)
-	t.batches++
-	if t.batches == 1 {
-		t.perRow = per
-	} else if per < t.perRow*m.cfg.LatencyFactor {
-		// Only normal batches move the baseline, so a slow spell cannot become the new normal.
-		t.perRow = 0.9*t.perRow + 0.1*per
+	t.usual.observe(n, d, m.cfg.LatencyFactor)
+}
+
+// rowTime learns a table's usual time per row for the latency throttle.
+type rowTime struct {
+	perRow  float64 // seconds, an EWMA
+	batches int
+}
+
+// observe records a batch of n rows that took d. Only batches under factor times the usual move
+// it, so a slow spell cannot become the new normal.
+func (r *rowTime) observe(n int, d time.Duration, factor float64) {
+	if n == 0 {
+		return
 	}
+	per := d.Seconds() / float64(n)
+	r.batches++
+	if r.batches == 1 {
+		r.perRow = per
+	} else if per < r.perRow*factor {
+		r.perRow = 0.9*r.perRow + 0.1*per
+	}
+}
+
+// slow reports whether a batch of n rows that took d ran factor times slower per row than usual,
+// once ten batches have taught the usual.
+func (r *rowTime) slow(n int, d time.Duration, factor float64) bool {
+	return n > 0 && factor > 0 && r.batches >= 10 && d.Seconds()/float64(n) > r.perRow*factor
 }
 
 // pace returns how long to wait before t's next batch: when the database is slow (a batch far
@@ -33,14 +53,11 @@ func (m *Materializer) observe(t *target, n int, d time.Duration) {
 func (m *Materializer) pace(t *target, n int, d time.Duration) time.Duration {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if n == 0 || t.batches < 10 || m.cfg.LatencyFactor <= 0 {
+	if !t.usual.slow(n, d, m.cfg.LatencyFactor) {
 		return 0
 	}
-	if d.Seconds()/float64(n) > t.perRow*m.cfg.LatencyFactor {
-		m.Stats.Throttled.Add(1)
-		return d
-	}
-	return 0
+	m.Stats.Throttled.Add(1)
+	return d
 }
 
 // loadSQL reads the pause switch and the largest replay lag of the replicas, in seconds.
