@@ -211,9 +211,7 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			_, _ = b.conn.Exec(context.WithoutCancel(ctx), `UPDATE matcol.backfill SET error = $2, updated_at = now() WHERE id = $1`,
-				b.ID, err.Error())
-			return fmt.Errorf("backfill %d of %s: %w", b.ID, t.Table, err)
+			return b.fail(ctx, err)
 		}
 		return b.finish(ctx, retry, report)
 	}
@@ -233,9 +231,7 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 				size = max(1, size/2)
 				continue
 			}
-			_, _ = b.conn.Exec(context.WithoutCancel(ctx), `UPDATE matcol.backfill SET error = $2, updated_at = now() WHERE id = $1`,
-				b.ID, err.Error())
-			return fmt.Errorf("backfill %d of %s: %w", b.ID, t.Table, err)
+			return b.fail(ctx, err)
 		}
 		if f.n == 0 {
 			break
@@ -255,6 +251,13 @@ func (b *Backfill) Run(ctx context.Context, progress func(BackfillProgress)) err
 		}
 	}
 	return b.finish(ctx, retry, report)
+}
+
+// fail records err on the backfill's row, for status, and returns it.
+func (b *Backfill) fail(ctx context.Context, err error) error {
+	_, _ = b.conn.Exec(context.WithoutCancel(ctx), `UPDATE matcol.backfill SET error = $2, updated_at = now() WHERE id = $1`,
+		b.ID, err.Error())
+	return fmt.Errorf("backfill %d of %s: %w", b.ID, b.spec.Target.Table, err)
 }
 
 // hold waits while materialization is paused or a replica lags more than MaxReplicaLag, reading
@@ -410,14 +413,19 @@ func (b *Backfill) changed(ctx context.Context, tx pgx.Tx, rows [][]*string) ([]
 	var out [][]*string
 	for i := range now[0] {
 		if was := seen[keyString(now[:width], i)]; !sameText(was, now[width][i]) {
-			k := make([]*string, width)
-			for c := range k {
-				k[c] = now[c][i]
-			}
-			out = append(out, k)
+			out = append(out, keyAt(now[:width], i))
 		}
 	}
 	return out, nil
+}
+
+// keyAt returns the i-th key of key columns.
+func keyAt(cols [][]*string, i int) []*string {
+	k := make([]*string, len(cols))
+	for c := range cols {
+		k[c] = cols[c][i]
+	}
+	return k
 }
 
 func sameText(a, b *string) bool {

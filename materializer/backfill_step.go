@@ -85,7 +85,7 @@ func (b *Backfill) fill(ctx context.Context, conn *pgx.Conn, s span, checkpoint 
 		if f.n = len(rows[0]); f.n == 0 {
 			return nil
 		}
-		f.last = lastKey(rows[:width])
+		f.last = keyAt(rows[:width], f.n-1)
 		if f.skipped, f.failed, err = b.write(ctx, tx, rows); err != nil {
 			return err
 		}
@@ -103,12 +103,9 @@ func (b *Backfill) fill(ctx context.Context, conn *pgx.Conn, s span, checkpoint 
 func (b *Backfill) step(ctx context.Context, tx pgx.Tx, s span, f *filled) error {
 	t := b.spec.Target
 	width := len(t.Key)
-	if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(t)...); err != nil {
-		return err
-	}
 	// The planner takes the enrichment's output over an array it cannot see for ten rows, and
 	// would join it to the batch's keys by rescanning a copy of it for each key.
-	if _, err := tx.Exec(ctx, `SET LOCAL enable_material = off`); err != nil {
+	if _, err := tx.Exec(ctx, batchSettingsSQL+`, set_config('enable_material', 'off', true)`, settingsArgs(t)...); err != nil {
 		return err
 	}
 	var written int
@@ -128,19 +125,7 @@ func (b *Backfill) step(ctx context.Context, tx pgx.Tx, s span, f *filled) error
 		return fmt.Errorf("read skipped rows: %w", err)
 	}
 	for i := range keys[0] {
-		k := make([]*string, width)
-		for c := range k {
-			k[c] = keys[c][i]
-		}
-		f.skipped = append(f.skipped, k)
+		f.skipped = append(f.skipped, keyAt(keys, i))
 	}
 	return nil
-}
-
-func lastKey(cols [][]*string) []*string {
-	last := make([]*string, len(cols))
-	for i, c := range cols {
-		last[i] = c[len(c)-1]
-	}
-	return last
 }
