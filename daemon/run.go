@@ -172,8 +172,7 @@ func (d *Daemon) Wait(ctx context.Context) error {
 // catalog query; the plan is rebuilt (and validated) only when either changed, or when the DDL
 // event trigger or a vanished table says the catalog moved.
 func (d *Daemon) rescanLoop(ctx context.Context) {
-	last := fingerprint(d.Mat.Plan())
-	lastProbe := ""
+	st := rescanState{fingerprint: fingerprint(d.Mat.Plan())}
 	tick := time.NewTicker(d.cfg.Materializer.RescanInterval)
 	defer tick.Stop()
 	for {
@@ -189,57 +188,56 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 			}
 			forced = true
 		}
-		// Catalog reads over thousands of tables leave a backend big: a connection of its own,
-		// closed after each rescan, keeps that out of the pool.
-		conn, err := dial.Connect(ctx, d.cfg.DatabaseURL, "rescan")
-		if err != nil {
-			if ctx.Err() == nil {
-				d.log.Warn("rescan failed; keeping the current plan", "error", err)
-			}
-			continue
+		if err := d.rescan(ctx, forced, &st); err != nil && ctx.Err() == nil {
+			d.log.Warn("rescan failed; keeping the current plan", "error", err)
 		}
-		probe := ""
-		if !forced {
-			if probe, err = d.probe(ctx, conn); err != nil {
-				conn.Close(context.WithoutCancel(ctx))
-				if ctx.Err() == nil {
-					d.log.Warn("rescan failed; keeping the current plan", "error", err)
-				}
-				continue
-			}
-			if probe == lastProbe {
-				conn.Close(context.WithoutCancel(ctx))
-				continue
-			}
-		}
-		p, _, err := LoadPlan(ctx, conn)
-		if err != nil {
-			conn.Close(context.WithoutCancel(ctx))
-			if ctx.Err() == nil {
-				d.log.Warn("rescan failed; keeping the current plan", "error", err)
-			}
-			continue
-		}
-		lastProbe = probe
-		if fp := fingerprint(p); fp != last {
-			d.log.Info("registry or catalog changed; reloading", "targets", len(p.Targets), "skipped", len(p.Skipped))
-			for _, s := range p.Skipped {
-				d.log.Warn("template instance skipped", "problem", s)
-			}
-			if d.cfg.Invalidation.Mode == "trigger" {
-				// Enrichments registered in SQL, and new tenants of a template, need triggers too.
-				if err := syncTriggers(ctx, conn, p, d.log); err != nil {
-					conn.Close(context.WithoutCancel(ctx))
-					d.log.Warn("regenerating triggers failed; retrying at the next rescan", "error", err)
-					lastProbe = ""
-					continue
-				}
-			}
-			d.Mat.SetPlan(p)
-			last = fp
-		}
-		conn.Close(context.WithoutCancel(ctx))
 	}
+}
+
+// rescanState is what the last rescan saw: the catalog probe and the plan's fingerprint.
+type rescanState struct{ probe, fingerprint string }
+
+// rescan reads the registry and the catalog and applies a changed plan. Catalog reads over
+// thousands of tables leave a backend big: it runs on a connection of its own, closed after.
+func (d *Daemon) rescan(ctx context.Context, forced bool, st *rescanState) error {
+	conn, err := dial.Connect(ctx, d.cfg.DatabaseURL, "rescan")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	probe := ""
+	if !forced {
+		if probe, err = d.probe(ctx, conn); err != nil {
+			return err
+		}
+		if probe == st.probe {
+			return nil
+		}
+	}
+	p, _, err := LoadPlan(ctx, conn)
+	if err != nil {
+		return err
+	}
+	st.probe = probe
+	fp := fingerprint(p)
+	if fp == st.fingerprint {
+		return nil
+	}
+	d.log.Info("registry or catalog changed; reloading", "targets", len(p.Targets), "skipped", len(p.Skipped))
+	for _, s := range p.Skipped {
+		d.log.Warn("template instance skipped", "problem", s)
+	}
+	if d.cfg.Invalidation.Mode == "trigger" {
+		// Enrichments registered in SQL, and new tenants of a template, need triggers too.
+		if err := syncTriggers(ctx, conn, p, d.log); err != nil {
+			d.log.Warn("regenerating triggers failed; retrying at the next rescan", "error", err)
+			st.probe = ""
+			return nil
+		}
+	}
+	d.Mat.SetPlan(p)
+	st.fingerprint = fp
+	return nil
 }
 
 // loadPlanOnce builds the plan on a connection of its own, closed afterwards.
