@@ -168,51 +168,81 @@ func (bt backfillTimes) report(r *report, name string, rows int) {
 	r.target(fmt.Sprintf("backfill of %s (%d rows), default", name, rows), fmt.Sprintf("%.2f× the set-based UPDATE", x), "≥ 0.7×", x >= 0.7, whyBackfill)
 }
 
-// ordersBackfill loads orders × lines into database "orders" and compares full backfills.
-func ordersBackfill(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts, orders, lines int) error {
-	fmt.Printf("loading %d orders × %d lines…\n", orders, lines)
-	conn, err := createDB(ctx, admin, o.cl, "orders", orderSchema)
+// loadedCase is a backfill comparison on a database of its own, loaded for it.
+type loadedCase struct {
+	db, schema string
+	load       []string // statements that fill the tables
+	def        registry.Enrichment
+	setBased   string
+	table      string
+	reset      string
+	wrong      string // counts rows with a wrong value or left stale
+	rows       int
+	title      string // the report's heading
+	about      string // the report's description
+}
+
+func (lc loadedCase) run(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) error {
+	fmt.Printf("loading %s…\n", lc.db)
+	conn, err := createDB(ctx, admin, o.cl, lc.db, lc.schema)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	for _, stmt := range []string{
-		// Rows are fresh but for the new columns, as after ALTER TABLE … ADD COLUMN.
-		fmt.Sprintf(`INSERT INTO orders (id, customer, materialized_at) SELECT g, 'customer ' || g %% 1000, now() FROM generate_series(1, %d) g`, orders),
-		fmt.Sprintf(`INSERT INTO order_line SELECT o, l, (o * 7 + l) %% 100 + 0.99 FROM generate_series(1, %d) o, generate_series(1, %d) l ORDER BY o, l`, orders, lines),
-		`VACUUM (ANALYZE) orders`, `VACUUM (ANALYZE) order_line`,
-	} {
+	for _, stmt := range lc.load {
 		if _, err := conn.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("load orders: %w", err)
+			return fmt.Errorf("load %s: %w", lc.db, err)
 		}
 	}
-	def := registry.Enrichment{Name: "order_totals", Self: true, SQL: orderEnrichment, Columns: []string{"line_count", "total"},
-		DependsOn: []registry.Dependency{{Columns: []string{"order_id"}}}}
-	def.Target.Schema, def.Target.Name = "public", "orders"
-	def.DependsOn[0].Source.Schema, def.DependsOn[0].Source.Name = "public", "order_line"
-	c := backfillCase{conn: conn, dsn: o.cl.DSN("orders"), def: def, setBased: orderSetBased, table: "orders",
-		reset: `UPDATE orders SET line_count = NULL, total = NULL`}
-	fmt.Println("backfilling orders…")
+	fmt.Printf("backfilling %s…\n", lc.db)
+	c := backfillCase{conn: conn, dsn: o.cl.DSN(lc.db), def: lc.def, setBased: lc.setBased, table: lc.table, reset: lc.reset}
 	bt, err := c.run(ctx)
 	if err != nil {
 		return err
 	}
 	var wrong int
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM orders o LEFT JOIN (SELECT order_id, count(*)::int AS n, sum(price) AS t
-		FROM order_line GROUP BY order_id) s ON s.order_id = o.id
-		WHERE (o.line_count, o.total) IS DISTINCT FROM (coalesce(s.n, 0), s.t) OR o.materialized_at IS NULL`).Scan(&wrong); err != nil {
+	if err := conn.QueryRow(ctx, lc.wrong).Scan(&wrong); err != nil {
 		return err
 	}
 	if wrong > 0 {
-		return fmt.Errorf("orders backfill left %d wrong or stale rows", wrong)
+		return fmt.Errorf("%s backfill left %d wrong or stale rows", lc.db, wrong)
 	}
-	r.add("## Full backfill of a light enrichment (%d orders × %d lines)", orders, lines)
+	r.add("## %s", lc.title)
 	r.add("")
-	r.add("A new pair of columns on `orders`, every row otherwise fresh: `line_count` and `total` over the order's lines (`%s`). Each batch's cost is mostly matcol's own: reading the keys, joining them to the result, the write.", "order_totals")
+	r.add("%s", lc.about)
 	r.add("")
-	bt.report(r, "order_totals", orders)
+	bt.report(r, lc.def.Name, lc.rows)
 	r.add("")
 	return nil
+}
+
+// enrichmentOn is an enrichment of public.target that depends on public.source's column.
+func enrichmentOn(name, target, source, column, sql string, columns ...string) registry.Enrichment {
+	def := registry.Enrichment{Name: name, Self: true, SQL: sql, Columns: columns,
+		DependsOn: []registry.Dependency{{Columns: []string{column}}}}
+	def.Target.Schema, def.Target.Name = "public", target
+	def.DependsOn[0].Source.Schema, def.DependsOn[0].Source.Name = "public", source
+	return def
+}
+
+// ordersCase: orders × lines, each order's lines together.
+func ordersCase(orders, lines int) loadedCase {
+	return loadedCase{db: "orders", schema: orderSchema,
+		load: []string{
+			// Rows are fresh but for the new columns, as after ALTER TABLE … ADD COLUMN.
+			fmt.Sprintf(`INSERT INTO orders (id, customer, materialized_at) SELECT g, 'customer ' || g %% 1000, now() FROM generate_series(1, %d) g`, orders),
+			fmt.Sprintf(`INSERT INTO order_line SELECT o, l, (o * 7 + l) %% 100 + 0.99 FROM generate_series(1, %d) o, generate_series(1, %d) l ORDER BY o, l`, orders, lines),
+			`VACUUM (ANALYZE) orders`, `VACUUM (ANALYZE) order_line`,
+		},
+		def:      enrichmentOn("order_totals", "orders", "order_line", "order_id", orderEnrichment, "line_count", "total"),
+		setBased: orderSetBased, table: "orders", reset: `UPDATE orders SET line_count = NULL, total = NULL`,
+		wrong: `SELECT count(*) FROM orders o LEFT JOIN (SELECT order_id, count(*)::int AS n, sum(price) AS t
+			FROM order_line GROUP BY order_id) s ON s.order_id = o.id
+			WHERE (o.line_count, o.total) IS DISTINCT FROM (coalesce(s.n, 0), s.t) OR o.materialized_at IS NULL`,
+		rows:  orders,
+		title: fmt.Sprintf("Full backfill of a light enrichment (%d orders × %d lines)", orders, lines),
+		about: "A new pair of columns on `orders`, every row otherwise fresh: `line_count` and `total` over the order's lines (`order_totals`). Each batch's cost is mostly matcol's own: reading the keys, joining them to the result, the write.",
+	}
 }
 
 // Customers and their purchases, each customer's spread over the table as they come: the shape
@@ -230,52 +260,24 @@ const purchaseSetBased = `UPDATE customer c SET spent = coalesce(s.t, 0)
 FROM (SELECT customer_id, sum(amount) AS t FROM purchase GROUP BY customer_id) s
 WHERE c.id = s.customer_id`
 
-// purchasesBackfill loads customers × purchases into database "purchases" and compares full
-// backfills.
-func purchasesBackfill(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts, customers, each int) error {
-	fmt.Printf("loading %d customers × %d purchases…\n", customers, each)
-	conn, err := createDB(ctx, admin, o.cl, "purchases", purchaseSchema)
-	if err != nil {
-		return err
+// purchasesCase: customers × purchases, each customer's purchases spread over the table.
+func purchasesCase(customers, each int) loadedCase {
+	return loadedCase{db: "purchases", schema: purchaseSchema,
+		load: []string{
+			fmt.Sprintf(`INSERT INTO customer (id, name, materialized_at) SELECT g, 'customer ' || g, now() FROM generate_series(1, %d) g`, customers),
+			// Purchase g belongs to a customer picked by a stride, so a customer's purchases are
+			// spread over the table.
+			fmt.Sprintf(`INSERT INTO purchase SELECT g, 1 + (g * 7919) %% %d, g %% 97 + 0.5 FROM generate_series(1::bigint, %d) g`, customers, customers*each),
+			`CREATE INDEX ON purchase (customer_id)`,
+			`VACUUM (ANALYZE) customer`, `VACUUM (ANALYZE) purchase`,
+		},
+		def:      enrichmentOn("customer_spent", "customer", "purchase", "customer_id", purchaseEnrichment, "spent"),
+		setBased: purchaseSetBased, table: "customer", reset: `UPDATE customer SET spent = NULL`,
+		wrong: `SELECT count(*) FROM customer c LEFT JOIN (SELECT customer_id, sum(amount) AS t
+			FROM purchase GROUP BY customer_id) s ON s.customer_id = c.id
+			WHERE c.spent IS DISTINCT FROM coalesce(s.t, 0) OR c.materialized_at IS NULL`,
+		rows:  customers,
+		title: fmt.Sprintf("Full backfill of a new column (%d customers × %d purchases, spread)", customers, each),
+		about: "`customer` gains `spent`, the sum of the customer's purchases, every row otherwise fresh. A customer's purchases lie all over `purchase`, found through an index on `customer_id`.",
 	}
-	defer conn.Close(context.Background())
-	for _, stmt := range []string{
-		fmt.Sprintf(`INSERT INTO customer (id, name, materialized_at) SELECT g, 'customer ' || g, now() FROM generate_series(1, %d) g`, customers),
-		// Purchase g belongs to a customer picked by a stride, so a customer's purchases are
-		// spread over the table.
-		fmt.Sprintf(`INSERT INTO purchase SELECT g, 1 + (g * 7919) %% %d, g %% 97 + 0.5 FROM generate_series(1::bigint, %d) g`, customers, customers*each),
-		`CREATE INDEX ON purchase (customer_id)`,
-		`VACUUM (ANALYZE) customer`, `VACUUM (ANALYZE) purchase`,
-	} {
-		if _, err := conn.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("load purchases: %w", err)
-		}
-	}
-	def := registry.Enrichment{Name: "customer_spent", Self: true, SQL: purchaseEnrichment, Columns: []string{"spent"},
-		DependsOn: []registry.Dependency{{Columns: []string{"customer_id"}}}}
-	def.Target.Schema, def.Target.Name = "public", "customer"
-	def.DependsOn[0].Source.Schema, def.DependsOn[0].Source.Name = "public", "purchase"
-	c := backfillCase{conn: conn, dsn: o.cl.DSN("purchases"), def: def, setBased: purchaseSetBased, table: "customer",
-		reset: `UPDATE customer SET spent = NULL`}
-	fmt.Println("backfilling customers…")
-	bt, err := c.run(ctx)
-	if err != nil {
-		return err
-	}
-	var wrong int
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM customer c LEFT JOIN (SELECT customer_id, sum(amount) AS t
-		FROM purchase GROUP BY customer_id) s ON s.customer_id = c.id
-		WHERE c.spent IS DISTINCT FROM coalesce(s.t, 0) OR c.materialized_at IS NULL`).Scan(&wrong); err != nil {
-		return err
-	}
-	if wrong > 0 {
-		return fmt.Errorf("customers backfill left %d wrong or stale rows", wrong)
-	}
-	r.add("## Full backfill of a new column (%d customers × %d purchases, spread)", customers, each)
-	r.add("")
-	r.add("`customer` gains `spent`, the sum of the customer's purchases, every row otherwise fresh. A customer's purchases lie all over `purchase`, found through an index on `customer_id`.")
-	r.add("")
-	bt.report(r, "customer_spent", customers)
-	r.add("")
-	return nil
 }

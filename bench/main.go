@@ -191,11 +191,10 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 	r.add("")
 	r.add("The backfill computes each batch in about 150 ms (adaptive batch size), checkpoints after each batch, and writes only the enrichment's columns, never locking a row longer than its batch. By default it writes two batches at once on two connections; the set-based UPDATE is one backend holding every row lock until it commits. Both run after a CHECKPOINT; the set-based UPDATE is the better of two runs and runs before matcol's triggers exist.")
 	r.add("")
-	if err := ordersBackfill(ctx, r, conn, o, o.orders, 3); err != nil {
-		return err
-	}
-	if err := purchasesBackfill(ctx, r, conn, o, 300_000, 5); err != nil {
-		return err
+	for _, lc := range []loadedCase{ordersCase(o.orders, 3), purchasesCase(300_000, 5)} {
+		if err := lc.run(ctx, r, conn, o); err != nil {
+			return err
+		}
 	}
 	if o.only == "backfill" {
 		return r.finish(out, began)
