@@ -37,12 +37,8 @@ func TestBackfillNeverOverwritesFresherRow(t *testing.T) {
 
 	gate := pgtest.Connect(t, b.dsn)
 	pgtest.Exec(t, gate, `SELECT pg_advisory_lock(4242)`)
-	bconn, err := dial.Connect(ctx, b.dsn, "backfill")
-	require.NoError(t, err)
-	defer bconn.Close(ctx)
 	spec := materializer.BackfillSpec{Target: p.Targets[0], Enrichments: p.Targets[0].Enrichments}
-	bf, err := materializer.OpenBackfill(ctx, bconn, spec, false, hclog.NewNullLogger())
-	require.NoError(t, err)
+	bf := b.openBackfill(t, spec)
 	done := make(chan error, 1)
 	go func() { done <- bf.Run(ctx, nil) }()
 	require.Eventually(t, func() bool {
@@ -83,13 +79,9 @@ func TestBackfillHoldsWhilePaused(t *testing.T) {
 			b.catchUp(t)
 			pgtest.Exec(t, b.conn, `UPDATE venue SET seat_count = NULL;
 				INSERT INTO matcol.setting (name, value) VALUES ('pause', '{"paused": true}')`)
-			bconn, err := dial.Connect(ctx, b.dsn, "backfill")
-			require.NoError(t, err)
-			defer bconn.Close(ctx)
 			spec := materializer.BackfillSpec{Target: b.plan.Targets[0], Enrichments: b.plan.Targets[0].Enrichments, BatchSize: 1,
 				Jobs: jobs, Connect: func(ctx context.Context) (*pgx.Conn, error) { return dial.Connect(ctx, b.dsn, "backfill") }}
-			bf, err := materializer.OpenBackfill(ctx, bconn, spec, true, hclog.NewNullLogger())
-			require.NoError(t, err)
+			bf := b.openBackfill(t, spec)
 			done := make(chan error, 1)
 			go func() { done <- bf.Run(ctx, nil) }()
 
@@ -181,12 +173,8 @@ func TestBackfillBacksOffWhenBatchesSlowDown(t *testing.T) {
 		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}}
 	applyDefs(t, b.conn, defs)
 	p := reload(t, b)
-	bconn, err := dial.Connect(ctx, b.dsn, "backfill")
-	require.NoError(t, err)
-	defer bconn.Close(ctx)
 	spec := materializer.BackfillSpec{Target: p.Targets[0], Enrichments: p.Targets[0].Enrichments, BatchSize: 1, LatencyFactor: 4}
-	bf, err := materializer.OpenBackfill(ctx, bconn, spec, true, hclog.NewNullLogger())
-	require.NoError(t, err)
+	bf := b.openBackfill(t, spec)
 	var last materializer.BackfillProgress
 	var slowFrom time.Time
 	require.NoError(t, bf.Run(ctx, func(pr materializer.BackfillProgress) {
@@ -215,12 +203,8 @@ func TestBackfillRetriesAfterDeadlock(t *testing.T) {
 	_, err = appTx.Exec(ctx, `UPDATE venue SET materialized_at = materialized_at WHERE id = 2`)
 	require.NoError(t, err)
 
-	bconn, err := dial.Connect(ctx, b.dsn, "backfill")
-	require.NoError(t, err)
-	defer bconn.Close(ctx)
 	spec := materializer.BackfillSpec{Target: b.plan.Targets[0], Enrichments: b.plan.Targets[0].Enrichments}
-	bf, err := materializer.OpenBackfill(ctx, bconn, spec, true, hclog.NewNullLogger())
-	require.NoError(t, err)
+	bf := b.openBackfill(t, spec)
 	done := make(chan error, 1)
 	go func() { done <- bf.Run(ctx, nil) }()
 	// The backfill holds venue 1 and waits for venue 2; the application then wants venue 1.
@@ -242,4 +226,16 @@ func TestBackfillRetriesAfterDeadlock(t *testing.T) {
 	var filled int
 	require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(seat_count) FROM venue`).Scan(&filled))
 	require.Equal(t, 2, filled)
+}
+
+// openBackfill starts spec's backfill over on a connection of its own, closed after the test.
+func (b *bundle) openBackfill(t *testing.T, spec materializer.BackfillSpec) *materializer.Backfill {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := dial.Connect(ctx, b.dsn, "backfill")
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(ctx) })
+	bf, err := materializer.OpenBackfill(ctx, conn, spec, true, hclog.NewNullLogger())
+	require.NoError(t, err)
+	return bf
 }

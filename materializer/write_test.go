@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/internal/pgtest"
 	"github.com/matcol/matcol/listener/trigger"
 	"github.com/matcol/matcol/materializer"
@@ -40,12 +38,8 @@ func TestOwnWritesSkipSelfFunction(t *testing.T) {
 	b.catchUp(t)
 	require.Zero(t, calls(), "a batch's write must not call the self function")
 
-	bconn, err := dial.Connect(ctx, b.dsn, "backfill")
-	require.NoError(t, err)
-	defer bconn.Close(ctx)
 	spec := materializer.BackfillSpec{Target: b.plan.Targets[0], Enrichments: b.plan.Targets[0].Enrichments}
-	bf, err := materializer.OpenBackfill(ctx, bconn, spec, true, hclog.NewNullLogger())
-	require.NoError(t, err)
+	bf := b.openBackfill(t, spec)
 	require.NoError(t, bf.Run(ctx, nil))
 	require.Zero(t, calls(), "a backfill's write must not call the self function")
 
