@@ -16,66 +16,69 @@ import (
 // batch claims up to batchSize stale rows of t, computes them and stamps them, in one short
 // transaction of two statements: the claim takes the row locks, and the write's later snapshot
 // then sees every change committed before them. A batch whose write fails is split until the
-// failing rows are isolated and quarantined; the others are written.
-func (m *Materializer) batch(ctx context.Context, t *target) (int, error) {
+// failing rows are isolated and quarantined; the others are written. full reports that the claim
+// got as many rows as it asked for, so more may be waiting.
+func (m *Materializer) batch(ctx context.Context, t *target) (n int, full bool, err error) {
 	// Once started, a batch finishes even if ctx ends: rolling back would waste its work, and
 	// statement_timeout bounds it anyway.
 	bctx := context.WithoutCancel(ctx)
 	start := time.Now()
 	conn, err := m.pool.Acquire(ctx)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	defer conn.Release()
 	tx, err := conn.Begin(bctx)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	defer tx.Rollback(bctx) //nolint:errcheck // no-op after commit
 	var seq int64
 	if err := tx.QueryRow(bctx, batchSettingsSQL+`, (SELECT drain_seq FROM matcol.target WHERE id = $6)`,
 		append(settingsArgs(t.plan), t.plan.ID)...).Scan(nil, nil, nil, nil, nil, &seq); err != nil {
-		return 0, fmt.Errorf("set batch settings: %w", err)
+		return 0, false, fmt.Errorf("set batch settings: %w", err)
 	}
 	m.mu.Lock() // resize writes it from other workers on the same target
 	size := t.batchSize
 	m.mu.Unlock()
 	keys, err := claim(bctx, tx, t.claimSQL, len(t.plan.Key), size, t.plan.ID)
 	if err != nil {
-		return 0, fmt.Errorf("claim stale rows of %s: %w", t.plan.Table, err)
+		return 0, false, fmt.Errorf("claim stale rows of %s: %w", t.plan.Table, err)
 	}
-	n := len(keys[0])
+	claimed := len(keys[0])
+	full = claimed >= size
 	held := false
-	if n < size && t.minInterval > 0 {
+	if !full && t.minInterval > 0 {
 		// Rows the claim passed over for min_interval come due without any new invalidation.
 		if held, err = m.wakeWhenDue(bctx, tx, t); err != nil {
-			return 0, fmt.Errorf("read held rows of %s: %w", t.plan.Table, err)
+			return 0, false, fmt.Errorf("read held rows of %s: %w", t.plan.Table, err)
 		}
 	}
-	if n == 0 {
+	if claimed == 0 {
 		// Caught up: the target has no stale row left, unless a drain committed meanwhile.
 		if !held {
 			if _, err := tx.Exec(bctx, `UPDATE matcol.target SET stale_since = NULL
 				WHERE id = $1 AND drain_seq = $2 AND stale_since IS NOT NULL`, t.plan.ID, seq); err != nil {
-				return 0, err
+				return 0, false, err
 			}
 		}
-		return 0, tx.Commit(bctx)
+		return 0, false, tx.Commit(bctx)
 	}
 	if err := m.write(bctx, tx, t, keys); err != nil {
 		if dial.IsConnectionError(err) || !isRowError(err) {
-			return 0, fmt.Errorf("materialize %d rows of %s: %w", n, t.plan.Table, err)
+			return 0, false, fmt.Errorf("materialize %d rows of %s: %w", claimed, t.plan.Table, err)
 		}
 		_ = tx.Rollback(bctx)
 		conn.Release()
-		return m.isolate(bctx, t, keys, err)
+		n, err = m.isolate(bctx, t, keys, err)
+		return n, full, err
 	}
 	if err := tx.Commit(bctx); err != nil {
-		return 0, fmt.Errorf("commit batch of %s: %w", t.plan.Table, err)
+		return 0, false, fmt.Errorf("commit batch of %s: %w", t.plan.Table, err)
 	}
 	m.noteMaterialized(t, keys)
-	m.done(t, n, time.Since(start))
-	return n, nil
+	m.done(t, claimed, time.Since(start))
+	return claimed, full, nil
 }
 
 // write computes and stamps the claimed keys and clears their failure records.

@@ -313,7 +313,8 @@ func (t *target) priority() int {
 	return p
 }
 
-func (m *Materializer) finish(t *target, n int, failed bool) {
+// finish ends a batch of t; full says the claim got all the rows it asked for.
+func (m *Materializer) finish(t *target, full, failed bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t.running--
@@ -325,7 +326,7 @@ func (m *Materializer) finish(t *target, n int, failed bool) {
 		return
 	}
 	t.backoff = 0
-	t.more = n >= t.batchSize
+	t.more = full
 	if t.more || t.dirty {
 		t.dirty = false
 		m.pushLocked(t)
@@ -379,14 +380,14 @@ func (m *Materializer) worker(ctx context.Context) {
 			continue
 		}
 		start := time.Now()
-		n, err := m.batch(ctx, t)
+		n, full, err := m.batch(ctx, t)
 		if err != nil {
 			m.Stats.BatchErrors.Add(1)
 			if ctx.Err() == nil {
 				m.logBatchError(t, err)
 			}
 		}
-		m.finish(t, n, err != nil)
+		m.finish(t, full, err != nil)
 		if wait := m.pace(t, n, time.Since(start)); wait > 0 {
 			dial.Sleep(ctx, wait)
 		}
@@ -414,7 +415,7 @@ func (m *Materializer) MaterializeAll(ctx context.Context) (int, error) {
 		m.mu.Unlock()
 		did := 0
 		for _, t := range targets {
-			n, err := m.batch(ctx, t)
+			n, _, err := m.batch(ctx, t)
 			if err != nil {
 				return total, err
 			}
