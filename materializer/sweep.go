@@ -62,7 +62,7 @@ func expiry(t *plan.Target) time.Duration {
 func (m *Materializer) Expire(ctx context.Context, t *plan.Target, exp time.Duration, limit int) (int, error) {
 	sql := fmt.Sprintf(`WITH x AS (
 			SELECT ctid FROM %[1]s WHERE materialized_at < now() - $1::interval
-			ORDER BY materialized_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+			ORDER BY materialized_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED),
 		u AS (UPDATE %[1]s SET materialized_at = NULL WHERE ctid IN (SELECT ctid FROM x) RETURNING 1)
 		SELECT count(*) FROM u`, t.Table.Sanitize())
 	var n int

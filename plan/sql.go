@@ -64,7 +64,7 @@ func ClaimSQL(t *Target) string {
 		cond += fmt.Sprintf(" AND NOT EXISTS (SELECT FROM matcol.debounce d WHERE d.target_id = $2 AND d.key = %s AND d.not_before > now())",
 			KeyTextArray(t.Key, aliasTarget))
 	}
-	return fmt.Sprintf("SELECT %s FROM %s AS %s WHERE %s.materialized_at IS NULL AND %s LIMIT $1 FOR UPDATE OF %s SKIP LOCKED",
+	return fmt.Sprintf("SELECT %s FROM %s AS %s WHERE %s.materialized_at IS NULL AND %s LIMIT $1 FOR NO KEY UPDATE OF %s SKIP LOCKED",
 		keyTexts(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, aliasTarget, cond, aliasTarget)
 }
 
@@ -115,7 +115,7 @@ func textKeyParams(t *Target, first int) (string, []string) {
 // ClaimKeysSQL is ClaimSQL restricted to the keys in $2..$n+1 (typed arrays), for retrying parts
 // of a failed batch.
 func ClaimKeysSQL(t *Target) string {
-	return fmt.Sprintf("SELECT %s FROM %s AS %s JOIN unnest(%s) AS %s(%s) ON %s WHERE %s.materialized_at IS NULL FOR UPDATE OF %s SKIP LOCKED",
+	return fmt.Sprintf("SELECT %s FROM %s AS %s JOIN unnest(%s) AS %s(%s) ON %s WHERE %s.materialized_at IS NULL FOR NO KEY UPDATE OF %s SKIP LOCKED",
 		keyTexts(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, keyArrayParams(t.Key, 1), aliasKeys, keyList(t.Key, ""),
 		keyMatch(t.Key, aliasTarget, aliasKeys), aliasTarget, aliasTarget)
 }
@@ -278,7 +278,7 @@ func quoteLiteral(s string) string {
 // returns the keys that exist but were locked by someone else, for a later retry.
 func invalidateTail(t *Target, keysCTE string) string {
 	return fmt.Sprintf(`WITH %s AS (%s),
-%s AS (SELECT %s FROM %s AS %s JOIN %s ON %s ORDER BY %s FOR UPDATE OF %s SKIP LOCKED),
+%s AS (SELECT %s FROM %s AS %s JOIN %s ON %s ORDER BY %s FOR NO KEY UPDATE OF %s SKIP LOCKED),
 %s AS (UPDATE %s AS %s SET materialized_at = NULL FROM %s WHERE %s RETURNING %s)
 SELECT jsonb_build_array(%s)::text FROM %s
 WHERE NOT EXISTS (SELECT FROM %s WHERE %s)
