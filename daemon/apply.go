@@ -228,7 +228,10 @@ func LoadPlan(ctx context.Context, db interface {
 		if defs, err = registry.Load(ctx, tx); err != nil {
 			return err
 		}
-		p, err = plan.Build(ctx, tx, defs)
+		if p, err = plan.Build(ctx, tx, defs); err != nil {
+			return err
+		}
+		p.Version, err = registry.RegistryVersion(ctx, tx)
 		return err
 	})
 	if err != nil {

@@ -43,6 +43,7 @@ type Daemon struct {
 	Logical *logical.Listener
 
 	rescanNow chan struct{}
+	reloadNow chan struct{}
 }
 
 // Run applies the config, then keeps materialized columns fresh until ctx ends. An unreachable
@@ -100,13 +101,14 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		LatencyFactor:       latencyFactor(cfg.Throttle.LatencyFactor),
 	}, log.Named("materializer"))
 	d := &Daemon{cfg: cfg, log: log, pool: pool, Mat: m, started: time.Now(), freshness: status.NewFreshnessHistogram(),
-		Version: "dev", cache: guard, rescanNow: make(chan struct{}, 1)}
+		Version: "dev", cache: guard, rescanNow: make(chan struct{}, 1), reloadNow: make(chan struct{}, 1)}
 	m.OnGone = d.RescanNow
+	m.OnPlanChanged = d.ReloadNow
 	m.OnFresh = func(lat time.Duration) { d.freshness.Observe(lat.Seconds()) }
 	if cfg.Invalidation.Mode == "logical" {
 		d.Logical = &logical.Listener{DSN: cfg.DatabaseURL, Slot: cfg.Invalidation.Slot,
 			Publication: cfg.Invalidation.Publication, MaxRetainedWAL: int64(cfg.Invalidation.MaxRetainedWAL),
-			Plan: m.Plan, Sink: m, Log: log.Named("listener")}
+			Plan: m.Plan, Sink: m, Log: log.Named("listener"), Reload: d.ReloadNow}
 	}
 	return d, nil
 }
@@ -120,12 +122,12 @@ func (d *Daemon) Wait(ctx context.Context) error {
 	var wake listener.Listener
 	switch d.cfg.Invalidation.Mode {
 	case "trigger":
-		tl := &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("listener"), OnDDL: d.RescanNow}
+		tl := &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("listener"), OnDDL: d.RescanNow, OnPlan: d.ReloadNow}
 		l, streaming = tl, tl.Streaming
 	case "logical":
 		l = d.Logical
 		// Every instance, leader or not, is woken by the leader's NOTIFY on queued entries.
-		wl := &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("wake"), OnDDL: d.RescanNow}
+		wl := &trigger.Listener{DSN: d.cfg.DatabaseURL, Sink: d.Mat, Log: d.log.Named("wake"), OnDDL: d.RescanNow, OnPlan: d.ReloadNow}
 		wake = wl
 		// A standby instance has no stream of its own; it is ready while it hears the leader.
 		streaming = func() bool {
@@ -187,8 +189,17 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 				return
 			}
 			forced = true
+		case <-d.reloadNow:
+			// Work waits for this plan.
+			forced = true
 		}
 		if err := d.rescan(ctx, forced, &st); err != nil && ctx.Err() == nil {
+			if d.Mat.PlanBehind() {
+				// Work waits for this plan: try again soon, not at the next tick.
+				d.log.Error("the registry changed but its plan cannot be built; materialization waits for it", "error", err)
+				time.AfterFunc(2*time.Second, d.ReloadNow)
+				continue
+			}
 			d.log.Warn("rescan failed; keeping the current plan", "error", err)
 		}
 	}
@@ -254,10 +265,18 @@ func loadPlanOnce(ctx context.Context, dsn string) (*plan.Plan, error) {
 // Cache returns the guard that recycles pooled connections by catalog-cache size.
 func (d *Daemon) Cache() *dial.CacheGuard { return d.cache }
 
-// RescanNow asks the rescan loop to read the registry and the catalog again at once.
+// RescanNow asks the rescan loop to read the registry and the catalog again soon.
 func (d *Daemon) RescanNow() {
 	select {
 	case d.rescanNow <- struct{}{}:
+	default:
+	}
+}
+
+// ReloadNow asks the rescan loop for the registry's new plan at once: the registry changed.
+func (d *Daemon) ReloadNow() {
+	select {
+	case d.reloadNow <- struct{}{}:
 	default:
 	}
 }
@@ -309,6 +328,7 @@ func latencyFactor(f float64) float64 {
 // fingerprint identifies a plan: its definitions and, for templates, which tables it covers.
 func fingerprint(p *plan.Plan) string {
 	h := sha256.New()
+	fmt.Fprintf(h, "version %d\n", p.Version)
 	_ = json.NewEncoder(h).Encode(p.Definitions())
 	for _, t := range p.Targets {
 		fmt.Fprintf(h, "%d %d %s %d\n", t.ID, t.OID, t.Table.Sanitize(), len(t.Enrichments))

@@ -16,6 +16,8 @@ const (
 	PayloadTargetPrefix = "t:"
 	// PayloadDDL means a schema or table was created, altered or dropped (matcol's event trigger).
 	PayloadDDL = "ddl"
+	// PayloadPlan means the registry changed (matcol.bump_registry_version).
+	PayloadPlan = "plan"
 )
 
 // Sink is told when there is work.

@@ -40,7 +40,17 @@ type BackfillSpec struct {
 	// LatencyFactor: a batch this many times slower per row than the backfill's usual pauses it
 	// for as long as the batch took; 0 disables.
 	LatencyFactor float64
+	// PlanVersion is the registry version of the plan Target comes from: the backfill stops with
+	// ErrPlanChanged when the registry changes under it. 0 does not check.
+	PlanVersion int64
 }
+
+// ErrPlanChanged means the registry changed while a backfill ran: its enrichments may no longer
+// be what it computes. Run it again; it resumes from its checkpoint.
+var ErrPlanChanged = errors.New("the registry changed (matcol apply) while the backfill ran; run it again to resume it with the new definitions, with --restart if the enrichment's sql changed")
+
+// errBusyPlan means a registry change is committing; the batch is retried.
+var errBusyPlan = errors.New("a registry change is committing")
 
 // BackfillProgress is reported after each batch.
 type BackfillProgress struct {
@@ -456,7 +466,7 @@ func (b *Backfill) retryChanged(ctx context.Context, keys [][]*string) error {
 			}
 		}
 		err := pgx.BeginFunc(ctx, b.conn, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(t)...); err != nil {
+			if err := b.settings(ctx, tx, ""); err != nil {
 				return err
 			}
 			rows, err := claim(ctx, tx, plan.KeysWithStampSQL(t), width+1, keyArgs(cols)...)
@@ -483,6 +493,9 @@ func (b *Backfill) retryChanged(ctx context.Context, keys [][]*string) error {
 // isBusy reports an error that says the batch's rows are contended, not wrong: its lock wait
 // timed out, or it was chosen to break a deadlock with the application. The batch is retried.
 func isBusy(err error) bool {
+	if errors.Is(err, errBusyPlan) {
+		return true
+	}
 	var pe interface{ SQLState() string }
 	if !errors.As(err, &pe) {
 		return false
@@ -564,7 +577,7 @@ func specFor(p *plan.Plan, targetID int, names []string) (BackfillSpec, bool) {
 		if t.ID != targetID {
 			continue
 		}
-		spec := BackfillSpec{Target: t}
+		spec := BackfillSpec{Target: t, PlanVersion: p.Version}
 		for _, e := range t.Enrichments {
 			if slices.Contains(names, e.Name) {
 				spec.Enrichments = append(spec.Enrichments, e)

@@ -74,7 +74,7 @@ func (b *Backfill) fill(ctx context.Context, conn *pgx.Conn, s span, checkpoint 
 	}
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		f = filled{}
-		if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(b.spec.Target)...); err != nil {
+		if err := b.settings(ctx, tx, ""); err != nil {
 			return err
 		}
 		width := len(b.spec.Target.Key)
@@ -105,7 +105,7 @@ func (b *Backfill) step(ctx context.Context, tx pgx.Tx, s span, f *filled) error
 	width := len(t.Key)
 	// The planner takes the enrichment's output over an array it cannot see for ten rows, and
 	// would join it to the batch's keys by rescanning a copy of it for each key.
-	if _, err := tx.Exec(ctx, batchSettingsSQL+`, set_config('enable_material', 'off', true)`, settingsArgs(t)...); err != nil {
+	if err := b.settings(ctx, tx, `, set_config('enable_material', 'off', true)`); err != nil {
 		return err
 	}
 	var written int
@@ -128,4 +128,26 @@ func (b *Backfill) step(ctx context.Context, tx pgx.Tx, s span, f *filled) error
 		f.skipped = append(f.skipped, keyAt(keys, i))
 	}
 	return nil
+}
+
+// settings sets a backfill transaction's limits (and extra settings, a list of columns that
+// starts with a comma) and checks that the registry has not changed since the backfill's plan.
+func (b *Backfill) settings(ctx context.Context, tx pgx.Tx, extra string) error {
+	var locked bool
+	var version int64
+	sql := batchSettingsSQL + extra + ", " + gateSQL
+	dest := []any{nil, nil, nil, nil, nil}
+	if extra != "" {
+		dest = append(dest, nil)
+	}
+	if err := tx.QueryRow(ctx, sql, settingsArgs(b.spec.Target)...).Scan(append(dest, &locked, &version)...); err != nil {
+		return err
+	}
+	if b.spec.PlanVersion == 0 || (locked && version == b.spec.PlanVersion) {
+		return nil
+	}
+	if !locked {
+		return errBusyPlan
+	}
+	return ErrPlanChanged
 }

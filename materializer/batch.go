@@ -33,10 +33,14 @@ func (m *Materializer) batch(ctx context.Context, t *target) (n int, full bool, 
 		return 0, false, err
 	}
 	defer tx.Rollback(bctx) //nolint:errcheck // no-op after commit
-	var seq int64
-	if err := tx.QueryRow(bctx, batchSettingsSQL+`, (SELECT drain_seq FROM matcol.target WHERE id = $6)`,
-		append(settingsArgs(t.plan), t.plan.ID)...).Scan(nil, nil, nil, nil, nil, &seq); err != nil {
+	var seq, version int64
+	var locked bool
+	if err := tx.QueryRow(bctx, batchSettingsSQL+`, (SELECT drain_seq FROM matcol.target WHERE id = $6), `+gateSQL,
+		append(settingsArgs(t.plan), t.plan.ID)...).Scan(nil, nil, nil, nil, nil, &seq, &locked, &version); err != nil {
 		return 0, false, fmt.Errorf("set batch settings: %w", err)
+	}
+	if err := m.gate(locked, version, t.version); err != nil {
+		return 0, false, err
 	}
 	m.mu.Lock() // resize writes it from other workers on the same target
 	size := t.batchSize

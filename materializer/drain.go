@@ -38,11 +38,18 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 		_ = m.setSleeping(sctx, false)
 	}()
 	for ctx.Err() == nil {
+		if m.planBehind() {
+			dial.Sleep(ctx, 20*time.Millisecond)
+			continue
+		}
 		if m.holding() {
 			dial.Sleep(ctx, time.Second)
 			continue
 		}
 		res, err := m.Drain(ctx)
+		if errors.Is(err, errPlanChanged) {
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -159,8 +166,15 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 	touched := map[int]bool{}
 	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		var searchPath string
+		var locked bool
+		var version int64
 		if err := tx.QueryRow(ctx, `SELECT set_config('lock_timeout', '2s', true), set_config('statement_timeout', '60s', true),
-			current_setting('search_path')`).Scan(nil, nil, &searchPath); err != nil {
+			current_setting('search_path'), `+gateSQL).Scan(nil, nil, &searchPath, &locked, &version); err != nil {
+			return err
+		}
+		// An entry of a dependency this plan does not know yet must not be mistaken for one of a
+		// removed dependency.
+		if err := m.gate(locked, version, p.Version); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, `

@@ -53,7 +53,12 @@ func (m *Materializer) retryKeys(ctx context.Context, t *target, keys [][]*strin
 	start := time.Now()
 	n := 0
 	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(t.plan)...); err != nil {
+		var locked bool
+		var version int64
+		if err := tx.QueryRow(ctx, batchSettingsSQL+", "+gateSQL, settingsArgs(t.plan)...).Scan(nil, nil, nil, nil, nil, &locked, &version); err != nil {
+			return err
+		}
+		if err := m.gate(locked, version, t.version); err != nil {
 			return err
 		}
 		got, err := claim(ctx, tx, plan.ClaimKeysSQL(t.plan), len(t.plan.Key), keyArgs(keys)...)

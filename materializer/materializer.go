@@ -5,6 +5,7 @@ package materializer
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -109,6 +110,14 @@ type Materializer struct {
 	// OnFresh, when set before Run, receives the latency from a change's commit to its row's
 	// stamp, for each change the materializer can attribute.
 	OnFresh func(time.Duration)
+
+	// OnPlanChanged, when set before Run, is called when work finds the registry newer than the
+	// plan: the caller builds the new plan and hands it to SetPlan.
+	OnPlanChanged func()
+	// wantVersion is the newest registry version work has seen; gateBusyUntil holds work while a
+	// registry change commits.
+	wantVersion   int64
+	gateBusyUntil time.Time
 }
 
 // TargetStats returns the rows this process materialized for a target, and its last batch time.
@@ -129,6 +138,7 @@ var _ listener.Sink = (*Materializer)(nil)
 
 type target struct {
 	plan      *plan.Target
+	version   int64 // the registry version of the plan this target comes from
 	claimSQL  string
 	writeSQL  string
 	batchSize int
@@ -175,8 +185,8 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 		if pt.Enrichments[0].Settings.BatchSize > 0 {
 			size = pt.Enrichments[0].Settings.BatchSize
 		}
-		t := &target{plan: pt, claimSQL: plan.ClaimSQL(pt), writeSQL: plan.WriteSQL(pt, pt.Enrichments, true), batchSize: size,
-			minInterval: pt.MinInterval()}
+		t := &target{plan: pt, version: p.Version, claimSQL: plan.ClaimSQL(pt), writeSQL: plan.WriteSQL(pt, pt.Enrichments, true),
+			batchSize: size, minInterval: pt.MinInterval()}
 		if t.minInterval > 0 {
 			t.debounceSQL, t.nextDueSQL = plan.DebounceSQL(pt), plan.NextDueSQL(pt)
 		}
@@ -366,6 +376,10 @@ func (m *Materializer) worker(ctx context.Context) {
 	poll := time.NewTicker(time.Second) // picks up targets whose retry time has come
 	defer poll.Stop()
 	for ctx.Err() == nil {
+		if m.planBehind() {
+			dial.Sleep(ctx, 20*time.Millisecond)
+			continue
+		}
 		var t *target
 		if !m.holding() {
 			t = m.next()
@@ -381,6 +395,10 @@ func (m *Materializer) worker(ctx context.Context) {
 		}
 		start := time.Now()
 		n, full, err := m.batch(ctx, t)
+		if errors.Is(err, errPlanChanged) {
+			m.finish(t, true, false)
+			continue
+		}
 		if err != nil {
 			m.Stats.BatchErrors.Add(1)
 			if ctx.Err() == nil {

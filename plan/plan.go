@@ -36,6 +36,9 @@ type Plan struct {
 	// Skipped names the template instances left out because they are invalid in their schema,
 	// each with its problem.
 	Skipped []string
+	// Version is the registry version the plan was built from (registry.RegistryVersion); 0 when
+	// unknown.
+	Version int64
 }
 
 // Target is a table with at least one enrichment.

@@ -128,3 +128,20 @@ func Version(ctx context.Context, q interface {
 	}
 	return v, nil
 }
+
+// LockPlan is the advisory lock that orders registry changes against work done with a plan: a
+// change takes it exclusively (matcol.bump_registry_version), and every batch, drain and
+// backfill step takes it shared without waiting, then compares RegistryVersion with its plan's.
+const LockPlan = 0x6d6174636f6c0002
+
+// RegistryVersion returns the registry's version, which every change to an enrichment or a
+// dependency bumps.
+func RegistryVersion(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (int64, error) {
+	var v int64
+	if err := q.QueryRow(ctx, `SELECT version FROM matcol.registry_version`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("read registry version: %w", err)
+	}
+	return v, nil
+}

@@ -148,7 +148,7 @@ func backfillSpec(p *plan.Plan, enrichment, table string) (materializer.Backfill
 						enrichment, e.TemplateTable(), t.Table)
 				}
 				if table == "" || t.Table == name || (name.Schema == "" && t.Table.Name == name.Name) {
-					return materializer.BackfillSpec{Target: t, Enrichments: []*plan.Enrichment{e}}, nil
+					return materializer.BackfillSpec{Target: t, Enrichments: []*plan.Enrichment{e}, PlanVersion: p.Version}, nil
 				}
 			}
 		}
@@ -156,7 +156,7 @@ func backfillSpec(p *plan.Plan, enrichment, table string) (materializer.Backfill
 	}
 	for _, t := range p.Targets {
 		if t.Table == name || (name.Schema == "" && t.Table.Name == name.Name) {
-			return materializer.BackfillSpec{Target: t, Enrichments: t.Enrichments}, nil
+			return materializer.BackfillSpec{Target: t, Enrichments: t.Enrichments, PlanVersion: p.Version}, nil
 		}
 	}
 	return materializer.BackfillSpec{}, fmt.Errorf("table %s has no registered enrichment", table)

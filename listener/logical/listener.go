@@ -32,8 +32,11 @@ type Listener struct {
 	MaxRetainedWAL int64
 	// Plan returns the current plan; it is read for every change, so a reloaded plan applies at once.
 	Plan func() *plan.Plan
-	Sink listener.Sink
-	Log  hclog.Logger
+	// Reload asks for the registry's current plan. The stream calls it when it reaches a registry
+	// change and waits until Plan returns a plan at least that new.
+	Reload func()
+	Sink   listener.Sink
+	Log    hclog.Logger
 	// GuardInterval is how often the slot's retained WAL is checked. Defaults to 10s.
 	GuardInterval time.Duration
 	// StatusInterval is how often the position is reported while idle. Defaults to 1s.

@@ -3,6 +3,7 @@ package logical
 import (
 	"encoding/json"
 	"slices"
+	"strconv"
 
 	"github.com/jackc/pglogrepl"
 
@@ -32,7 +33,14 @@ type mapper struct {
 	tables  map[pgident.Table]table
 	rels    map[uint32]*pglogrepl.RelationMessage
 	entries map[entry]struct{}
+	// planAt is the registry version of a registry change just decoded, 0 when none: changes
+	// after it must be mapped with a plan at least that new.
+	planAt int64
 }
+
+// versionTable is the registry's version row, published so that the stream tells where in the
+// WAL the registry changed.
+var versionTable = pgident.Table{Schema: "matcol", Name: "registry_version"}
 
 func newMapper() *mapper {
 	return &mapper{rels: map[uint32]*pglogrepl.RelationMessage{}, entries: map[entry]struct{}{}}
@@ -106,6 +114,14 @@ func (m *mapper) handle(msg pglogrepl.Message) {
 		}
 		m.stale(t, nt)
 	case *pglogrepl.UpdateMessage:
+		if rel := m.rels[msg.RelationID]; rel != nil && rel.Namespace == versionTable.Schema && rel.RelationName == versionTable.Name {
+			if v, known := (tuple{rel, msg.NewTuple}).value("version"); known && v != nil {
+				if n, err := strconv.ParseInt(*v, 10, 64); err == nil {
+					m.planAt = n
+				}
+			}
+			return
+		}
 		rel, t, ok := m.lookup(msg.RelationID)
 		if !ok {
 			return

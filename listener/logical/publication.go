@@ -158,6 +158,10 @@ func wantedTables(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]*pubTable, er
 			return nil, err
 		}
 	}
+	// The registry's version row tells the stream where the registry changed.
+	if err := add(versionTable); err != nil {
+		return nil, err
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].rel.Name.String() < out[j].rel.Name.String() })
 	return out, nil
 }
@@ -196,6 +200,9 @@ func identityFix(rel *discovery.Relation, p *plan.Plan) string {
 }
 
 func publishedColumns(rel *discovery.Relation, p *plan.Plan) []string {
+	if rel.Name == versionTable {
+		return allColumns(rel)
+	}
 	want := map[string]bool{}
 	for _, c := range rel.IdentityColumns {
 		want[c] = true

@@ -118,12 +118,50 @@ func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *
 			default:
 				m.setPlan(l.Plan())
 				m.handle(dm)
+				if m.planAt > 0 {
+					// Changes before the registry change are mapped with the plan they were made
+					// under; the ones after it wait for the new plan.
+					if err := flush(); err != nil {
+						return err
+					}
+					if err := l.awaitPlan(ctx, m.planAt); err != nil {
+						return err
+					}
+					m.planAt = 0
+					m.setPlan(l.Plan())
+				}
 				if m.len() >= chunk {
 					if err := flush(); err != nil {
 						return err
 					}
 				}
 			}
+		}
+	}
+}
+
+// awaitPlan waits until the plan is at least registry version v, asking for it every few seconds.
+// The stream stands still meanwhile: mapping later changes with an older plan could drop the
+// invalidations of a dependency it does not know yet.
+func (l *Listener) awaitPlan(ctx context.Context, v int64) error {
+	var asked time.Time
+	warned := false
+	for start := time.Now(); ; {
+		if p := l.Plan(); p.Version == 0 || p.Version >= v {
+			return nil
+		}
+		if l.Reload != nil && time.Since(asked) > 2*time.Second {
+			l.Reload()
+			asked = time.Now()
+		}
+		if !warned && time.Since(start) > 30*time.Second {
+			l.Log.Error("the registry changed and its plan is not loaded yet; invalidations wait for it", "version", v)
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }

@@ -23,6 +23,8 @@ type Listener struct {
 	Log  hclog.Logger
 	// OnDDL, when set, is called when the DDL event trigger reports a schema or table change.
 	OnDDL func()
+	// OnPlan, when set, is called when the registry changed.
+	OnPlan func()
 
 	streaming atomic.Bool
 }
@@ -80,6 +82,10 @@ func (l *Listener) session(ctx context.Context, connected func()) error {
 		case n.Payload == listener.PayloadDDL:
 			if l.OnDDL != nil {
 				l.OnDDL()
+			}
+		case n.Payload == listener.PayloadPlan:
+			if l.OnPlan != nil {
+				l.OnPlan()
 			}
 		case strings.HasPrefix(n.Payload, listener.PayloadTargetPrefix):
 			l.Sink.TargetStale(strings.TrimPrefix(n.Payload, listener.PayloadTargetPrefix))
