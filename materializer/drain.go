@@ -19,8 +19,15 @@ import (
 // thousands of tenants one drain could otherwise touch them all.
 const drainTargets = 50
 
-// drainLimit is how many queued invalidations one drain transaction takes.
-const drainLimit = 2000
+// Drain sizes: how many queued invalidations one drain transaction takes adapts toward
+// drainGoal, within these bounds. A drain holds the row locks of the rows it sets stale until it
+// commits.
+const (
+	drainMin   = 500
+	drainStart = 2000
+	drainMax   = 50000
+	drainGoal  = 100 * time.Millisecond
+)
 
 // drainLoop applies queued invalidations. While work keeps arriving it polls the queue, and
 // writers send no NOTIFY; after Linger without work it marks itself asleep in matcol.wake and
@@ -74,7 +81,7 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 					asleep = false
 				}
 			}
-			if res.Taken >= drainLimit {
+			if res.Full {
 				continue
 			}
 			if res.Requeued > 0 {
@@ -124,9 +131,10 @@ func (m *Materializer) setSleeping(ctx context.Context, v bool) error {
 
 // DrainResult says what one Drain did.
 type DrainResult struct {
-	Taken       int // queue entries taken
-	Invalidated int // rows set stale
-	Requeued    int // keys whose rows were locked, put back for later
+	Taken    int  // queue entries taken
+	Requeued int  // keys whose rows were locked, put back for later
+	Dropped  int  // entries that name no possible row (values that are no key), dropped
+	Full     bool // as many entries were taken as asked for: more may wait
 }
 
 type group struct {
@@ -134,6 +142,7 @@ type group struct {
 	mapped   map[int]*[][]*string // dependency id → column values
 	deps     map[int]*plan.Dep    // dependency id → dependency
 	earliest time.Time
+	all      bool // an entry could not be read: every row of the target is invalidated
 }
 
 // Drain applies queued invalidations to their targets: it takes a batch of matcol.pending, sets
@@ -177,15 +186,21 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 		if err := m.gate(locked, version, p.Version); err != nil {
 			return err
 		}
+		// The oldest entries, by the queue's primary key: the scan stops after the limit, however
+		// long the queue is. Entries of more than drainTargets tables stay for the next drain.
+		size := m.drainSizeNow()
+		started := time.Now()
 		rows, err := tx.Query(ctx, `
-			WITH t AS (SELECT DISTINCT target_id FROM matcol.pending WHERE vals IS NOT NULL AND target_id = ANY($2) LIMIT $3)
-			DELETE FROM matcol.pending WHERE id IN (
-				SELECT id FROM matcol.pending WHERE vals IS NOT NULL AND target_id IN (SELECT target_id FROM t)
-				ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-			RETURNING target_id, dependency_id, vals::text, enqueued_at`, drainLimit, ids, drainTargets)
+			WITH c AS (SELECT id, target_id FROM matcol.pending WHERE vals IS NOT NULL AND target_id = ANY($2)
+			           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
+			     t AS (SELECT target_id FROM c GROUP BY target_id ORDER BY min(id) LIMIT $3)
+			DELETE FROM matcol.pending p USING c
+			WHERE p.id = c.id AND c.target_id IN (SELECT target_id FROM t)
+			RETURNING p.target_id, p.dependency_id, p.vals::text, p.enqueued_at`, size, ids, drainTargets)
 		if err != nil {
 			return fmt.Errorf("take queued invalidations: %w", err)
 		}
+		defer func() { m.drainSized(size, res.Taken, time.Since(started)) }()
 		groups := map[int]*group{}
 		for rows.Next() {
 			var tid int
@@ -228,20 +243,25 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 				g.deps[*dep] = d
 			}
 			if err := appendValues(*cols, vals); err != nil {
-				rows.Close()
-				return fmt.Errorf("queued values of dependency %d: %w", *dep, err)
+				// Not the shape the dependency queues: which rows it names is unknown.
+				if t := byID[tid]; t != nil {
+					m.warnEntry(t, "malformed queued invalidation; every row of the table is invalidated", vals, err)
+					g.all = true
+				}
 			}
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("take queued invalidations: %w", err)
 		}
+		res.Full = res.Taken >= size
 		for tid, g := range groups {
 			t := byID[tid]
 			if t == nil {
 				continue
 			}
-			requeue, err := m.applyGroup(ctx, tx, t, g, searchPath)
+			requeue, dropped, err := m.applyGroup(ctx, tx, t, g, searchPath)
+			res.Dropped += dropped
 			if isGone(err) {
 				// A table dropped under us (a tenant removed): its entries go with it, and the
 				// other targets' invalidations still land. The next rescan drops the target.
@@ -285,57 +305,169 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 }
 
 // applyGroup sets stale the rows one target's queue entries name, under a savepoint, and returns
-// the keys it could not lock. Mapping SQL of a template instance runs with search_path set to
-// its schema.
-func (m *Materializer) applyGroup(ctx context.Context, tx pgx.Tx, t *target, g *group, searchPath string) ([]string, error) {
+// the keys it could not lock and how many entries it dropped. Mapping SQL of a template instance
+// runs with search_path set to its schema.
+func (m *Materializer) applyGroup(ctx context.Context, tx pgx.Tx, t *target, g *group, searchPath string) ([]string, int, error) {
 	if _, err := tx.Exec(ctx, "SAVEPOINT matcol_group"); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	requeue, err := m.applyGroupIn(ctx, tx, t, g, searchPath)
+	requeue, dropped, err := m.applyGroupIn(ctx, tx, t, g, searchPath)
 	if err != nil {
 		if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT matcol_group; RELEASE SAVEPOINT matcol_group"); rbErr != nil {
-			return nil, rbErr
+			return nil, 0, rbErr
 		}
-		return nil, err
+		return nil, 0, err
 	}
 	_, err = tx.Exec(ctx, "RELEASE SAVEPOINT matcol_group")
-	return requeue, err
+	return requeue, dropped, err
 }
 
-func (m *Materializer) applyGroupIn(ctx context.Context, tx pgx.Tx, t *target, g *group, searchPath string) ([]string, error) {
+func (m *Materializer) applyGroupIn(ctx context.Context, tx pgx.Tx, t *target, g *group, searchPath string) ([]string, int, error) {
 	var requeue []string
+	dropped := 0
+	if g.all {
+		if _, err := tx.Exec(ctx, `INSERT INTO matcol.pending (target_id, vals)
+			SELECT $1, NULL WHERE NOT EXISTS (SELECT FROM matcol.pending WHERE target_id = $1 AND vals IS NULL)`, t.plan.ID); err != nil {
+			return nil, 0, err
+		}
+	}
 	if len(g.direct) > 0 {
-		got, err := requeued(ctx, tx, plan.InvalidateKeysSQL(t.plan), g.direct)
+		sql := plan.InvalidateKeysSQL(t.plan)
+		got, err := isolateEntries(ctx, tx, 0, len(g.direct), func(lo, hi int) ([]string, error) {
+			return requeued(ctx, tx, sql, g.direct[lo:hi])
+		}, func(i int, cause error) error {
+			// Values that cannot be a key of the table name no row: nothing to invalidate.
+			dropped++
+			m.warnEntry(t, "dropped a queued invalidation whose values are no key of the table", g.direct[i], cause)
+			return nil
+		})
 		if err != nil {
-			return nil, fmt.Errorf("invalidate rows of %s: %w", t.plan.Table, err)
+			return nil, 0, fmt.Errorf("invalidate rows of %s: %w", t.plan.Table, err)
 		}
 		requeue = append(requeue, got...)
 	}
 	if len(g.mapped) == 0 {
-		return requeue, nil
+		return requeue, dropped, nil
 	}
 	path := searchPath
 	if t.plan.SearchPath != "" {
 		path = t.plan.SearchPath
 	}
 	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, path); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	for id, cols := range g.mapped {
-		args := make([]any, len(*cols))
-		for i, c := range *cols {
-			args[i] = plan.ArrayLiteral(c)
-		}
-		got, err := requeued(ctx, tx, plan.InvalidateMappedSQL(g.deps[id]), args...)
+		d := g.deps[id]
+		sql := plan.InvalidateMappedSQL(d)
+		got, err := isolateEntries(ctx, tx, 0, len((*cols)[0]), func(lo, hi int) ([]string, error) {
+			args := make([]any, len(*cols))
+			for i, c := range *cols {
+				args[i] = plan.ArrayLiteral(c[lo:hi])
+			}
+			return requeued(ctx, tx, sql, args...)
+		}, func(i int, cause error) error {
+			// Which rows the values map to is unknown: every row is, at worst, stale.
+			vals := make([]string, len(*cols))
+			for c, col := range *cols {
+				if col[i] != nil {
+					vals[c] = *col[i]
+				}
+			}
+			m.warnEntry(t, "mapping SQL failed on queued values; every row of the table is invalidated", fmt.Sprintf("%s %q", d.Source, vals), cause)
+			_, err := tx.Exec(ctx, `INSERT INTO matcol.pending (target_id, vals)
+				SELECT $1, NULL WHERE NOT EXISTS (SELECT FROM matcol.pending WHERE target_id = $1 AND vals IS NULL)`, t.plan.ID)
+			return err
+		})
 		if err != nil {
-			return nil, fmt.Errorf("invalidate rows of %s through %s: %w", t.plan.Table, g.deps[id].Source, err)
+			return nil, 0, fmt.Errorf("invalidate rows of %s through %s: %w", t.plan.Table, d.Source, err)
 		}
 		requeue = append(requeue, got...)
 	}
 	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, searchPath); err != nil {
+		return nil, 0, err
+	}
+	return requeue, dropped, nil
+}
+
+// isolateEntries runs apply over the entries [lo, hi) under a savepoint. When it fails on the
+// data of some entries it splits the range until each failing entry is alone and hands it to
+// bad, so that one bad entry never holds back the others.
+func isolateEntries(ctx context.Context, tx pgx.Tx, lo, hi int, apply func(lo, hi int) ([]string, error),
+	bad func(i int, cause error) error) ([]string, error) {
+	if _, err := tx.Exec(ctx, "SAVEPOINT matcol_entries"); err != nil {
 		return nil, err
 	}
-	return requeue, nil
+	got, err := apply(lo, hi)
+	if err == nil {
+		_, err = tx.Exec(ctx, "RELEASE SAVEPOINT matcol_entries")
+		return got, err
+	}
+	if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT matcol_entries; RELEASE SAVEPOINT matcol_entries"); rbErr != nil {
+		return nil, rbErr
+	}
+	if !isEntryError(err) {
+		return nil, err
+	}
+	if hi-lo == 1 {
+		return nil, bad(lo, err)
+	}
+	mid := (lo + hi) / 2
+	first, err := isolateEntries(ctx, tx, lo, mid, apply, bad)
+	if err != nil {
+		return nil, err
+	}
+	second, err := isolateEntries(ctx, tx, mid, hi, apply, bad)
+	return append(first, second...), err
+}
+
+// isEntryError reports whether err can come from the values of some queued entries: a failed
+// cast, or an error raised by mapping SQL on them.
+func isEntryError(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "22", "P0", "2F", "38", "39":
+		return true
+	}
+	return false
+}
+
+// warnEntry logs a bad queued entry, at most once a minute per table.
+func (m *Materializer) warnEntry(t *target, msg, vals string, cause error) {
+	m.Stats.EntriesDropped.Add(1)
+	m.mu.Lock()
+	due := time.Since(t.entryWarnedAt) > time.Minute
+	if due {
+		t.entryWarnedAt = time.Now()
+	}
+	m.mu.Unlock()
+	if due {
+		m.log.Warn(msg, "table", t.plan.Table.String(), "values", vals, "error", cause)
+	}
+}
+
+// drainSizeNow is how many entries the next drain takes.
+func (m *Materializer) drainSizeNow() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.drainSize == 0 {
+		m.drainSize = drainStart
+	}
+	return m.drainSize
+}
+
+// drainSized steers the drain size toward drainGoal after a drain took d for taken entries.
+func (m *Materializer) drainSized(size, taken int, d time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case d > drainGoal*3/2:
+		m.drainSize = max(drainMin, size*2/3)
+	case d < drainGoal/2 && taken >= size:
+		m.drainSize = min(drainMax, size*3/2)
+	}
 }
 
 // isGone reports whether err says a table or schema no longer exists.

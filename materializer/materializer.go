@@ -82,6 +82,9 @@ type Stats struct {
 	RowsExpired      atomic.Int64
 	Throttled        atomic.Int64
 	LastBatchNanos   atomic.Int64
+	// EntriesDropped counts queued invalidations that could not be applied as they were: values
+	// that are no key (dropped), or values mapping SQL failed on (the whole table invalidated).
+	EntriesDropped atomic.Int64
 }
 
 // Materializer runs the workers and the queue drainer. It implements listener.Sink.
@@ -100,6 +103,7 @@ type Materializer struct {
 	drainCh chan struct{}
 
 	sweepNext     int // the target id the next sweep starts at
+	drainSize     int // entries the next drain takes
 	paused        atomic.Bool
 	replicaBehind atomic.Bool
 
@@ -155,6 +159,8 @@ type target struct {
 	retryAt time.Time
 	wake    *time.Timer // marks the target when rows held by min_interval come due
 	wakeAt  time.Time
+
+	entryWarnedAt time.Time // the last warning about a bad queued entry
 
 	rows      atomic.Int64 // materialized by this process
 	lastBatch atomic.Int64 // nanoseconds

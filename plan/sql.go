@@ -274,21 +274,23 @@ func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
-// invalidateTail locks the rows of t named by keysCTE without waiting, sets them stale, and
-// returns the keys that exist but were locked by someone else, for a later retry.
+// invalidateTail locks the rows of t named by keysCTE without waiting, sets stale those that are
+// not yet, and returns the keys that exist but were locked by someone else, for a later retry: a
+// batch may hold such a row, with a snapshot older than the change. A stale row nobody holds is
+// left as it is, which spares a write; the batch that claims it takes a newer snapshot.
 func invalidateTail(t *Target, keysCTE string) string {
 	return fmt.Sprintf(`WITH %s AS (%s),
 %s AS (SELECT %s FROM %s AS %s JOIN %s ON %s ORDER BY %s FOR NO KEY UPDATE OF %s SKIP LOCKED),
-%s AS (UPDATE %s AS %s SET materialized_at = NULL FROM %s WHERE %s RETURNING %s)
+%s AS (UPDATE %s AS %s SET materialized_at = NULL FROM %s WHERE %s AND %s.materialized_at IS NOT NULL)
 SELECT jsonb_build_array(%s)::text FROM %s
 WHERE NOT EXISTS (SELECT FROM %s WHERE %s)
   AND EXISTS (SELECT FROM %s AS %s WHERE %s)`,
 		aliasKeys, keysCTE,
 		aliasLocked, keyCols(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, aliasKeys,
 		keyMatch(t.Key, aliasTarget, aliasKeys), keyCols(t.Key, aliasTarget), aliasTarget,
-		aliasDone, t.Table.Sanitize(), aliasTarget, aliasLocked, keyMatch(t.Key, aliasTarget, aliasLocked), keyCols(t.Key, aliasTarget),
+		aliasDone, t.Table.Sanitize(), aliasTarget, aliasLocked, keyMatch(t.Key, aliasTarget, aliasLocked), aliasTarget,
 		keyCols(t.Key, aliasKeys), aliasKeys,
-		aliasDone, keyMatch(t.Key, aliasDone, aliasKeys),
+		aliasLocked, keyMatch(t.Key, aliasLocked, aliasKeys),
 		t.Table.Sanitize(), aliasTarget, keyMatch(t.Key, aliasTarget, aliasKeys))
 }
 
