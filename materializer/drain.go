@@ -515,8 +515,8 @@ func jsonText(raw json.RawMessage) *string {
 	return &s
 }
 
-// invalidateAll handles whole-target entries (a source was truncated): every row of the target
-// is set stale in key order, a chunk per transaction, and the entries are deleted at the end.
+// invalidateAll starts a pass over every row of each target that has whole-target entries (a
+// source was truncated); the pass removes them when it ends.
 func (m *Materializer) invalidateAll(ctx context.Context, ids []int32, byID map[int]*target) error {
 	rows, err := m.pool.Query(ctx, `SELECT target_id, max(id) FROM matcol.pending
 		WHERE vals IS NULL AND target_id = ANY($1) GROUP BY target_id`, ids)
@@ -535,46 +535,9 @@ func (m *Materializer) invalidateAll(ctx context.Context, ids []int32, byID map[
 		return fmt.Errorf("read whole-table invalidations: %w", err)
 	}
 	for _, j := range jobs {
-		t := byID[j.tid]
-		if t == nil {
-			continue
+		if t := byID[j.tid]; t != nil {
+			m.startWalk(t, j.maxID)
 		}
-		if err := m.invalidateTable(ctx, t.plan); err != nil {
-			return err
-		}
-		if _, err := m.pool.Exec(ctx, `DELETE FROM matcol.pending WHERE target_id = $1 AND vals IS NULL AND id <= $2`,
-			j.tid, j.maxID); err != nil {
-			return fmt.Errorf("finish whole-table invalidation of %s: %w", t.plan.Table, err)
-		}
-		m.log.Info("invalidated every row after a source was truncated", "table", t.plan.Table.String())
-		m.mu.Lock()
-		m.markLocked(t)
-		m.mu.Unlock()
 	}
 	return nil
-}
-
-func (m *Materializer) invalidateTable(ctx context.Context, t *plan.Target) error {
-	sql := plan.InvalidateAllSQL(t)
-	cursor := make([]any, len(t.Key)+2)
-	cursor[len(t.Key)] = false
-	cursor[len(t.Key)+1] = 5000
-	for {
-		last := make([]*string, len(t.Key))
-		dest := make([]any, len(last))
-		for i := range last {
-			dest[i] = &last[i]
-		}
-		err := m.pool.QueryRow(ctx, sql, cursor...).Scan(dest...)
-		if err == pgx.ErrNoRows {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("invalidate every row of %s: %w", t.Table, err)
-		}
-		for i, v := range last {
-			cursor[i] = *v
-		}
-		cursor[len(t.Key)] = true
-	}
 }

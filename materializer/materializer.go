@@ -162,6 +162,11 @@ type target struct {
 
 	entryWarnedAt time.Time // the last warning about a bad queued entry
 
+	walk       *walk  // a pass over every row, after a whole-table invalidation
+	expireDue  int    // expired rows this sweep's round still recomputes
+	expiring   bool   // a worker recomputes expired rows
+	expiredSQL string // claims expired rows
+
 	rows      atomic.Int64 // materialized by this process
 	lastBatch atomic.Int64 // nanoseconds
 	usual     rowTime      // for the latency throttle
@@ -196,10 +201,17 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 		if t.minInterval > 0 {
 			t.debounceSQL, t.nextDueSQL = plan.DebounceSQL(pt), plan.NextDueSQL(pt)
 		}
+		if expiry(pt) > 0 {
+			t.expiredSQL = plan.ExpiredClaimSQL(pt)
+		}
 		if o := old[pt.ID]; o != nil && o.plan.Table == pt.Table {
 			t.batchSize = o.batchSize
 			t.running = o.running
 			t.wake, t.wakeAt = o.wake, o.wakeAt
+			// A pass goes on from where it was; its key order is the table's.
+			if o.walk != nil {
+				t.walk = &walk{maxID: o.walk.maxID, cursor: o.walk.cursor, rows: o.walk.rows, start: o.walk.start}
+			}
 		}
 		m.byHash[pt.Hash] = t
 		m.byID[pt.ID] = t
@@ -400,7 +412,7 @@ func (m *Materializer) worker(ctx context.Context) {
 			continue
 		}
 		start := time.Now()
-		n, full, err := m.batch(ctx, t)
+		n, full, err := m.work(ctx, t)
 		if errors.Is(err, errPlanChanged) {
 			m.finish(t, true, false)
 			continue
@@ -426,6 +438,23 @@ func (m *Materializer) logBatchError(t *target, err error) {
 	m.log.Error("batch failed; retrying with backoff", "table", t.plan.Table.String(), "error", err)
 }
 
+// work runs one unit of work on t: a batch of stale rows and, when that finds no backlog, a
+// chunk of a pass over every row or of expired rows. more says t has work left.
+func (m *Materializer) work(ctx context.Context, t *target) (n int, more bool, err error) {
+	n, more, err = m.batch(ctx, t)
+	if err != nil || more {
+		return n, more, err
+	}
+	if w := m.takeWalk(t); w != nil {
+		return m.walkChunk(ctx, t, w)
+	}
+	if m.takeExpiry(t) {
+		defer m.doneExpiry(t)
+		return m.expireChunk(ctx, t)
+	}
+	return n, false, nil
+}
+
 // MaterializeAll runs batches on every target until none has stale rows left, in the calling
 // goroutine. Tests and one-shot catch-ups use it.
 func (m *Materializer) MaterializeAll(ctx context.Context) (int, error) {
@@ -439,13 +468,15 @@ func (m *Materializer) MaterializeAll(ctx context.Context) (int, error) {
 		m.mu.Unlock()
 		did := 0
 		for _, t := range targets {
-			n, _, err := m.batch(ctx, t)
+			n, more, err := m.work(ctx, t)
 			if err != nil {
 				return total, err
 			}
-			did += n
+			total += n
+			if n > 0 || more {
+				did++
+			}
 		}
-		total += did
 		if did == 0 {
 			return total, nil
 		}

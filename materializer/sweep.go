@@ -2,7 +2,6 @@ package materializer
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/matcol/matcol/plan"
@@ -18,25 +17,18 @@ func (m *Materializer) sweep(ctx context.Context) {
 	m.mu.Unlock()
 	debounced := false
 	for _, t := range targets {
-		if ctx.Err() != nil {
-			return
-		}
 		debounced = debounced || t.minInterval > 0
-		exp := expiry(t.plan)
-		if exp <= 0 {
+		if expiry(t.plan) <= 0 {
 			continue
 		}
-		n, err := m.Expire(ctx, t.plan, exp, m.cfg.ExpiryBatch)
-		if err != nil {
-			m.log.Warn("expiry sweep failed", "table", t.plan.Table.String(), "error", err)
-			continue
-		}
-		if n > 0 {
-			m.log.Debug("expired rows", "table", t.plan.Table.String(), "rows", n)
-			m.mu.Lock()
+		// Workers recompute up to ExpiryBatch expired rows of each table per sweep, oldest
+		// first: rows stamped together do not all come due at once.
+		m.mu.Lock()
+		if t.expireDue <= 0 {
+			t.expireDue = m.cfg.ExpiryBatch
 			m.markLocked(t)
-			m.mu.Unlock()
 		}
+		m.mu.Unlock()
 	}
 	if debounced {
 		if _, err := m.pool.Exec(ctx, `DELETE FROM matcol.debounce WHERE not_before < now()`); err != nil {
@@ -54,21 +46,4 @@ func expiry(t *plan.Target) time.Duration {
 		}
 	}
 	return d
-}
-
-// Expire marks stale at most limit rows of t stamped longer than exp ago, oldest first, skipping
-// rows someone holds. Capping each sweep spreads a mass expiry over time instead of recomputing
-// everything stamped in the same minute at once.
-func (m *Materializer) Expire(ctx context.Context, t *plan.Target, exp time.Duration, limit int) (int, error) {
-	sql := fmt.Sprintf(`WITH x AS (
-			SELECT ctid FROM %[1]s WHERE materialized_at < now() - $1::interval
-			ORDER BY materialized_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED),
-		u AS (UPDATE %[1]s SET materialized_at = NULL WHERE ctid IN (SELECT ctid FROM x) RETURNING 1)
-		SELECT count(*) FROM u`, t.Table.Sanitize())
-	var n int
-	if err := m.pool.QueryRow(ctx, sql, exp, limit).Scan(&n); err != nil {
-		return 0, err
-	}
-	m.Stats.RowsExpired.Add(int64(n))
-	return n, nil
 }

@@ -310,32 +310,28 @@ func InvalidateMappedSQL(d *Dep) string {
 	return invalidateTail(d.Target, keys)
 }
 
-// InvalidateAllSQL sets stale up to $n+2 rows of t in key order after the cursor ($1..$n, used
-// when $n+1 is true) and returns the last key it reached, as text.
-func InvalidateAllSQL(t *Target) string {
-	return fmt.Sprintf(`WITH %s AS (%s),
-%s AS (UPDATE %s AS %s SET materialized_at = NULL FROM %s WHERE %s AND %s.materialized_at IS NOT NULL)
-SELECT %s FROM %s ORDER BY %s DESC LIMIT 1`,
-		aliasKeys, NextKeysSQL(t, ""),
-		aliasDone, t.Table.Sanitize(), aliasTarget, aliasKeys, keyMatchText(t.Key, aliasTarget, aliasKeys), aliasTarget,
-		keyCols(t.Key, aliasKeys), aliasKeys, keyOrderText(t.Key, aliasKeys))
+// WalkClaimSQL locks, in key order, up to $n+2 rows of t after the cursor ($1..$n as text, used
+// when $n+1 is true), passing over rows someone else holds, and returns their keys as text: a
+// chunk of a pass over every row.
+func WalkClaimSQL(t *Target) string {
+	return NextKeysSQL(t, "") + " FOR NO KEY UPDATE OF " + aliasTarget + " SKIP LOCKED"
 }
 
-func keyMatchText(key []discovery.Column, a, textAlias string) string {
-	parts := make([]string, len(key))
-	for i, k := range key {
-		parts[i] = fmt.Sprintf("%s.%s = %s.%s::%s", a, ident(k.Name), textAlias, ident(k.Name), k.Type)
-	}
-	return strings.Join(parts, " AND ")
+// ExpiredClaimSQL locks up to $2 rows of t stamped longer than $1 (an interval) ago, oldest
+// first, passing over rows someone else holds, and returns their keys as text.
+func ExpiredClaimSQL(t *Target) string {
+	return fmt.Sprintf("SELECT %s FROM %s AS %s WHERE %s.materialized_at < now() - $1::interval ORDER BY %s.materialized_at LIMIT $2 FOR NO KEY UPDATE OF %s SKIP LOCKED",
+		keyTexts(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, aliasTarget, aliasTarget, aliasTarget)
 }
 
-func keyOrderText(key []discovery.Column, alias string) string {
-	parts := make([]string, len(key))
-	for i, k := range key {
-		parts[i] = fmt.Sprintf("%s.%s::%s", alias, ident(k.Name), k.Type)
-	}
-	return strings.Join(parts, " DESC, ")
+// RangeCountSQL counts the rows of t in the range (see rangeCond).
+func RangeCountSQL(t *Target) string {
+	return fmt.Sprintf("SELECT count(*) FROM %s AS %s WHERE %s", t.Table.Sanitize(), aliasTarget, rangeCond(t, aliasTarget, ""))
 }
+
+// RequeueKeysSQL queues the keys in $2 (JSON arrays of key values, as text) of target $1 as
+// direct invalidations, for rows a pass could not take.
+const RequeueKeysSQL = `INSERT INTO matcol.pending (target_id, vals) SELECT $1, v::jsonb FROM unnest($2::text[]) AS v`
 
 // ArrayLiteral renders values as a PostgreSQL array literal ({"a","b",NULL}), for parameters whose
 // element type only the server knows. Every element is quoted, so any type's text form fits.
