@@ -91,8 +91,8 @@ type Throttle struct {
 	// MaxReplicaLag holds all work while any replica's replay lag exceeds it; 0 disables.
 	// Defaults to 30s.
 	MaxReplicaLag time.Duration `mapstructure:"max_replica_lag"`
-	// LatencyFactor backs a table off when a batch takes this many times its usual time per row;
-	// 0 disables. Defaults to 4.
+	// LatencyFactor throttles while application transactions are in flight and a trivial
+	// statement takes this many times its quiet latency; 0 disables. Defaults to 4.
 	LatencyFactor float64 `mapstructure:"latency_factor"`
 }
 

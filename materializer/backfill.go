@@ -37,8 +37,9 @@ type BackfillSpec struct {
 	// MaxReplicaLag holds the backfill while a replica's replay lag exceeds it, as it holds the
 	// daemon; 0 disables. matcol pause holds it too.
 	MaxReplicaLag time.Duration
-	// LatencyFactor: a batch this many times slower per row than the backfill's usual pauses it
-	// for as long as the batch took; 0 disables.
+	// LatencyFactor throttles the backfill as it throttles the daemon (see harm.go) when, while
+	// application transactions are in flight, a trivial statement takes this many times its
+	// quiet latency; 0 disables that signal (lock waits the backfill causes still throttle it).
 	LatencyFactor float64
 	// PlanVersion is the registry version of the plan Target comes from: the backfill stops with
 	// ErrPlanChanged when the registry changes under it. 0 does not check.
@@ -60,7 +61,7 @@ type BackfillProgress struct {
 	Elapsed time.Duration
 	Rate    float64 // rows per second in this run
 	Failed  int64
-	// Throttled counts the pauses after slow batches.
+	// Throttled counts the pauses the throttle made.
 	Throttled int64
 	Finished  bool
 }
@@ -79,7 +80,7 @@ type Backfill struct {
 	// then every batch reads its keys first (rangeSQL).
 	stepSQL, rangeSQL string
 	noStep            atomic.Bool // set when the step does not plan
-	usual             rowTime     // for the latency throttle
+	harm              harm        // the throttle, read in hold
 	throttled         int64
 }
 
@@ -286,6 +287,12 @@ func (b *Backfill) hold(ctx context.Context) error {
 			return fmt.Errorf("read the pause switch and replica lag: %w", err)
 		}
 		b.loadAt = time.Now()
+		if s, err := probe(ctx, b.conn); err == nil {
+			b.harm.factor = b.spec.LatencyFactor
+			if _, reason := b.harm.update(s, b.loadAt); reason != "" && b.harm.level == 1 {
+				b.log.Info("backfill throttles: the application is busy", "backfill", b.ID, "reason", reason)
+			}
+		}
 		behind := b.spec.MaxReplicaLag > 0 && lag > b.spec.MaxReplicaLag.Seconds()
 		if !paused && !behind {
 			if waited {
@@ -316,19 +323,17 @@ func (b *Backfill) adapt(size, n int, d time.Duration) int {
 	return size
 }
 
-// backOff pauses after a batch that ran LatencyFactor times slower per row than usual, for as
-// long as it took: the database is busy, and the backfill yields to the application, as the
-// daemon's batches do.
-func (b *Backfill) backOff(ctx context.Context, n int, d time.Duration) error {
-	b.usual.observe(n, d, b.spec.LatencyFactor)
-	if !b.usual.slow(n, d, b.spec.LatencyFactor) {
+// backOff pauses after a batch that took d while the throttle is up (see harm.go): level times
+// as long as the batch took.
+func (b *Backfill) backOff(ctx context.Context, _ int, d time.Duration) error {
+	if b.harm.level == 0 {
 		return nil
 	}
 	b.throttled++
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-time.After(d):
+	case <-time.After(d * time.Duration(b.harm.level)):
 	}
 	return nil
 }

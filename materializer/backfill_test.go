@@ -158,9 +158,8 @@ func TestBackfillCompositeKeyAndWhere(t *testing.T) {
 	}
 }
 
-// A backfill whose batches turn slow pauses after each slow batch for as long as it took, as the
-// daemon does: the database is busy and the application comes first.
-func TestBackfillBacksOffWhenBatchesSlowDown(t *testing.T) {
+// A backfill whose batches grow slow on a database nobody else uses does not back off.
+func TestBackfillSlowBatchesAloneDoNotThrottle(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	pgtest.Exec(t, b.conn, `CREATE TABLE slow (s float8 NOT NULL); INSERT INTO slow VALUES (0);
@@ -176,18 +175,13 @@ func TestBackfillBacksOffWhenBatchesSlowDown(t *testing.T) {
 	spec := materializer.BackfillSpec{Target: p.Targets[0], Enrichments: p.Targets[0].Enrichments, BatchSize: 1, LatencyFactor: 4}
 	bf := b.openBackfill(t, spec)
 	var last materializer.BackfillProgress
-	var slowFrom time.Time
 	require.NoError(t, bf.Run(ctx, func(pr materializer.BackfillProgress) {
 		last = pr
-		if pr.Done == 15 { // the usual time per row is known; 25 rows of 60 ms follow
-			pgtest.Exec(t, b.conn, `UPDATE slow SET s = 0.06`)
-			slowFrom = time.Now()
+		if pr.Done == 15 { // 25 rows 30 times slower follow
+			pgtest.Exec(t, b.conn, `UPDATE slow SET s = 0.03`)
 		}
 	}))
-	took := time.Since(slowFrom)
-	t.Logf("25 slow rows took %s; %d pauses", took.Round(time.Millisecond), last.Throttled)
-	require.GreaterOrEqual(t, last.Throttled, int64(20), "slow batches must be followed by pauses")
-	require.Greater(t, took, 2500*time.Millisecond, "1.5 s of slow batches, each followed by a pause as long")
+	require.Zero(t, last.Throttled, "nothing but the backfill ran: no batch may be followed by a pause")
 }
 
 // A backfill that deadlocks with the application retries its batch instead of failing: the

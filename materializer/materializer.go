@@ -37,8 +37,8 @@ type Config struct {
 	Linger time.Duration
 	// MaxReplicaLag holds work while any replica's replay lag exceeds it. 0 disables. Defaults to 0.
 	MaxReplicaLag time.Duration
-	// LatencyFactor backs off when a batch takes this many times the table's usual time per row.
-	// Defaults to 4.
+	// LatencyFactor throttles when, while application transactions are in flight, a trivial
+	// statement takes this many times its quiet latency; negative disables it. Defaults to 4.
 	LatencyFactor float64
 	// ExpiryBatch is how many expired rows per table one sweep invalidates, so that rows stamped
 	// together do not all expire in one burst. Defaults to 1000.
@@ -106,6 +106,8 @@ type Materializer struct {
 	drainSize     int // entries the next drain takes
 	paused        atomic.Bool
 	replicaBehind atomic.Bool
+	harm          harm         // owned by watchLoad
+	level         atomic.Int32 // the throttle level, from harm
 
 	// OnGone, when set before Run, is called when a target's table turns out to be gone (a tenant
 	// schema dropped), so that the catalog is read again.
@@ -169,7 +171,6 @@ type target struct {
 
 	rows      atomic.Int64 // materialized by this process
 	lastBatch atomic.Int64 // nanoseconds
-	usual     rowTime      // for the latency throttle
 	fresh     freshness
 }
 
@@ -178,6 +179,7 @@ func New(pool *pgxpool.Pool, p *plan.Plan, cfg Config, log hclog.Logger) *Materi
 	cfg.defaults()
 	m := &Materializer{pool: pool, log: log, cfg: cfg,
 		ready: make(chan struct{}, cfg.Workers), drainCh: make(chan struct{}, 1)}
+	m.harm.factor = cfg.LatencyFactor
 	m.SetPlan(p)
 	return m
 }
@@ -367,7 +369,7 @@ func (m *Materializer) Run(ctx context.Context) error {
 	m.checkLoad(ctx)
 	g, ctx := errgroup.WithContext(ctx)
 	for i := 0; i < m.cfg.Workers; i++ {
-		g.Go(func() error { m.worker(ctx); return nil })
+		g.Go(func() error { m.worker(ctx, i); return nil })
 	}
 	g.Go(func() error { m.drainLoop(ctx); return nil })
 	g.Go(func() error { m.watchLoad(ctx); return nil })
@@ -390,7 +392,7 @@ func (m *Materializer) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-func (m *Materializer) worker(ctx context.Context) {
+func (m *Materializer) worker(ctx context.Context, id int) {
 	poll := time.NewTicker(time.Second) // picks up targets whose retry time has come
 	defer poll.Stop()
 	for ctx.Err() == nil {
@@ -399,7 +401,7 @@ func (m *Materializer) worker(ctx context.Context) {
 			continue
 		}
 		var t *target
-		if !m.holding() {
+		if !m.holding() && (id == 0 || m.level.Load() == 0) {
 			t = m.next()
 		}
 		if t == nil {
@@ -424,8 +426,10 @@ func (m *Materializer) worker(ctx context.Context) {
 			}
 		}
 		m.finish(t, full, err != nil)
-		if wait := m.pace(t, n, time.Since(start)); wait > 0 {
-			dial.Sleep(ctx, wait)
+		if n > 0 {
+			if wait := m.throttle(time.Since(start)); wait > 0 {
+				dial.Sleep(ctx, wait)
+			}
 		}
 	}
 }

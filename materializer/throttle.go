@@ -6,8 +6,7 @@ import (
 )
 
 // observe steers the batch size toward the target duration, which bounds how long rows stay
-// locked: shrink fast when a batch runs long, grow gently when full batches run short. It also
-// learns the table's usual time per row, which throttling compares against.
+// locked: shrink fast when a batch runs long, grow gently when full batches run short.
 func (m *Materializer) observe(t *target, n int, d time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -18,46 +17,6 @@ func (m *Materializer) observe(t *target, n int, d time.Duration) {
 	case d < goal/2 && n >= t.batchSize && t.batchSize < 20000:
 		t.batchSize = min(20000, t.batchSize*5/4+1)
 	}
-	t.usual.observe(n, d, m.cfg.LatencyFactor)
-}
-
-// rowTime learns a table's usual time per row for the latency throttle.
-type rowTime struct {
-	perRow  float64 // seconds, an EWMA
-	batches int
-}
-
-// observe records a batch of n rows that took d. Only batches under factor times the usual move
-// it, so a slow spell cannot become the new normal.
-func (r *rowTime) observe(n int, d time.Duration, factor float64) {
-	if n == 0 {
-		return
-	}
-	per := d.Seconds() / float64(n)
-	r.batches++
-	if r.batches == 1 {
-		r.perRow = per
-	} else if per < r.perRow*factor {
-		r.perRow = 0.9*r.perRow + 0.1*per
-	}
-}
-
-// slow reports whether a batch of n rows that took d ran factor times slower per row than usual,
-// once ten batches have taught the usual.
-func (r *rowTime) slow(n int, d time.Duration, factor float64) bool {
-	return n > 0 && factor > 0 && r.batches >= 10 && d.Seconds()/float64(n) > r.perRow*factor
-}
-
-// pace returns how long to wait before t's next batch: when the database is slow (a batch far
-// above the table's usual time per row) matcol backs off by as long as that batch took.
-func (m *Materializer) pace(t *target, n int, d time.Duration) time.Duration {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if !t.usual.slow(n, d, m.cfg.LatencyFactor) {
-		return 0
-	}
-	m.Stats.Throttled.Add(1)
-	return d
 }
 
 // loadSQL reads the pause switch and the largest replay lag of the replicas, in seconds.
@@ -76,6 +35,7 @@ func (m *Materializer) watchLoad(ctx context.Context) {
 		case <-tick.C:
 		}
 		m.checkLoad(ctx)
+		m.checkHarm(ctx)
 	}
 }
 
