@@ -9,6 +9,7 @@ import (
 
 	"github.com/matcol/matcol/internal/pgtest"
 	"github.com/matcol/matcol/materializer"
+	"github.com/matcol/matcol/registry"
 )
 
 // A backlog is worked off without waiting for the safety-net sweep: every full batch is followed
@@ -33,4 +34,32 @@ func TestBacklogNeedsNoSweep(t *testing.T) {
 	}, 30*time.Second, 20*time.Millisecond, "20,000 stale rows must be worked off without a sweep")
 	t.Logf("20,000 rows in %s", time.Since(start).Round(time.Millisecond))
 	require.Empty(t, b.drift(t))
+}
+
+// A poison row delays the other rows of its batch by at most one more batch: the rest of the
+// backlog does not wait for the sweep.
+func TestPoisonRowStaysLocal(t *testing.T) {
+	ctx := context.Background()
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 2, SweepInterval: time.Hour, BatchSize: 100})
+	pgtest.Exec(t, b.conn, `CREATE INDEX ON venue (id) WHERE materialized_at IS NULL`)
+	pgtest.Exec(t, b.conn, `CREATE FUNCTION poison(id bigint) RETURNS bigint LANGUAGE plpgsql AS
+		$$BEGIN IF id = 777 THEN RAISE EXCEPTION 'poison %', id; END IF; RETURN id; END$$`)
+	applyDefs(t, b.conn, []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"),
+		Columns: []string{"seat_count"}, Self: true,
+		SQL: `SELECT v.id, poison(v.id) AS seat_count FROM venue v WHERE v.id = ANY($1)`,
+		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})
+	reload(t, b)
+	pgtest.Exec(t, b.conn, `INSERT INTO venue (id) SELECT generate_series(3, 5002)`)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- b.mat.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	require.Eventually(t, func() bool {
+		var stale int
+		require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM venue WHERE materialized_at IS NULL`).Scan(&stale))
+		return stale == 1
+	}, 20*time.Second, 20*time.Millisecond, "every row but the poison one must be fresh without a sweep")
+	var failures int
+	require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM matcol.failure`).Scan(&failures))
+	require.Equal(t, 1, failures)
 }
