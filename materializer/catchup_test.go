@@ -46,7 +46,7 @@ func TestPoisonRowStaysLocal(t *testing.T) {
 		$$BEGIN IF id = 777 THEN RAISE EXCEPTION 'poison %', id; END IF; RETURN id; END$$`)
 	applyDefs(t, b.conn, []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"),
 		Columns: []string{"seat_count"}, Self: true,
-		SQL: `SELECT v.id, poison(v.id) AS seat_count FROM venue v WHERE v.id = ANY($1)`,
+		SQL:       `SELECT v.id, poison(v.id) AS seat_count FROM venue v WHERE v.id = ANY($1)`,
 		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})
 	reload(t, b)
 	pgtest.Exec(t, b.conn, `INSERT INTO venue (id) SELECT generate_series(3, 5002)`)
