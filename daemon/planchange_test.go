@@ -82,13 +82,26 @@ func dropSlot(dsn, slot string) {
 // computation with the plan registered now, not the daemon's.
 func waitExact(t *testing.T, dsn string, within time.Duration) {
 	t.Helper()
+	waitExactTables(t, dsn, []string{"orders"}, within)
+}
+
+// waitExactTables is waitExact for these target tables.
+func waitExactTables(t *testing.T, dsn string, tables []string, within time.Duration) {
+	t.Helper()
 	ctx := context.Background()
 	conn := pgtest.Connect(t, dsn)
 	var drift []verify.Drift
 	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		var busy bool
-		require.NoError(t, conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM orders WHERE materialized_at IS NULL)
-			OR EXISTS (SELECT FROM matcol.pending)`).Scan(&busy))
+		busy := false
+		for _, tbl := range append([]string{"matcol.pending"}, tables...) {
+			var n bool
+			where := ""
+			if tbl != "matcol.pending" {
+				where = " WHERE materialized_at IS NULL"
+			}
+			require.NoError(t, conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM `+tbl+where+`)`).Scan(&n))
+			busy = busy || n
+		}
 		if busy {
 			continue
 		}
@@ -99,7 +112,10 @@ func waitExact(t *testing.T, dsn string, within time.Duration) {
 			return
 		}
 	}
-	t.Fatalf("not exact after %s: drift %+v", within, first(drift, 5))
+	for _, d := range first(drift, 5) {
+		t.Logf("drift %s %v %s: stored %v, fresh %v", d.Table, d.Key, d.Column, deref(d.Stored), deref(d.Fresh))
+	}
+	t.Fatalf("not exact after %s: %d rows drift", within, len(drift))
 }
 
 // apply writes the registry as yaml says, as `matcol apply` does while the daemon runs.
@@ -159,4 +175,11 @@ func TestApplyAddsDependencyWhileRunning(t *testing.T) {
 			require.Equal(t, 20, notes)
 		})
 	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "NULL"
+	}
+	return *s
 }

@@ -214,3 +214,31 @@ func relationSQLBody() string {
 	}
 	return b.String()
 }
+
+// Partitions returns every partition under a partitioned table, at any depth, with whether it
+// is a leaf (it holds rows, and its own replica identity decides what its WAL carries). It is
+// empty for other tables.
+func Partitions(ctx context.Context, q Querier, oid uint32) ([]Partition, error) {
+	rows, err := q.Query(ctx, `SELECT n.nspname, c.relname, t.isleaf
+		FROM pg_partition_tree($1::oid::regclass) t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE t.level > 0 ORDER BY t.level, n.nspname, c.relname`, oid)
+	if err != nil {
+		return nil, fmt.Errorf("read partitions: %w", err)
+	}
+	defer rows.Close()
+	var out []Partition
+	for rows.Next() {
+		var p Partition
+		if err := rows.Scan(&p.Name.Schema, &p.Name.Name, &p.Leaf); err != nil {
+			return nil, fmt.Errorf("read partitions: %w", err)
+		}
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// Partition is one partition of a partitioned table.
+type Partition struct {
+	Name pgident.Table
+	Leaf bool
+}

@@ -36,6 +36,8 @@ type mapper struct {
 	// planAt is the registry version of a registry change just decoded, 0 when none: changes
 	// after it must be mapped with a plan at least that new.
 	planAt int64
+	// identityGaps counts changes whose old values were missing (see oldKnown).
+	identityGaps int
 }
 
 // versionTable is the registry's version row, published so that the stream tells where in the
@@ -131,8 +133,13 @@ func (m *mapper) handle(msg pglogrepl.Message) {
 		if t.source != nil && relevant(t.source, msg.OldTupleType, ot, nt) {
 			for _, d := range t.source.Deps {
 				m.dep(d, nt, ot)
-				if msg.OldTuple != nil {
+				switch {
+				case msg.OldTuple != nil && oldKnown(rel, msg.OldTupleType, d.Columns):
 					m.dep(d, ot, tuple{})
+				case msg.OldTuple == nil && oldKnown(rel, 0, d.Columns):
+					// The identity did not change: its columns' old values are the new ones.
+				default:
+					m.oldUnknown(d)
 				}
 			}
 		}
@@ -144,7 +151,11 @@ func (m *mapper) handle(msg pglogrepl.Message) {
 		}
 		ot := tuple{rel, msg.OldTuple}
 		for _, d := range t.source.Deps {
-			m.dep(d, ot, tuple{})
+			if oldKnown(rel, msg.OldTupleType, d.Columns) {
+				m.dep(d, ot, tuple{})
+			} else {
+				m.oldUnknown(d)
+			}
 		}
 	case *pglogrepl.TruncateMessage:
 		for _, id := range msg.RelationIDs {
@@ -256,4 +267,33 @@ func (t tuple) value(c string) (*string, bool) {
 		}
 	}
 	return nil, true
+}
+
+// oldKnown reports whether an old row of type oldType carries the columns: with REPLICA IDENTITY
+// FULL ('O') every column; otherwise only the identity's, flagged in the relation message. apply
+// sets the identity each dependency needs, but a partition attached since keeps its own default
+// identity until the next apply.
+func oldKnown(rel *pglogrepl.RelationMessage, oldType uint8, cols []string) bool {
+	if oldType == pglogrepl.UpdateMessageTupleTypeOld {
+		return true
+	}
+	for _, c := range cols {
+		key := false
+		for _, col := range rel.Columns {
+			if col.Name == c {
+				key = col.Flags&1 == 1
+			}
+		}
+		if !key {
+			return false
+		}
+	}
+	return true
+}
+
+// oldUnknown answers a change whose old values of d's columns the stream does not carry: every
+// row of the target, since which row they named is unknown.
+func (m *mapper) oldUnknown(d *plan.Dep) {
+	m.add(entry{target: d.Target.ID, all: true})
+	m.identityGaps++
 }

@@ -23,10 +23,12 @@ func (e *IdentityError) Error() string {
 		strings.Join(e.Statements, "\n  ")
 }
 
-// pubTable is one table of the publication and the columns it publishes (nil: all).
+// pubTable is one table of the publication and the columns it publishes (nil: all); leaves are
+// the leaf partitions of a partitioned table.
 type pubTable struct {
 	rel     *discovery.Relation
 	columns []string
+	leaves  []*discovery.Relation
 }
 
 // SyncPublication makes publication name cover exactly p's sources and targets, inside tx, after
@@ -47,8 +49,16 @@ func SyncPublication(ctx context.Context, tx pgx.Tx, p *plan.Plan, name string, 
 	}
 	var changes, fixes []string
 	for _, t := range tables {
-		if stmt := identityFix(t.rel, p); stmt != "" {
-			fixes = append(fixes, stmt)
+		src, isTarget := roles(t.rel.Name, p)
+		// A partitioned table's WAL comes from its leaves: their replica identity is what counts.
+		rels := []*discovery.Relation{t.rel}
+		if len(t.leaves) > 0 {
+			rels = t.leaves
+		}
+		for _, rel := range rels {
+			if stmt := identityFix(rel, src, isTarget); stmt != "" {
+				fixes = append(fixes, stmt)
+			}
 		}
 	}
 	if len(fixes) > 0 {
@@ -71,7 +81,7 @@ func SyncPublication(ctx context.Context, tx pgx.Tx, p *plan.Plan, name string, 
 	}
 	lists := version >= 150000
 	for _, t := range tables {
-		if lists && t.rel.ReplicaIdentity != 'f' {
+		if lists && t.rel.ReplicaIdentity != 'f' && !slices.ContainsFunc(t.leaves, func(r *discovery.Relation) bool { return r.ReplicaIdentity == 'f' }) {
 			t.columns = publishedColumns(t.rel, p)
 		}
 	}
@@ -82,13 +92,26 @@ func SyncPublication(ctx context.Context, tx pgx.Tx, p *plan.Plan, name string, 
 	if err != nil && err != pgx.ErrNoRows {
 		return nil, fmt.Errorf("read publication %s: %w", name, err)
 	}
+	// Changes to a partition are published as changes to its partitioned table, the name the
+	// plan knows (publish_via_partition_root, PostgreSQL 13+).
 	if all == nil {
-		if _, err := tx.Exec(ctx, "CREATE PUBLICATION "+pub); err != nil {
+		if _, err := tx.Exec(ctx, "CREATE PUBLICATION "+pub+" WITH (publish_via_partition_root = true)"); err != nil {
 			return nil, fmt.Errorf("create publication %s: %w", name, err)
 		}
 		changes = append(changes, "created publication "+name)
 	} else if *all {
 		return nil, fmt.Errorf("publication %s is FOR ALL TABLES; matcol needs its own publication (invalidation.publication)", name)
+	} else {
+		var viaRoot bool
+		if err := tx.QueryRow(ctx, `SELECT pubviaroot FROM pg_publication WHERE pubname = $1`, name).Scan(&viaRoot); err != nil {
+			return nil, fmt.Errorf("read publication %s: %w", name, err)
+		}
+		if !viaRoot {
+			if _, err := tx.Exec(ctx, "ALTER PUBLICATION "+pub+" SET (publish_via_partition_root = true)"); err != nil {
+				return nil, fmt.Errorf("update publication %s: %w", name, err)
+			}
+			changes = append(changes, "set publish_via_partition_root on publication "+name)
+		}
 	}
 
 	have, err := publishedNow(ctx, tx, name, lists)
@@ -144,6 +167,22 @@ func wantedTables(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]*pubTable, er
 			return fmt.Errorf("table %s does not exist", name)
 		}
 		t := &pubTable{rel: rel}
+		parts, err := discovery.Partitions(ctx, tx, rel.OID)
+		if err != nil {
+			return err
+		}
+		for _, part := range parts {
+			if !part.Leaf {
+				continue
+			}
+			leaf, err := discovery.LookupRelation(ctx, tx, part.Name)
+			if err != nil {
+				return fmt.Errorf("read partition %s: %w", part.Name, err)
+			}
+			if leaf != nil {
+				t.leaves = append(t.leaves, leaf)
+			}
+		}
 		seen[name] = t
 		out = append(out, t)
 		return nil
@@ -166,15 +205,19 @@ func wantedTables(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]*pubTable, er
 	return out, nil
 }
 
-// identityFix returns the ALTER TABLE a table needs, or "".
-func identityFix(rel *discovery.Relation, p *plan.Plan) string {
+// roles returns the plan's source of that name, if any, and whether it is a target.
+func roles(name pgident.Table, p *plan.Plan) (*plan.Source, bool) {
 	var src *plan.Source
 	for _, s := range p.Sources {
-		if s.Table == rel.Name {
+		if s.Table == name {
 			src = s
 		}
 	}
-	isTarget := slices.ContainsFunc(p.Targets, func(t *plan.Target) bool { return t.Table == rel.Name })
+	return src, slices.ContainsFunc(p.Targets, func(t *plan.Target) bool { return t.Table == name })
+}
+
+// identityFix returns the ALTER TABLE a table (or a leaf partition of one) needs, or "".
+func identityFix(rel *discovery.Relation, src *plan.Source, isTarget bool) string {
 	full := "ALTER TABLE " + rel.Name.Sanitize() + " REPLICA IDENTITY FULL;"
 	if src == nil {
 		// A target alone needs an identity only so that its UPDATEs stay allowed once published.

@@ -23,7 +23,14 @@ func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *
 	nextStatus := now
 	nextGuard := now
 	lastFlush := now
+	var gapsWarned time.Time
 	flush := func() error {
+		if m.identityGaps > 0 && time.Since(gapsWarned) > time.Minute {
+			l.Log.Warn("changes without the old values of dependency columns invalidated every row of their target; "+
+				"a partition attached since the last apply keeps its default REPLICA IDENTITY: run matcol apply",
+				"changes", m.identityGaps)
+			m.identityGaps, gapsWarned = 0, time.Now()
+		}
 		if err := l.flush(ctx, conn, m, false); err != nil {
 			return err
 		}

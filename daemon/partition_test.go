@@ -1,0 +1,60 @@
+package daemon_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/matcol/matcol/internal/pgtest"
+)
+
+const partSchema = `
+CREATE TABLE venue (id bigint PRIMARY KEY, seats bigint, materialized_at timestamptz);
+CREATE INDEX ON venue (id) WHERE materialized_at IS NULL;
+CREATE TABLE event (id bigint NOT NULL, venue_id bigint NOT NULL, seats int NOT NULL, PRIMARY KEY (id))
+  PARTITION BY RANGE (id);
+CREATE TABLE event_1 PARTITION OF event FOR VALUES FROM (0) TO (1000);
+CREATE TABLE event_2 PARTITION OF event FOR VALUES FROM (1000) TO (2000);
+INSERT INTO venue (id) SELECT generate_series(1, 50);
+INSERT INTO event SELECT g, 1 + g % 50, 10 FROM generate_series(1, 1999) g;
+`
+
+const partConfig = `
+enrichments:
+  - name: venue_seats
+    table: public.venue
+    columns: [seats]
+    sql: SELECT v.id, (SELECT sum(seats) FROM event e WHERE e.venue_id = v.id)::bigint AS seats FROM venue v WHERE v.id = ANY($1)
+    depends_on: [{table: public.event, columns: [venue_id]}]
+`
+
+// A partitioned source invalidates through writes to its partitioned table, through writes that
+// name a partition, and through partitions attached later, in both modes.
+func TestPartitionedSource(t *testing.T) {
+	for _, mode := range []string{"logical"} {
+		t.Run(mode, func(t *testing.T) {
+			dsn := pgtest.NewDB(t)
+			conn := pgtest.Connect(t, dsn)
+			pgtest.Exec(t, conn, partSchema)
+			cfg := configFor(t, dsn, mode, partConfig)
+			startDaemon(t, cfg)
+			waitExactTables(t, dsn, []string{"venue"}, 30*time.Second)
+
+			// Each step changes other venues' sums, and is checked alone.
+			for _, step := range []string{
+				`UPDATE event SET seats = seats + 1 WHERE venue_id = 3`,
+				`UPDATE event_1 SET seats = seats + 2 WHERE venue_id = 4`,
+				`UPDATE event_2 SET venue_id = 6 WHERE venue_id = 5 AND id % 2 = 0`,
+				`DELETE FROM event_1 WHERE venue_id = 7`,
+				`INSERT INTO event_2 VALUES (1000 + 50 * 19 + 8, 8, 0) ON CONFLICT (id) DO UPDATE SET seats = 500`,
+				`CREATE TABLE event_3 (LIKE event INCLUDING ALL);
+				 ALTER TABLE event ATTACH PARTITION event_3 FOR VALUES FROM (2000) TO (3000)`,
+				`INSERT INTO event_3 SELECT g, 9, 3 FROM generate_series(2000, 2009) g`,
+				`UPDATE event_3 SET seats = 4, venue_id = 10 WHERE id % 2 = 0`,
+				`INSERT INTO event SELECT g, 11, 1 FROM generate_series(2100, 2109) g`,
+			} {
+				pgtest.Exec(t, conn, step)
+				waitExactTables(t, dsn, []string{"venue"}, 20*time.Second)
+			}
+		})
+	}
+}
