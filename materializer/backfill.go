@@ -287,9 +287,9 @@ func (b *Backfill) hold(ctx context.Context) error {
 			return fmt.Errorf("read the pause switch and replica lag: %w", err)
 		}
 		b.loadAt = time.Now()
-		if s, err := probe(ctx, b.conn); err == nil {
+		if s, err := probe(ctx, b.conn, true); err == nil {
 			b.harm.factor = b.spec.LatencyFactor
-			if _, reason := b.harm.update(s, b.loadAt); reason != "" && b.harm.level == 1 {
+			if _, reason := b.harm.add(s, b.loadAt); reason != "" && b.harm.level == 1 {
 				b.log.Info("backfill throttles: the application is busy", "backfill", b.ID, "reason", reason)
 			}
 		}

@@ -9,14 +9,16 @@ import (
 )
 
 // Throttling answers evidence that the application suffers, never matcol's own batch times: a
-// bigger or colder batch on an idle database says nothing about anyone else. Each second a probe
-// reads (beside replica lag, which holds all work):
-//   - lock waits matcol causes: application backends waiting on a lock a matcol backend holds;
-//   - the latency of a trivial statement, while application transactions are in flight: when it
-//     rises above latency_factor times its quiet level, the application competes with matcol for
-//     the server.
-// Either raises the throttle level, which halves again each quiet second. At level k a worker
-// sleeps k times as long as each batch took, and only one worker runs.
+// bigger or colder batch on an idle database says nothing about anyone else. Four times a second
+// a probe counts application backends inside a transaction and those waiting on a lock a matcol
+// backend holds; once a second it times a trivial statement. Then (beside replica lag, which
+// holds all work):
+//   - any lock wait matcol causes, or
+//   - a trivial statement slower than latency_factor times its quiet level while the application
+//     keeps at least busyBackends transactions in flight on average (it competes with matcol for
+//     the server; a lone poller does not count)
+// raises the throttle level, which halves again each quiet second. At level k a worker sleeps k
+// times as long as each batch took, and only one worker runs.
 
 // harmSQL counts, in one read that needs no privilege: application backends waiting on a lock
 // held by a matcol backend, and application backends inside a transaction. Background
@@ -34,6 +36,14 @@ const harmSQL = `SELECT
 // maxLevel bounds the throttle: at worst matcol takes a ninth of the time it would.
 const maxLevel = 8
 
+// busyBackends is how many application transactions must be in flight on average for a slow
+// probe to count as the application's trouble.
+const busyBackends = 2
+
+// latencySlack is how much slower than quiet the probe must also be, in absolute terms: a
+// scheduler's hiccup of a millisecond is no one's trouble.
+const latencySlack = 2 * time.Millisecond
+
 // harm tracks the probe's quiet latency and the throttle level.
 type harm struct {
 	factor  float64       // latency_factor; <= 0 disables the latency signal
@@ -41,22 +51,28 @@ type harm struct {
 	quietAt time.Time
 	level   int
 	reason  string
+	// Counts since the last update: samples, application transactions seen in flight, lock
+	// waits seen.
+	samples, appTx, lockWaits int
 }
 
-// sample is one reading of the probe.
+// sample is one reading of the probe; latency is 0 when not timed.
 type sample struct {
 	lockWaits int
 	appTx     int
 	latency   time.Duration
 }
 
-// probe reads the signals on q.
+// probe reads the signals on q, and times the trivial statement when timed.
 func probe(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
-}) (sample, error) {
+}, timed bool) (sample, error) {
 	var s sample
 	if err := q.QueryRow(ctx, harmSQL).Scan(&s.lockWaits, &s.appTx); err != nil {
 		return s, fmt.Errorf("read lock waits and activity: %w", err)
+	}
+	if !timed {
+		return s, nil
 	}
 	// The best of three, so that one unlucky scheduling does not count as load.
 	for i := 0; i < 3; i++ {
@@ -71,20 +87,34 @@ func probe(ctx context.Context, q interface {
 	return s, nil
 }
 
-// update folds a sample into the level and returns it, with why.
-func (h *harm) update(s sample, now time.Time) (int, string) {
-	// The quiet level is the lowest latency of the last ten minutes.
-	if h.quiet == 0 || s.latency < h.quiet || now.Sub(h.quietAt) > 10*time.Minute {
-		h.quiet, h.quietAt = s.latency, now
+// add counts a sample; a timed one (latency > 0) then moves the level, which update returns
+// with why; an untimed one returns the level as it is.
+func (h *harm) add(s sample, now time.Time) (int, string) {
+	h.samples++
+	h.appTx += s.appTx
+	h.lockWaits += s.lockWaits
+	if s.latency == 0 {
+		return h.level, h.reason
 	}
+	return h.update(s.latency, now)
+}
+
+// update moves the level from the samples counted since the last update and the probe's latency.
+func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
+	// The quiet level is the lowest latency of the last ten minutes.
+	if h.quiet == 0 || latency < h.quiet || now.Sub(h.quietAt) > 10*time.Minute {
+		h.quiet, h.quietAt = latency, now
+	}
+	busy := float64(h.appTx) / float64(max(h.samples, 1))
 	reason := ""
 	switch {
-	case s.lockWaits > 0:
-		reason = fmt.Sprintf("%d application backends wait for locks matcol holds", s.lockWaits)
-	case h.factor > 0 && s.appTx > 0 && s.latency > time.Duration(float64(h.quiet)*h.factor) && s.latency > h.quiet+time.Millisecond:
-		reason = fmt.Sprintf("the database answers in %s, %.0f× its quiet %s, while the application works",
-			s.latency.Round(10*time.Microsecond), float64(s.latency)/float64(h.quiet), h.quiet.Round(10*time.Microsecond))
+	case h.lockWaits > 0:
+		reason = fmt.Sprintf("application backends wait for locks matcol holds (%d seen)", h.lockWaits)
+	case h.factor > 0 && busy >= busyBackends && latency > time.Duration(float64(h.quiet)*h.factor) && latency > h.quiet+latencySlack:
+		reason = fmt.Sprintf("the database answers in %s, %.0f× its quiet %s, while the application keeps %.1f transactions in flight",
+			latency.Round(10*time.Microsecond), float64(latency)/float64(h.quiet), h.quiet.Round(10*time.Microsecond), busy)
 	}
+	h.samples, h.appTx, h.lockWaits = 0, 0, 0
 	if reason != "" {
 		h.level = min(maxLevel, max(1, h.level*2))
 	} else {
@@ -98,14 +128,14 @@ func (h *harm) update(s sample, now time.Time) (int, string) {
 // long as each batch took.
 func (m *Materializer) ThrottleLevel() int { return int(m.level.Load()) }
 
-// checkHarm reads the probe once and moves the throttle level.
-func (m *Materializer) checkHarm(ctx context.Context) {
-	s, err := probe(ctx, m.pool)
+// checkHarm reads the probe once, timing it when timed, and moves the throttle level.
+func (m *Materializer) checkHarm(ctx context.Context, timed bool) {
+	s, err := probe(ctx, m.pool, timed)
 	if err != nil {
 		return // keep the last level; the next tick tries again
 	}
 	was := int(m.level.Load())
-	level, reason := m.harm.update(s, time.Now())
+	level, reason := m.harm.add(s, time.Now())
 	m.level.Store(int32(level))
 	switch {
 	case was == 0 && level > 0:

@@ -24,18 +24,21 @@ const loadSQL = `SELECT
 	coalesce((SELECT (value->>'paused')::bool FROM matcol.setting WHERE name = 'pause'), false),
 	coalesce((SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication), 0)::float8`
 
-// watchLoad keeps the pause switch and the replica-lag throttle current.
+// watchLoad keeps the pause switch and the throttles current: load each second, the harm probe
+// four times a second (see harm.go).
 func (m *Materializer) watchLoad(ctx context.Context) {
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	for {
+	for n := 1; ; n++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		m.checkLoad(ctx)
-		m.checkHarm(ctx)
+		if n%4 == 0 {
+			m.checkLoad(ctx)
+		}
+		m.checkHarm(ctx, n%4 == 0)
 	}
 }
 
