@@ -1,0 +1,280 @@
+package plan
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/matcol/matcol/discovery"
+	"github.com/matcol/matcol/internal/pgident"
+	"github.com/matcol/matcol/registry"
+)
+
+type builder struct {
+	ctx      context.Context
+	conn     pgx.Tx
+	rels     map[pgident.Table]*discovery.Relation
+	p        *Plan
+	problems []string
+	stale    map[uint32]bool
+	arrays   map[uint32]uint32
+	// instance is true while a template instance is checked: it runs under a savepoint of its
+	// own, so single checks need none, and it stops at its first problem. trusted skips the
+	// statements of an instance validated before (see validated).
+	instance, trusted bool
+	opts              Options
+	// checks is the transaction instance checks run in: conn, or one on a fresh connection.
+	checks     pgx.Tx
+	checksConn *pgx.Conn
+	checked    int
+}
+
+func (b *builder) fail(e *registry.Enrichment, format string, args ...any) {
+	prefix := fmt.Sprintf("enrichment %s: ", e.Name)
+	if e.Schema != "" {
+		prefix = fmt.Sprintf("enrichment %s on %s: ", e.Name, e.Target)
+	}
+	b.problems = append(b.problems, prefix+fmt.Sprintf(format, args...))
+}
+
+func (b *builder) relation(t pgident.Table) (*discovery.Relation, error) {
+	if r, ok := b.rels[t]; ok {
+		return r, nil
+	}
+	r, err := discovery.LookupRelation(b.ctx, b.conn, t)
+	if err != nil {
+		return nil, err
+	}
+	b.rels[t] = r
+	return r, nil
+}
+
+func (b *builder) build(defs []registry.Enrichment) error {
+	tables, err := discovery.Scan(b.ctx, b.conn)
+	if err != nil {
+		return err
+	}
+	b.stale = map[uint32]bool{}
+	for _, t := range tables {
+		b.stale[t.OID] = t.StaleIndex
+	}
+	targets := map[pgident.Table]*Target{}
+	owner := map[pgident.Table]map[string]string{}
+	var instances []registry.Enrichment
+	var instanceTables []pgident.Table
+	for i := range defs {
+		d := defs[i]
+		if !d.Template {
+			b.add(d, targets, owner)
+			continue
+		}
+		b.p.Templates = append(b.p.Templates, d)
+		n := 0
+		for _, t := range tables {
+			// A table of that name without materialized_at is not discovered, so not matched.
+			if t.Name.Name != d.Target.Name || !pgident.MatchSchema(d.Target.Schema, t.Name.Schema) || t.Name.Schema == "matcol" {
+				continue
+			}
+			instances = append(instances, Instance(d, t.Name.Schema))
+			instanceTables = append(instanceTables, t.Name)
+			n++
+		}
+		if n == 0 {
+			b.p.Warnings = append(b.p.Warnings, fmt.Sprintf("enrichment %s: no schema matching %s has a table %s with materialized_at yet",
+				d.Name, d.Target.Schema, pgident.Quote(d.Target.Name)))
+		}
+	}
+	if len(instances) > 0 {
+		ids, err := registry.EnsureTargets(b.ctx, b.conn, instanceTables)
+		if err != nil {
+			return err
+		}
+		// Every instance's tables in one catalog read rather than two queries each.
+		want := slices.Clone(instanceTables)
+		for _, d := range instances {
+			for _, dep := range d.DependsOn {
+				want = append(want, dep.Source)
+			}
+		}
+		rels, err := discovery.LookupRelations(b.ctx, b.conn, want)
+		if err != nil {
+			return err
+		}
+		for _, t := range want {
+			b.rels[t] = rels[t] // nil: does not exist
+		}
+		valid := map[string]int{}
+		var first = map[string]string{}
+		defer b.closeChecks()
+		for _, d := range instances {
+			d.TargetID = ids[d.Target]
+			probs, err := b.addInstance(d, targets, owner)
+			if err != nil {
+				return err
+			}
+			if len(probs) == 0 {
+				valid[d.Name]++
+				continue
+			}
+			b.p.Skipped = append(b.p.Skipped, probs...)
+			if first[d.Name] == "" {
+				first[d.Name] = probs[0]
+			}
+		}
+		// A template valid nowhere is a broken template, not a broken tenant.
+		for _, d := range b.p.Templates {
+			if valid[d.Name] == 0 && first[d.Name] != "" {
+				b.problems = append(b.problems, fmt.Sprintf("enrichment %s: invalid in every schema matching %s; the first problem: %s",
+					d.Name, d.Target.Schema, first[d.Name]))
+			}
+		}
+	}
+	for _, t := range targets {
+		if len(t.Enrichments) == 0 {
+			continue
+		}
+		b.p.Targets = append(b.p.Targets, t)
+		if !t.StaleIndex {
+			b.p.Warnings = append(b.p.Warnings, fmt.Sprintf(
+				"table %s has no index on stale rows; create one: CREATE INDEX CONCURRENTLY ON %s (%s) WHERE materialized_at IS NULL",
+				t.Table, t.Table.Sanitize(), keyList(t.Key, "")))
+		}
+	}
+	sort.Slice(b.p.Targets, func(i, j int) bool { return b.p.Targets[i].Table.String() < b.p.Targets[j].Table.String() })
+	return b.buildSources(targets)
+}
+
+// add validates one enrichment against its target and binds it; it returns nil when the target
+// itself is unusable.
+func (b *builder) add(d registry.Enrichment, targets map[pgident.Table]*Target, owner map[pgident.Table]map[string]string) *Enrichment {
+	rel, err := b.relation(d.Target)
+	if err != nil {
+		b.problems = append(b.problems, err.Error())
+		return nil
+	}
+	if rel == nil {
+		b.fail(&d, "table %s does not exist", d.Target)
+		return nil
+	}
+	d.Target = rel.Name
+	stamp, ok := rel.Column("materialized_at")
+	switch {
+	case !ok:
+		b.fail(&d, "table %s has no materialized_at column; add one: ALTER TABLE %s ADD COLUMN materialized_at timestamptz",
+			rel.Name, rel.Name.Sanitize())
+		return nil
+	case stamp.Type != "timestamp with time zone":
+		b.fail(&d, "%s.materialized_at is %s; it must be timestamptz", rel.Name, stamp.Type)
+		return nil
+	case stamp.NotNull:
+		b.fail(&d, "%s.materialized_at is NOT NULL; it must be nullable (NULL means stale)", rel.Name)
+		return nil
+	}
+	if len(rel.Key) == 0 {
+		b.fail(&d, "table %s has no primary key; matcol addresses rows by primary key", rel.Name)
+		return nil
+	}
+	t := targets[rel.Name]
+	if t == nil {
+		t = &Target{ID: d.TargetID, Table: rel.Name, OID: rel.OID, Key: rel.Key, Columns: rel.Columns, StaleIndex: b.stale[rel.OID], Hash: Hash(rel.Name)}
+		targets[rel.Name] = t
+		owner[rel.Name] = map[string]string{}
+	}
+	if d.Schema != "" {
+		t.SearchPath = pgx.Identifier{d.Schema}.Sanitize()
+	}
+	colsOK := true
+	for _, c := range d.Columns {
+		if _, ok := rel.Column(c); !ok {
+			b.fail(&d, "column %q does not exist in %s", c, rel.Name)
+			colsOK = false
+			continue
+		}
+		if slices.ContainsFunc(rel.Key, func(k discovery.Column) bool { return k.Name == c }) {
+			b.fail(&d, "column %q is part of the primary key of %s and cannot be materialized", c, rel.Name)
+			colsOK = false
+			continue
+		}
+		if other, taken := owner[rel.Name][c]; taken {
+			b.fail(&d, "column %q of %s is already owned by enrichment %s", c, rel.Name, other)
+			colsOK = false
+			continue
+		}
+		owner[rel.Name][c] = d.Name
+	}
+	e := &Enrichment{Enrichment: d, Target: t}
+	if colsOK && b.checkSQL(e, rel) {
+		b.checkWrite(e)
+	}
+	t.Enrichments = append(t.Enrichments, e)
+	t.Owned = append(t.Owned, d.Columns...)
+	if d.Self {
+		t.Self = true
+	}
+	return e
+}
+
+func (b *builder) buildSources(targets map[pgident.Table]*Target) error {
+	for _, t := range b.p.Targets {
+		for _, e := range t.Enrichments {
+			if e.deps == nil && e.Schema == "" {
+				if err := b.resolveDeps(e); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	sources := map[pgident.Table]*Source{}
+	for _, t := range b.p.Targets {
+		for _, e := range t.Enrichments {
+			for _, d := range e.deps {
+				rel := d.rel
+				s := sources[rel.Name]
+				if s == nil {
+					s = &Source{Table: rel.Name, OID: rel.OID, Relation: rel, Hash: Hash(rel.Name), Ignored: []string{"materialized_at"}}
+					if tt := targets[rel.Name]; tt != nil {
+						s.Ignored = append(s.Ignored, tt.Owned...)
+					}
+					sources[rel.Name] = s
+				}
+				s.Deps = append(s.Deps, d)
+			}
+		}
+	}
+	for _, s := range sources {
+		b.p.Sources = append(b.p.Sources, s)
+	}
+	sort.Slice(b.p.Sources, func(i, j int) bool { return b.p.Sources[i].Table.String() < b.p.Sources[j].Table.String() })
+	return nil
+}
+
+// resolveDeps finds and checks the enrichment's dependency tables.
+func (b *builder) resolveDeps(e *Enrichment) error {
+	e.deps = []*Dep{}
+	for i := range e.DependsOn {
+		d := &Dep{Dependency: e.DependsOn[i], Enrichment: e, Target: e.Target}
+		rel, err := b.relation(d.Source)
+		if err != nil {
+			return err
+		}
+		if rel == nil {
+			b.fail(&e.Enrichment, "depends_on table %s does not exist", d.Source)
+			continue
+		}
+		if rel.Name.Schema == "matcol" {
+			b.fail(&e.Enrichment, "depends_on table %s is matcol's own", rel.Name)
+			continue
+		}
+		d.Source = rel.Name
+		e.DependsOn[i].Source = rel.Name
+		if !b.checkDep(d, rel) {
+			continue
+		}
+		d.rel = rel
+		e.deps = append(e.deps, d)
+	}
+	return nil
+}
