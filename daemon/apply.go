@@ -48,7 +48,7 @@ func Definitions(cfg *config.Config) ([]registry.Enrichment, error) {
 			return nil, fmt.Errorf("enrichment %s: table: %w", e.Name, err)
 		}
 		d := registry.Enrichment{Name: e.Name, Target: t, Template: template, Columns: e.Columns, SQL: e.SQL,
-			ExpiresAfter: e.ExpiresAfter, Self: e.SelfEnabled(),
+			ExpiresAfter: e.ExpiresAfter, Self: e.Self,
 			Settings: registry.Settings{BatchSize: e.BatchSize, StatementTimeout: e.StatementTimeout,
 				LockTimeout: e.LockTimeout, WorkMem: e.WorkMem, GUCs: e.Settings, Priority: e.Priority,
 				MinInterval: e.MinInterval}}
@@ -57,7 +57,7 @@ func Definitions(cfg *config.Config) ([]registry.Enrichment, error) {
 			if err != nil {
 				return nil, fmt.Errorf("enrichment %s: depends_on table: %w", e.Name, err)
 			}
-			d.DependsOn = append(d.DependsOn, registry.Dependency{Source: st, Columns: dep.Columns, SQL: dep.SQL})
+			d.DependsOn = append(d.DependsOn, registry.Dependency{Source: st, Columns: dep.Columns, SQL: dep.SQL, Static: dep.Static})
 		}
 		out = append(out, d)
 	}

@@ -21,6 +21,10 @@ type builder struct {
 	problems []string
 	stale    map[uint32]bool
 	arrays   map[uint32]uint32
+	types    map[uint32]string
+	// folded gathers the warnings of template instances, one per template and kind.
+	folded    map[string]*folded
+	foldOrder []string
 	// instance is true while a template instance is checked: it runs under a savepoint of its
 	// own, so single checks need none, and it stops at its first problem. trusted skips the
 	// statements of an instance validated before (see validated).
@@ -133,18 +137,30 @@ func (b *builder) build(defs []registry.Enrichment) error {
 		}
 	}
 	for _, t := range targets {
-		if len(t.Enrichments) == 0 {
-			continue
-		}
-		b.p.Targets = append(b.p.Targets, t)
-		if !t.StaleIndex {
-			b.p.Warnings = append(b.p.Warnings, fmt.Sprintf(
-				"table %s has no index on stale rows; create one: CREATE INDEX CONCURRENTLY ON %s (%s) WHERE materialized_at IS NULL",
-				t.Table, t.Table.Sanitize(), keyList(t.Key, "")))
+		if len(t.Enrichments) > 0 {
+			b.p.Targets = append(b.p.Targets, t)
 		}
 	}
 	sort.Slice(b.p.Targets, func(i, j int) bool { return b.p.Targets[i].Table.String() < b.p.Targets[j].Table.String() })
-	return b.buildSources(targets)
+	for _, t := range b.p.Targets {
+		if t.StaleIndex {
+			continue
+		}
+		msg := fmt.Sprintf("table %s has no index on stale rows; create one: CREATE INDEX CONCURRENTLY ON %s (%s) WHERE materialized_at IS NULL",
+			t.Table, t.Table.Sanitize(), keyList(t.Key, ""))
+		if t.SearchPath == "" {
+			b.p.Warnings = append(b.p.Warnings, msg)
+		} else {
+			// One line per template, not one per tenant.
+			b.warn(t.Enrichments[0], "stale index", msg)
+		}
+	}
+	if err := b.buildSources(targets); err != nil {
+		return err
+	}
+	b.checkChains()
+	b.unfold()
+	return nil
 }
 
 // add validates one enrichment against its target and binds it; it returns nil when the target
@@ -160,6 +176,10 @@ func (b *builder) add(d registry.Enrichment, targets map[pgident.Table]*Target, 
 		return nil
 	}
 	d.Target = rel.Name
+	if rel.Kind != 'r' && rel.Kind != 'p' {
+		b.fail(&d, "%s is a %s; matcol materializes columns of tables", rel.Name, kindName(rel.Kind))
+		return nil
+	}
 	stamp, ok := rel.Column("materialized_at")
 	switch {
 	case !ok:
@@ -211,7 +231,9 @@ func (b *builder) add(d registry.Enrichment, targets map[pgident.Table]*Target, 
 	}
 	t.Enrichments = append(t.Enrichments, e)
 	t.Owned = append(t.Owned, d.Columns...)
-	if d.Self {
+	// Unset self is read-based (SelfWatch); until every consumer reads SelfWatch, Self keeps
+	// meaning "some update of the row invalidates it".
+	if d.Self == nil || *d.Self {
 		t.Self = true
 	}
 	return e
@@ -224,6 +246,7 @@ func (b *builder) buildSources(targets map[pgident.Table]*Target) error {
 				if err := b.resolveDeps(e); err != nil {
 					return err
 				}
+				b.checkReads(e)
 			}
 		}
 	}
@@ -231,6 +254,9 @@ func (b *builder) buildSources(targets map[pgident.Table]*Target) error {
 	for _, t := range b.p.Targets {
 		for _, e := range t.Enrichments {
 			for _, d := range e.deps {
+				if d.Static {
+					continue // never fires: no trigger, no publication entry
+				}
 				rel := d.rel
 				s := sources[rel.Name]
 				if s == nil {
@@ -266,6 +292,15 @@ func (b *builder) resolveDeps(e *Enrichment) error {
 		}
 		if rel.Name.Schema == "matcol" {
 			b.fail(&e.Enrichment, "depends_on table %s is matcol's own", rel.Name)
+			continue
+		}
+		switch {
+		case rel.Kind == 'v':
+			b.fail(&e.Enrichment, "depends_on %s is a view, which never fires triggers; name the tables it reads instead, each in a depends_on entry of its own", rel.Name)
+			continue
+		case !d.Static && (rel.Kind == 'm' || rel.Kind == 'f'):
+			b.fail(&e.Enrichment, "depends_on %s is a %s, which never fires triggers; mark it static: true (with no columns), and set expires_after if it changes",
+				rel.Name, kindName(rel.Kind))
 			continue
 		}
 		d.Source = rel.Name

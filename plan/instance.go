@@ -38,7 +38,7 @@ func Instance(d registry.Enrichment, schema string) registry.Enrichment {
 // instance with problems is left out of the plan.
 func (b *builder) addInstance(d registry.Enrichment, targets map[pgident.Table]*Target, owner map[pgident.Table]map[string]string) ([]string, error) {
 	key := b.instanceKey(d)
-	_, trusted := validated.Load(key)
+	known, trusted := validated.Load(key)
 	main := b.conn
 	if !trusted {
 		tx, err := b.checkTx()
@@ -59,6 +59,12 @@ func (b *builder) addInstance(d registry.Enrichment, targets map[pgident.Table]*
 		if err := b.resolveDeps(e); err != nil {
 			return nil, err
 		}
+		if trusted {
+			known.(*instanceReads).restore(e)
+		}
+		if len(b.problems) == 0 {
+			b.checkReads(e)
+		}
 	}
 	b.instance, b.trusted = false, false
 	probs := b.problems
@@ -72,7 +78,7 @@ func (b *builder) addInstance(d registry.Enrichment, targets map[pgident.Table]*
 				validated.Clear()
 				validatedCount.Store(0)
 			}
-			validated.Store(key, true)
+			validated.Store(key, readsOf(e))
 		}
 	}
 	if len(probs) > 0 && e != nil {
@@ -123,13 +129,44 @@ func (b *builder) closeChecks() {
 // validated remembers instances that passed validation in this process, by instanceKey: the
 // definition, and the OIDs and columns of its target and dependency tables. A rebuild (the
 // second pass of apply, the daemon's start, a rescan after a new tenant) then validates only
-// what is new or changed. It is cleared when it grows past maxValidated.
+// what is new or changed, and takes what the instance reads from here instead of creating a
+// view again. It is cleared when it grows past maxValidated. A view between the SQL and its
+// tables is not in the key: redefining it takes effect at the next process start (a table it
+// newly reads must be covered, so it changes the key when the depends_on entry is added).
 var (
 	validated      sync.Map
 	validatedCount atomic.Int64
 )
 
 const maxValidated = 200_000
+
+// instanceReads is what a validated instance reads: its SQL, and each dependency's mapping SQL.
+type instanceReads struct {
+	reads    []Read
+	calls    []string
+	deps     [][]Read
+	depCalls [][]string
+}
+
+func readsOf(e *Enrichment) *instanceReads {
+	r := &instanceReads{reads: e.Reads, calls: e.Calls}
+	for _, d := range e.deps {
+		r.deps = append(r.deps, d.Reads)
+		r.depCalls = append(r.depCalls, d.Calls)
+	}
+	return r
+}
+
+// restore gives a trusted instance what it read when it was validated: its dependencies are
+// then the same, all of them resolved.
+func (r *instanceReads) restore(e *Enrichment) {
+	e.Reads, e.Calls = r.reads, r.calls
+	for i, d := range e.deps {
+		if i < len(r.deps) {
+			d.Reads, d.Calls = r.deps[i], r.depCalls[i]
+		}
+	}
+}
 
 func (b *builder) instanceKey(d registry.Enrichment) string {
 	h := sha256.New()

@@ -56,8 +56,16 @@ type Target struct {
 type Enrichment struct {
 	registry.Enrichment
 	Target *Target
-	deps   []*Dep // resolved and checked
+	// Reads are the tables and columns the enrichment's SQL reads, its target included, sorted
+	// by table name. Shared between plans: never modify them.
+	Reads []Read
+	// Calls are functions and operators outside pg_catalog that the SQL calls (see analysis).
+	Calls []string
+	deps  []*Dep // resolved and checked, static ones included
 }
+
+// Deps returns the enrichment's resolved dependencies, static ones included.
+func (e *Enrichment) Deps() []*Dep { return e.deps }
 
 // Source is a table whose changes invalidate targets.
 type Source struct {
@@ -76,7 +84,11 @@ type Dep struct {
 	registry.Dependency
 	Enrichment *Enrichment
 	Target     *Target
-	rel        *discovery.Relation
+	// Reads are what the mapping SQL reads; nil for a direct or static dependency.
+	Reads []Read
+	// Calls are functions the mapping SQL calls outside pg_catalog.
+	Calls []string
+	rel   *discovery.Relation
 }
 
 // Direct reports whether the dependency's values are target keys as they are.
@@ -119,7 +131,8 @@ func BuildWith(ctx context.Context, tx pgx.Tx, defs []registry.Enrichment, opts 
 	if opts.InstancesPerConn <= 0 {
 		opts.InstancesPerConn = 250
 	}
-	b := &builder{ctx: ctx, conn: tx, rels: map[pgident.Table]*discovery.Relation{}, p: &Plan{}, arrays: map[uint32]uint32{}, opts: opts}
+	b := &builder{ctx: ctx, conn: tx, rels: map[pgident.Table]*discovery.Relation{}, p: &Plan{}, arrays: map[uint32]uint32{},
+		types: map[uint32]string{}, folded: map[string]*folded{}, opts: opts}
 	if err := b.build(defs); err != nil {
 		return nil, err
 	}

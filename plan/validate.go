@@ -35,8 +35,12 @@ func (b *builder) checkSQL(e *Enrichment, rel *discovery.Relation) bool {
 				return false
 			}
 			if sd.ParamOIDs[i] != want {
+				got, err := b.typeName(sd.ParamOIDs[i])
+				if err != nil {
+					got = fmt.Sprint(sd.ParamOIDs[i])
+				}
 				b.fail(&e.Enrichment, "$%d is used as %s; it must be %s[] (the type of key column %q), for example = ANY($%d)",
-					i+1, b.typeName(sd.ParamOIDs[i]), k.Type, k.Name, i+1)
+					i+1, got, k.Type, k.Name, i+1)
 				ok = false
 			}
 		}
@@ -74,7 +78,36 @@ func (b *builder) checkSQL(e *Enrichment, rel *discovery.Relation) bool {
 		}
 	}
 	_ = rel
-	return ok
+	if !ok {
+		return false
+	}
+	a, err := b.reads(sd, e.SQL)
+	if err != nil {
+		b.fail(&e.Enrichment, "cannot tell what its sql reads: %s", err)
+		return false
+	}
+	if a != nil {
+		e.Reads, e.Calls = a.reads, a.calls
+	}
+	return true
+}
+
+// reads analyzes a statement that prepared as sd. A problem with the statement comes back as
+// an error that reads as a message; a failure of the connection is recorded as a problem of
+// its own, which fails the build.
+func (b *builder) reads(sd *pgconn.StatementDescription, sql string) (*analysis, error) {
+	if b.instance && len(b.problems) > 0 {
+		return nil, nil // the transaction is aborted; the instance is skipped anyway
+	}
+	a, problem, err := b.analyze(sql, sd.ParamOIDs, len(sd.Fields))
+	if err != nil {
+		b.problems = append(b.problems, err.Error())
+		return nil, nil
+	}
+	if problem != "" {
+		return nil, errors.New(problem)
+	}
+	return a, nil
 }
 
 // checkWrite prepares the generated write statement, which is where PostgreSQL checks that every
@@ -90,10 +123,17 @@ func (b *builder) checkWrite(e *Enrichment) {
 }
 
 func (b *builder) checkDep(d *Dep, rel *discovery.Relation) bool {
+	e := &d.Enrichment.Enrichment
+	if d.Static {
+		if len(d.Columns) > 0 || !d.Direct() {
+			b.fail(e, "depends_on %s: a static table takes no columns and no sql; drop them, or drop static", rel.Name)
+			return false
+		}
+		return true
+	}
 	if b.trusted {
 		return true
 	}
-	e := &d.Enrichment.Enrichment
 	var cols []discovery.Column
 	for _, c := range d.Columns {
 		col, ok := rel.Column(c)
@@ -137,6 +177,14 @@ func (b *builder) checkDep(d *Dep, rel *discovery.Relation) bool {
 		b.fail(e, "depends_on %s: sql output does not match the key of %s: %s", rel.Name, d.Target.Table, pgMessage(err))
 		return false
 	}
+	a, err := b.reads(sd, d.SQL)
+	if err != nil {
+		b.fail(e, "depends_on %s: cannot tell what its sql reads: %s", rel.Name, err)
+		return false
+	}
+	if a != nil {
+		d.Reads, d.Calls = a.reads, a.calls
+	}
 	return true
 }
 
@@ -172,12 +220,17 @@ func (b *builder) arrayOf(oid uint32) (uint32, error) {
 	return arr, nil
 }
 
-func (b *builder) typeName(oid uint32) string {
+// typeName returns the name of type oid, qualified where search_path would not find it.
+func (b *builder) typeName(oid uint32) (string, error) {
+	if s, ok := b.types[oid]; ok {
+		return s, nil
+	}
 	var s string
 	if err := b.conn.QueryRow(b.ctx, `SELECT format_type($1, NULL)`, oid).Scan(&s); err != nil {
-		return fmt.Sprint(oid)
+		return "", fmt.Errorf("read the name of type %d: %w", oid, err)
 	}
-	return s
+	b.types[oid] = s
+	return s, nil
 }
 
 func pgMessage(err error) string {
