@@ -152,7 +152,7 @@ func (b *builder) build(defs []registry.Enrichment) error {
 			b.p.Warnings = append(b.p.Warnings, msg)
 		} else {
 			// One line per template, not one per tenant.
-			b.warn(t.Enrichments[0], "stale index", msg)
+			b.fold(t.Enrichments[0], "stale index", msg, false)
 		}
 	}
 	if err := b.buildSources(targets); err != nil {
@@ -243,10 +243,13 @@ func (b *builder) buildSources(targets map[pgident.Table]*Target) error {
 	for _, t := range b.p.Targets {
 		for _, e := range t.Enrichments {
 			if e.deps == nil && e.Schema == "" {
+				n := len(b.problems)
 				if err := b.resolveDeps(e); err != nil {
 					return err
 				}
-				b.checkReads(e)
+				if len(b.problems) == n {
+					b.checkReads(e) // a failed depends_on entry would read as a missing one
+				}
 			}
 		}
 	}

@@ -59,7 +59,7 @@ func (b *builder) checkReadsOwnSource(d *Dep) {
 	}
 	if byKey {
 		b.fail(&e.Enrichment, "depends_on %s: its sql looks the changed rows of %s up by their key (%s) when the change is processed, after it: a deleted row, or one moved to another row of %s, is no longer found there, and the row it belonged to stays stale; %s",
-			d.Source, d.Source, keyList(d.rel.Key, ""), e.Target.Table, fix)
+			d.Source, d.Source, quoteList(columnNames(d.rel.Key)), e.Target.Table, fix)
 		return
 	}
 	b.warn(e, "own source "+d.Source.String(), fmt.Sprintf(
@@ -103,10 +103,7 @@ func (b *builder) foreignKey(rel *discovery.Relation, t *Target) []string {
 		return nil
 	}
 	defer rows.Close()
-	key := make([]string, len(t.Key))
-	for i, k := range t.Key {
-		key[i] = k.Name
-	}
+	key := columnNames(t.Key)
 	for rows.Next() {
 		var from, to []string
 		if rows.Scan(&from, &to) != nil {
@@ -247,31 +244,38 @@ type folded struct {
 // warn records a warning about e. A template instance's warning is folded with the same warning
 // of the template's other instances: one line, not one per tenant.
 func (b *builder) warn(e *Enrichment, kind, msg string) {
-	b.fold(e, kind, msg, false)
+	b.fold(e, kind, enrichmentPrefix(e)+msg, false)
 }
 
 // failFolded is fail, folded across a template's instances like warn; it fails the plan.
 func (b *builder) failFolded(e *Enrichment, kind, msg string) {
-	b.fold(e, kind, msg, true)
+	b.fold(e, kind, enrichmentPrefix(e)+msg, true)
 }
 
+func enrichmentPrefix(e *Enrichment) string {
+	if e.Schema != "" {
+		return fmt.Sprintf("enrichment %s on %s: ", e.Name, e.Target.Table)
+	}
+	return fmt.Sprintf("enrichment %s: ", e.Name)
+}
+
+// fold records msg, a warning or a problem about e; kind tells the same message of another
+// instance of e's template, with the instance's schema left out.
 func (b *builder) fold(e *Enrichment, kind, msg string, problem bool) {
-	prefix := fmt.Sprintf("enrichment %s: ", e.Name)
 	if e.Schema == "" {
 		if problem {
-			b.problems = append(b.problems, prefix+msg)
+			b.problems = append(b.problems, msg)
 		} else {
-			b.p.Warnings = append(b.p.Warnings, prefix+msg)
+			b.p.Warnings = append(b.p.Warnings, msg)
 		}
 		return
 	}
-	key := e.Name + "\x00" + kind
+	key := e.Name + "\x00" + strings.ReplaceAll(kind, pgident.Quote(e.Schema)+".", "")
 	if f := b.folded[key]; f != nil {
 		f.count++
 		return
 	}
-	b.folded[key] = &folded{msg: fmt.Sprintf("enrichment %s on %s: %s", e.Name, e.Target.Table, msg), count: 1,
-		pattern: e.Pattern, problem: problem}
+	b.folded[key] = &folded{msg: msg, count: 1, pattern: e.Pattern, problem: problem}
 	b.foldOrder = append(b.foldOrder, key)
 }
 
@@ -301,6 +305,14 @@ func describeRead(r Read) string {
 		return fmt.Sprintf("%s (which rows exist)", r.Table)
 	}
 	return fmt.Sprintf("%s (%s)", r.Table, quoteList(r.Columns))
+}
+
+func columnNames(cols []discovery.Column) []string {
+	out := make([]string, len(cols))
+	for i, c := range cols {
+		out[i] = c.Name
+	}
+	return out
 }
 
 func kindName(kind byte) string {
