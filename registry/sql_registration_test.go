@@ -156,7 +156,7 @@ func TestSQLRegistrationMatchesApply(t *testing.T) {
 	// Registering the same thing again changes nothing.
 	require.Equal(t, "unchanged", register(t, sqlConn, `SELECT matcol.register_enrichment('venue_cinema', 'public.venue',
 		ARRAY['cinema_name'], 'SELECT v.id, c.name AS cinema_name FROM venue v JOIN cinema c ON c.id = v.cinema_id WHERE v.id = ANY($1)',
-		'[{"table": "public.cinema", "columns": ["id"], "sql": "SELECT id FROM public.venue WHERE cinema_id = ANY($1)"}]')`))
+		'[{"table": "public.cinema", "columns": ["id"], "sql": "SELECT id FROM public.venue WHERE cinema_id = ANY($1)"}]', self => true)`))
 
 	t.Run("update keeps unchanged dependency ids", func(t *testing.T) {
 		before := load(t, sqlConn)
@@ -236,7 +236,7 @@ func TestSQLRegistrationRejects(t *testing.T) {
 			"static must be true or false"},
 		{"a materialized view, not static", `CREATE MATERIALIZED VIEW mv AS SELECT 1 AS id;
 			SELECT matcol.register_enrichment('e', 'venue', ARRAY['seat_count'], 'SELECT 1', '[{"table": "mv", "columns": ["id"]}]')`,
-			"depends_on table mv is not a table"},
+			"depends_on table public.mv is not a table"},
 		{"negative expiry", `SELECT matcol.register_enrichment('e', 'venue', ARRAY['seat_count'], 'SELECT 1', expires_after => '-1 hour')`,
 			"expires_after must not be negative"},
 	}
