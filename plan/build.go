@@ -32,6 +32,8 @@ type builder struct {
 	opts              Options
 	// checks is the transaction instance checks run in: conn, or one on a fresh connection.
 	checks     pgx.Tx
+	// temp holds the transactions whose backend has its temporary schema (see tempSchema).
+	temp map[pgx.Tx]bool
 	checksConn *pgx.Conn
 	checked    int
 }

@@ -47,6 +47,9 @@ func (b *builder) addInstance(d registry.Enrichment, targets map[pgident.Table]*
 		}
 		b.conn = tx
 		defer func() { b.conn = main }()
+		if err := b.tempSchema(); err != nil {
+			return nil, err
+		}
 		if _, err := b.conn.Exec(b.ctx, "SAVEPOINT matcol_instance; SET LOCAL search_path TO "+pgx.Identifier{d.Schema}.Sanitize()); err != nil {
 			return nil, err
 		}

@@ -45,12 +45,33 @@ func readOf(reads []Read, oid uint32) *Read {
 	return nil
 }
 
+// tempSchema makes the backend set up its temporary schema in the transaction itself rather
+// than under a savepoint: set up and rolled back each time, it would be created again for every
+// analysis, and creating a schema makes PostgreSQL plan every cached statement again, readsSQL
+// included. What remains is what any use of a temporary table leaves: the pg_temp_N schema that
+// the backends of this slot share.
+func (b *builder) tempSchema() error {
+	if b.temp[b.conn] {
+		return nil
+	}
+	if _, err := b.conn.Exec(b.ctx, "CREATE TEMPORARY VIEW matcol_reads AS SELECT 1 AS x; DROP VIEW matcol_reads"); err != nil {
+		return fmt.Errorf("set up the temporary schema: %w", err)
+	}
+	if b.temp == nil {
+		b.temp = map[pgx.Tx]bool{}
+	}
+	b.temp[b.conn] = true
+	return nil
+}
+
 // analysis is what one statement reads.
 type analysis struct {
 	reads []Read
 	// calls are functions and operators outside pg_catalog, not written in C: their bodies can
 	// read tables that reads cannot show.
 	calls []string
+	// views are the views followed to the tables in reads.
+	views []pgident.Table
 }
 
 //go:embed reads.sql
@@ -78,16 +99,22 @@ func (b *builder) analyze(sql string, params []uint32, width int) (a *analysis, 
 	for i := range cols {
 		cols[i] = fmt.Sprintf("c%d", i+1)
 	}
-	if _, err := b.conn.Exec(b.ctx, "SAVEPOINT matcol_reads"); err != nil {
+	if err := b.tempSchema(); err != nil {
 		return nil, "", err
 	}
 	defer func() {
-		if _, rbErr := b.conn.Exec(b.ctx, "ROLLBACK TO SAVEPOINT matcol_reads; RELEASE SAVEPOINT matcol_reads"); rbErr != nil && err == nil {
+		// Also when the view failed: the savepoint was made first, in the same round trip. If
+		// it was not, this fails too, and the failure is the connection's, not the statement's.
+		if _, rbErr := b.conn.Exec(b.ctx, "ROLLBACK TO SAVEPOINT matcol_reads; RELEASE SAVEPOINT matcol_reads"); rbErr != nil {
 			a, problem, err = nil, "", rbErr
 		}
 	}()
-	// Simple protocol (no arguments): the statement is not worth a prepared-statement slot.
-	if _, err := b.conn.Exec(b.ctx, "CREATE TEMPORARY VIEW matcol_reads ("+strings.Join(cols, ", ")+") AS "+body); err != nil {
+	// Simple protocol (no arguments): the statement is not worth a prepared-statement slot. The
+	// search_path set after it, reverted with the savepoint, lets every analysis reuse one plan
+	// of readsSQL: PostgreSQL plans a cached statement again when search_path differs, as it does
+	// from one template instance to the next.
+	if _, err := b.conn.Exec(b.ctx, "SAVEPOINT matcol_reads; CREATE TEMPORARY VIEW matcol_reads ("+strings.Join(cols, ", ")+") AS "+
+		body+"\n;\nSET LOCAL search_path TO pg_catalog, pg_temp"); err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) {
 			return nil, pgMessage(err), nil
@@ -106,8 +133,12 @@ func (b *builder) analyze(sql string, params []uint32, width int) (a *analysis, 
 		columns            []string
 	)
 	_, err = pgx.ForEachRow(rows, []any{&oid, &schema, &name, &kind, &whole, &columns}, func() error {
-		if oid == 0 {
+		switch {
+		case oid == 0:
 			a.calls = append(a.calls, name)
+			return nil
+		case kind == "v":
+			a.views = append(a.views, pgident.Table{Schema: schema, Name: name})
 			return nil
 		}
 		a.reads = append(a.reads, Read{Table: pgident.Table{Schema: schema, Name: name}, OID: oid, Kind: kind[0],

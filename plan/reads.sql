@@ -1,6 +1,6 @@
--- What the view pg_temp.matcol_reads reads, following the views it reads to their tables: each table or
--- materialized view or foreign table with the columns read, and the functions outside
--- pg_catalog that may read more (their bodies are opaque to this).
+-- What the view pg_temp.matcol_reads reads, following the views it reads to their tables: each
+-- table or materialized view or foreign table with the columns read, the views followed, and
+-- the functions outside pg_catalog that may read more (their bodies are opaque to this).
 --
 -- pg_depend records the columns each Var names. A whole-row reference (to_jsonb(t), count(t))
 -- is a Var of column 0 whose type is the table's row type; pg_depend folds it into the table's
@@ -51,6 +51,11 @@ SELECT t.oid, t.nspname::text, t.relname::text, t.relkind::text, t.whole,
                  WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
                    AND (t.whole OR a.attnum = ANY (t.subids))), '{}')
 FROM tables t
+UNION ALL
+-- The views followed, as kind 'v'.
+SELECT c.oid, n.nspname::text, c.relname::text, 'v', false, '{}'::text[]
+FROM rules JOIN pg_class c ON c.oid = rules.view JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.oid <> pg_my_temp_schema()
 UNION ALL
 SELECT DISTINCT 0::oid, '', calls.name, '', false, '{}'::text[]
 FROM calls
