@@ -31,9 +31,9 @@ type builder struct {
 	instance, trusted bool
 	opts              Options
 	// checks is the transaction instance checks run in: conn, or one on a fresh connection.
-	checks     pgx.Tx
+	checks pgx.Tx
 	// temp holds the transactions whose backend has its temporary schema (see tempSchema).
-	temp map[pgx.Tx]bool
+	temp       map[pgx.Tx]bool
 	checksConn *pgx.Conn
 	checked    int
 }
