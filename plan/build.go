@@ -31,11 +31,11 @@ type builder struct {
 	instance, trusted bool
 	opts              Options
 	// checks is the transaction instance checks run in: conn, or one on a fresh connection.
-	checks pgx.Tx
-	// temp holds the transactions whose backend has its temporary schema (see tempSchema).
-	temp       map[pgx.Tx]bool
+	checks     pgx.Tx
 	checksConn *pgx.Conn
 	checked    int
+	// temp holds the transactions whose backend has its temporary schema (see tempSchema).
+	temp map[pgx.Tx]bool
 }
 
 func (b *builder) fail(e *registry.Enrichment, format string, args ...any) {
