@@ -36,6 +36,10 @@ type builder struct {
 	checked    int
 	// temp holds the transactions whose backend has its temporary schema (see tempSchema).
 	temp map[pgx.Tx]bool
+	// shapes, code and sameReads let template instances share what they read (see shapeReads).
+	shapes    map[string]*shapeReads
+	code      map[string]bool
+	sameReads bool
 }
 
 func (b *builder) fail(e *registry.Enrichment, format string, args ...any) {
@@ -112,6 +116,14 @@ func (b *builder) build(defs []registry.Enrichment) error {
 		for _, t := range want {
 			b.rels[t] = rels[t] // nil: does not exist
 		}
+		schemas := make([]string, len(instances))
+		for i, d := range instances {
+			schemas[i] = d.Schema
+		}
+		if b.code, err = schemasWithCode(b.ctx, b.conn, schemas); err != nil {
+			return err
+		}
+		b.shapes = map[string]*shapeReads{}
 		valid := map[string]int{}
 		var first = map[string]string{}
 		defer b.closeChecks()

@@ -212,3 +212,37 @@ func TestSelfWatch(t *testing.T) {
 		require.ErrorContains(t, err, `its sql reads column "seat_count" of public.venue, its own output (a whole-row reference reads every column)`)
 	})
 }
+
+// Instances of one shape share one analysis, moved to their own schema; an instance whose
+// tables differ gets its own.
+func TestTemplateInstancesShareReads(t *testing.T) {
+	var ddl strings.Builder
+	for _, s := range []string{"s1", "s2", "s3", "s4"} {
+		fmt.Fprintf(&ddl, `CREATE SCHEMA %[1]s;
+CREATE TABLE %[1]s.item (id int PRIMARY KEY, total bigint, materialized_at timestamptz);
+CREATE TABLE %[1]s.line (id int PRIMARY KEY, item_id int, amount bigint);
+`, s)
+	}
+	ddl.WriteString(`ALTER TABLE s3.line ADD COLUMN note text;
+CREATE FUNCTION s4.anything() RETURNS int LANGUAGE sql AS 'SELECT 1';`)
+	b := setup(t, ddl.String())
+	def := registry.Enrichment{Name: "item_lines", Target: table("s*", "item"), Template: true, Columns: []string{"total"},
+		SQL: `SELECT i.id, count(l)::bigint AS total FROM item i LEFT JOIN line l ON l.item_id = i.id
+			WHERE i.id = ANY($1) GROUP BY i.id`,
+		DependsOn: []registry.Dependency{{Source: table("", "line"), Columns: []string{"item_id"}}}}
+	p := b.mustBuild(t, def)
+	require.Len(t, p.Targets, 4)
+	for i, schema := range []string{"s1", "s2", "s3", "s4"} {
+		e := p.Targets[i].Enrichments[0]
+		line := []string{"*", "amount", "id", "item_id"}
+		if schema == "s3" {
+			line = []string{"*", "amount", "id", "item_id", "note"}
+		}
+		require.Equal(t, map[string][]string{schema + ".item": {"id"}, schema + ".line": line}, reads(e.Reads), schema)
+		for _, r := range e.Reads {
+			var oid uint32
+			require.NoError(t, b.conn.QueryRow(context.Background(), `SELECT $1::regclass::oid`, r.Table.Sanitize()).Scan(&oid))
+			require.Equal(t, oid, r.OID, "%s reads its own %s", schema, r.Table)
+		}
+	}
+}

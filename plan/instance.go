@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/matcol/matcol/discovery"
 	"github.com/matcol/matcol/internal/pgident"
 	"github.com/matcol/matcol/registry"
 )
@@ -57,19 +59,28 @@ func (b *builder) addInstance(d registry.Enrichment, targets map[pgident.Table]*
 	saved := b.problems
 	b.problems = nil
 	b.instance, b.trusted = true, trusted
+	shape := b.shapeKey(d)
+	var same *instanceReads
+	if s := b.shapes[shape]; !trusted && s != nil {
+		same = s.reads.moved(s.schema, d.Schema, b.rels)
+	}
+	b.sameReads = same != nil
 	e := b.add(d, targets, owner)
 	if e != nil && len(b.problems) == 0 {
 		if err := b.resolveDeps(e); err != nil {
 			return nil, err
 		}
-		if trusted {
+		switch {
+		case trusted:
 			known.(*instanceReads).restore(e)
+		case same != nil:
+			same.restore(e)
 		}
 		if len(b.problems) == 0 {
 			b.checkReads(e)
 		}
 	}
-	b.instance, b.trusted = false, false
+	b.instance, b.trusted, b.sameReads = false, false, false
 	probs := b.problems
 	b.problems = saved
 	if !trusted {
@@ -82,6 +93,9 @@ func (b *builder) addInstance(d registry.Enrichment, targets map[pgident.Table]*
 				validatedCount.Store(0)
 			}
 			validated.Store(key, readsOf(e))
+			if shape != "" && b.shapes[shape] == nil && sameEverywhere(e) {
+				b.shapes[shape] = &shapeReads{schema: d.Schema, reads: readsOf(e)}
+			}
 		}
 	}
 	if len(probs) > 0 && e != nil {
@@ -197,4 +211,122 @@ func depSources(d registry.Enrichment) []pgident.Table {
 		out[i] = dep.Source
 	}
 	return out
+}
+
+// A template's instances differ only in their schema, and most tenants' tables are alike. An
+// instance takes what another instance of its template reads, moved to its own schema, instead
+// of a view of its own, when the result cannot differ: the same target and dependency tables,
+// by name within the schema, with the same kinds and the same column names and types; no
+// function or operator in either schema (overload resolution could pick one in one schema and
+// not the other); and the first instance's SQL read nothing but those tables, through no view
+// and no function outside pg_catalog. Its search_path holds only its own schema, so names
+// resolve there or outside every tenant, alike for both.
+type shapeReads struct {
+	schema string
+	reads  *instanceReads
+}
+
+// shapeKey says what an instance's reads depend on besides its schema; "" when it may not
+// share them.
+func (b *builder) shapeKey(d registry.Enrichment) string {
+	if b.code[d.Schema] {
+		return ""
+	}
+	rel := func(t pgident.Table) pgident.Table {
+		if t.Schema == d.Schema {
+			t.Schema = ""
+		}
+		return t
+	}
+	def := d
+	def.Schema, def.Target, def.TargetID = "", rel(d.Target), 0
+	def.DependsOn = make([]registry.Dependency, len(d.DependsOn))
+	for i, dep := range d.DependsOn {
+		dep.Source = rel(dep.Source)
+		def.DependsOn[i] = dep
+	}
+	h := sha256.New()
+	_ = json.NewEncoder(h).Encode(def)
+	for _, t := range append([]pgident.Table{d.Target}, depSources(d)...) {
+		r := b.rels[t]
+		if r == nil {
+			return ""
+		}
+		fmt.Fprintf(h, "%q %c\n", rel(t), r.Kind)
+		if t.Schema != d.Schema {
+			fmt.Fprintf(h, "%d\n", r.OID) // shared: the same table for every instance
+		}
+		for _, c := range r.Columns {
+			fmt.Fprintf(h, "%q %d\n", c.Name, c.TypeOID)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// sameEverywhere reports whether what e reads may be lent to instances of the same shape.
+func sameEverywhere(e *Enrichment) bool {
+	if e.viaViews || len(e.Calls) > 0 {
+		return false
+	}
+	for _, d := range e.deps {
+		if d.viaViews || len(d.Calls) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// moved returns r with the tables of schema from taken from schema to; nil when one is missing.
+func (r *instanceReads) moved(from, to string, rels map[pgident.Table]*discovery.Relation) *instanceReads {
+	move := func(reads []Read) ([]Read, bool) {
+		if reads == nil {
+			return nil, true
+		}
+		out := make([]Read, len(reads))
+		for i, x := range reads {
+			if x.Table.Schema == from {
+				t := pgident.Table{Schema: to, Name: x.Table.Name}
+				rel := rels[t]
+				if rel == nil {
+					return nil, false
+				}
+				x.Table, x.OID = t, rel.OID
+			}
+			out[i] = x
+		}
+		return out, true
+	}
+	m := &instanceReads{calls: r.calls, depCalls: r.depCalls}
+	var ok bool
+	if m.reads, ok = move(r.reads); !ok {
+		return nil
+	}
+	for _, d := range r.deps {
+		reads, ok := move(d)
+		if !ok {
+			return nil
+		}
+		m.deps = append(m.deps, reads)
+	}
+	return m
+}
+
+// schemasWithCode returns the schemas among schemas that hold functions or operators.
+func schemasWithCode(ctx context.Context, tx pgx.Tx, schemas []string) (map[string]bool, error) {
+	rows, err := tx.Query(ctx, `
+		SELECT n.nspname FROM pg_namespace n WHERE n.nspname = ANY($1)
+		  AND (EXISTS (SELECT FROM pg_proc p WHERE p.pronamespace = n.oid)
+		       OR EXISTS (SELECT FROM pg_operator o WHERE o.oprnamespace = n.oid))`, schemas)
+	if err != nil {
+		return nil, fmt.Errorf("find schemas with functions: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("find schemas with functions: %w", err)
+	}
+	out := make(map[string]bool, len(names))
+	for _, n := range names {
+		out[n] = true
+	}
+	return out, nil
 }

@@ -62,6 +62,8 @@ type Enrichment struct {
 	// Calls are functions and operators outside pg_catalog that the SQL calls (see analysis).
 	Calls []string
 	deps  []*Dep // resolved and checked, static ones included
+	// viaViews is true when Reads were found through a view.
+	viaViews bool
 }
 
 // Deps returns the enrichment's resolved dependencies, static ones included.
@@ -87,8 +89,9 @@ type Dep struct {
 	// Reads are what the mapping SQL reads; nil for a direct or static dependency.
 	Reads []Read
 	// Calls are functions the mapping SQL calls outside pg_catalog.
-	Calls []string
-	rel   *discovery.Relation
+	Calls    []string
+	rel      *discovery.Relation
+	viaViews bool
 }
 
 // Direct reports whether the dependency's values are target keys as they are.

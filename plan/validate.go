@@ -87,7 +87,7 @@ func (b *builder) checkSQL(e *Enrichment, rel *discovery.Relation) bool {
 		return false
 	}
 	if a != nil {
-		e.Reads, e.Calls = a.reads, a.calls
+		e.Reads, e.Calls, e.viaViews = a.reads, a.calls, len(a.views) > 0
 	}
 	return true
 }
@@ -98,6 +98,9 @@ func (b *builder) checkSQL(e *Enrichment, rel *discovery.Relation) bool {
 func (b *builder) reads(sd *pgconn.StatementDescription, sql string) (*analysis, error) {
 	if b.instance && len(b.problems) > 0 {
 		return nil, nil // the transaction is aborted; the instance is skipped anyway
+	}
+	if b.sameReads {
+		return nil, nil // taken from an instance of the same shape (see shapeReads)
 	}
 	a, problem, err := b.analyze(sql, sd.ParamOIDs, len(sd.Fields))
 	if err != nil {
@@ -183,7 +186,7 @@ func (b *builder) checkDep(d *Dep, rel *discovery.Relation) bool {
 		return false
 	}
 	if a != nil {
-		d.Reads, d.Calls = a.reads, a.calls
+		d.Reads, d.Calls, d.viaViews = a.reads, a.calls, len(a.views) > 0
 	}
 	return true
 }
