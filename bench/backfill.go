@@ -218,7 +218,7 @@ func (lc loadedCase) run(ctx context.Context, r *report, admin *pgx.Conn, o live
 
 // enrichmentOn is an enrichment of public.target that depends on public.source's column.
 func enrichmentOn(name, target, source, column, sql string, columns ...string) registry.Enrichment {
-	def := registry.Enrichment{Name: name, Self: true, SQL: sql, Columns: columns,
+	def := registry.Enrichment{Name: name, Self: new(true), SQL: sql, Columns: columns,
 		DependsOn: []registry.Dependency{{Columns: []string{column}}}}
 	def.Target.Schema, def.Target.Name = "public", target
 	def.DependsOn[0].Source.Schema, def.DependsOn[0].Source.Name = "public", source

@@ -152,7 +152,7 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 	fmt.Printf("loaded in %s\n", time.Since(start).Round(time.Second))
 
 	// Full backfill: the set-based UPDATE, REFRESH MATERIALIZED VIEW, and matcol backfill.
-	def := registry.Enrichment{Name: "seat_counts", Self: true, SQL: seatEnrichment,
+	def := registry.Enrichment{Name: "seat_counts", Self: new(true), SQL: seatEnrichment,
 		Columns: []string{"sold_count", "reserved_count", "empty_count"}}
 	def.Target.Schema, def.Target.Name = "public", "event_seat_state_change"
 	seatCase := backfillCase{conn: conn, dsn: dsn, def: def, setBased: setBasedUpdate, table: "event_seat_state_change",

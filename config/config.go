@@ -104,7 +104,9 @@ type Enrichment struct {
 	SQL     string   `mapstructure:"sql"`
 	// ExpiresAfter re-materializes rows older than this. Defaults to never.
 	ExpiresAfter time.Duration `mapstructure:"expires_after"`
-	// Self makes changes to the target row's own columns invalidate it. Defaults to true.
+	// Self says which updates of a target row make it stale. Unset (the default): an update that
+	// changes a column the enrichment's SQL reads, or a key column. true: an update of any column
+	// but matcol's own. false: none, only inserts.
 	Self      *bool        `mapstructure:"self"`
 	DependsOn []Dependency `mapstructure:"depends_on"`
 	// BatchSize overrides materializer.batch_size for this enrichment's table.
@@ -125,7 +127,7 @@ type Enrichment struct {
 	MinInterval time.Duration `mapstructure:"min_interval"`
 }
 
-// SelfEnabled reports whether self invalidation is on.
+// SelfEnabled reports whether some update of a target row makes it stale (self unset or true).
 func (e Enrichment) SelfEnabled() bool { return e.Self == nil || *e.Self }
 
 // Dependency names a source table whose changes make target rows stale.
@@ -134,6 +136,10 @@ type Dependency struct {
 	Columns []string `mapstructure:"columns"`
 	// SQL maps the columns' values ($1..$n arrays) to target keys; empty means the values are keys.
 	SQL string `mapstructure:"sql"`
+	// Static says the table never changes (a lookup table, a materialized view, a foreign
+	// table): no columns, no sql, no trigger; it only tells apply that the enrichment reads the
+	// table on purpose. Defaults to false.
+	Static bool `mapstructure:"static"`
 }
 
 // Matview is a materialized view refreshed on a schedule.
@@ -369,8 +375,11 @@ func (e Enrichment) validate(key string, p *Problems) {
 		} else if _, err := pgident.ParseTable(d.Table); err != nil {
 			p.add(dk+".table", "%v", err)
 		}
-		if len(d.Columns) == 0 {
-			p.add(dk+".columns", "lists no column")
+		switch {
+		case d.Static && (len(d.Columns) > 0 || strings.TrimSpace(d.SQL) != ""):
+			p.add(dk+".static", "a static table takes no columns and no sql (it gets no trigger); drop them, or drop static")
+		case !d.Static && len(d.Columns) == 0:
+			p.add(dk+".columns", "lists no column (the columns whose values carry target keys); or say static: true for a table that never changes")
 		}
 		for _, c := range d.Columns {
 			if c == "" {

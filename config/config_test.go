@@ -33,6 +33,8 @@ enrichments:
       - table: '"Shop"."Order"'
         columns: ["Total Cents"]
         sql: SELECT id FROM public.venue WHERE cinema_id = ANY($1)
+      - table: public.currency
+        static: true
 matviews:
   - name: public.daily_admissions
     refresh_interval: 10m
@@ -59,6 +61,8 @@ func TestLoadExample(t *testing.T) {
 	require.True(t, e.SelfEnabled())
 	require.Equal(t, []string{"Total Cents"}, e.DependsOn[1].Columns)
 	require.Equal(t, `"Shop"."Order"`, e.DependsOn[1].Table)
+	require.Nil(t, e.Self, "self unset: read-based")
+	require.True(t, e.DependsOn[2].Static)
 	require.Equal(t, 30*time.Minute, cfg.Matviews[0].MaximumExecutionDuration)
 }
 
@@ -92,7 +96,7 @@ enrichments:
     columns: [y]
     sql: SELECT 1
     min_interval: -1s
-    depends_on: [{table: s}]
+    depends_on: [{table: s}, {table: u, static: true, columns: [x]}]
 `), nil)
 	require.NoError(t, err)
 	err = cfg.Validate()
@@ -109,6 +113,7 @@ enrichments:
 		"enrichments[0] (a).sql: is required",
 		"enrichments[1] (a).name: duplicates enrichments[0]",
 		"enrichments[1] (a).depends_on[0].columns: lists no column",
+		"enrichments[1] (a).depends_on[1].static: a static table takes no columns and no sql",
 		"enrichments[1] (a).min_interval: must not be negative",
 	} {
 		require.Contains(t, msg, want)

@@ -48,7 +48,7 @@ func Definitions(cfg *config.Config) ([]registry.Enrichment, error) {
 			return nil, fmt.Errorf("enrichment %s: table: %w", e.Name, err)
 		}
 		d := registry.Enrichment{Name: e.Name, Target: t, Template: template, Columns: e.Columns, SQL: e.SQL,
-			ExpiresAfter: e.ExpiresAfter, Self: e.SelfEnabled(),
+			ExpiresAfter: e.ExpiresAfter, Self: e.Self,
 			Settings: registry.Settings{BatchSize: e.BatchSize, StatementTimeout: e.StatementTimeout,
 				LockTimeout: e.LockTimeout, WorkMem: e.WorkMem, GUCs: e.Settings, Priority: e.Priority,
 				MinInterval: e.MinInterval}}
@@ -57,7 +57,7 @@ func Definitions(cfg *config.Config) ([]registry.Enrichment, error) {
 			if err != nil {
 				return nil, fmt.Errorf("enrichment %s: depends_on table: %w", e.Name, err)
 			}
-			d.DependsOn = append(d.DependsOn, registry.Dependency{Source: st, Columns: dep.Columns, SQL: dep.SQL})
+			d.DependsOn = append(d.DependsOn, registry.Dependency{Source: st, Columns: dep.Columns, SQL: dep.SQL, Static: dep.Static})
 		}
 		out = append(out, d)
 	}
@@ -68,6 +68,20 @@ func Definitions(cfg *config.Config) ([]registry.Enrichment, error) {
 // catalog, syncs them into the registry and generates the triggers, all in one transaction: on
 // any problem nothing is written.
 func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, error) {
+	return apply(ctx, cfg, log, false)
+}
+
+// Explain validates the config as Apply does, up to the triggers, inside a transaction that it
+// rolls back: it writes nothing and takes no lock that writers wait for. The report's Plan says
+// what each enrichment reads and what makes its rows stale (plan.Plan.Explain).
+func Explain(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, error) {
+	return apply(ctx, cfg, log, true)
+}
+
+// errExplained rolls back Explain's transaction.
+var errExplained = errors.New("explained")
+
+func apply(ctx context.Context, cfg *config.Config, log hclog.Logger, explain bool) (*Report, error) {
 	defs, err := Definitions(cfg)
 	if err != nil {
 		return nil, err
@@ -81,7 +95,7 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 	// Template instances are validated on connections of their own, which must see schema
 	// matcol: install it first, in a transaction of its own.
 	for _, d := range defs {
-		if d.Template {
+		if d.Template && !explain {
 			if rep.Installed, err = registry.Install(ctx, conn); err != nil {
 				return nil, err
 			}
@@ -106,6 +120,9 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		opts := plan.Options{Connect: func(ctx context.Context) (*pgx.Conn, error) {
 			return dial.Connect(ctx, cfg.DatabaseURL, "apply")
 		}}
+		if explain {
+			opts.Connect = nil // fresh connections would not see the uncommitted install
+		}
 		if cfg.Registration != "sql" {
 			p, err := plan.BuildWith(ctx, tx, defs, opts)
 			if err != nil {
@@ -129,6 +146,9 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 			return err
 		}
 		log.Debug("sampled", "elapsed", time.Since(start).Round(time.Millisecond))
+		if explain {
+			return errExplained
+		}
 		tables, err := discovery.Scan(ctx, tx)
 		if err != nil {
 			return err
@@ -167,6 +187,9 @@ func Apply(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Report, 
 		rep.Matviews, err = refresh.Sync(ctx, tx, cfg.Matviews)
 		return err
 	})
+	if explain && errors.Is(err, errExplained) {
+		return rep, nil
+	}
 	if err != nil {
 		var pe interface{ SQLState() string }
 		if errors.As(err, &pe) && pe.SQLState() == "55P03" {

@@ -79,8 +79,11 @@ func Scan(ctx context.Context, q Querier) ([]Table, error) {
 
 // Relation describes any table, for validating enrichments and dependencies.
 type Relation struct {
-	OID             uint32
-	Name            pgident.Table
+	OID  uint32
+	Name pgident.Table
+	// Kind is pg_class.relkind: 'r' or 'p' for tables; 'm' (materialized view) and 'f' (foreign
+	// table) never fire triggers; 'v' is a view.
+	Kind            byte
 	Columns         []Column
 	Key             []Column
 	ReplicaIdentity byte
@@ -101,8 +104,8 @@ func (r *Relation) Column(name string) (Column, bool) {
 //go:embed relation.sql
 var relationSQL string
 
-// LookupRelation finds a table by name. An empty schema resolves through search_path. It returns
-// nil, nil when there is no such table.
+// LookupRelation finds a table, materialized view, foreign table or view by name (Kind tells
+// which). An empty schema resolves through search_path. It returns nil, nil when there is none.
 func LookupRelation(ctx context.Context, q Querier, name pgident.Table) (*Relation, error) {
 	var oid uint32
 	var err error
@@ -110,7 +113,7 @@ func LookupRelation(ctx context.Context, q Querier, name pgident.Table) (*Relati
 		err = q.QueryRow(ctx, `SELECT coalesce(to_regclass($1)::oid, 0)`, pgx.Identifier{name.Name}.Sanitize()).Scan(&oid)
 	} else {
 		err = q.QueryRow(ctx, `SELECT coalesce((SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r','p')), 0)`, name.Schema, name.Name).Scan(&oid)
+			WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r','p','m','f','v')), 0)`, name.Schema, name.Name).Scan(&oid)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up %s: %w", name, err)
@@ -119,7 +122,7 @@ func LookupRelation(ctx context.Context, q Querier, name pgident.Table) (*Relati
 		return nil, nil
 	}
 	r := &Relation{OID: oid}
-	var ident string
+	var kind, ident string
 	rows, err := q.Query(ctx, relationSQL, oid)
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", name, err)
@@ -128,7 +131,7 @@ func LookupRelation(ctx context.Context, q Querier, name pgident.Table) (*Relati
 	for rows.Next() {
 		var c Column
 		var keyPos, identPos int
-		if err := rows.Scan(&r.Name.Schema, &r.Name.Name, &ident, &c.Name, &c.Type, &c.TypeOID, &c.NotNull, &keyPos, &identPos); err != nil {
+		if err := rows.Scan(&r.Name.Schema, &r.Name.Name, &kind, &ident, &c.Name, &c.Type, &c.TypeOID, &c.NotNull, &keyPos, &identPos); err != nil {
 			return nil, fmt.Errorf("read columns of %s: %w", name, err)
 		}
 		r.addColumn(c, keyPos, identPos)
@@ -138,6 +141,9 @@ func LookupRelation(ctx context.Context, q Querier, name pgident.Table) (*Relati
 	}
 	if ident != "" {
 		r.ReplicaIdentity = ident[0]
+	}
+	if kind != "" {
+		r.Kind = kind[0]
 	}
 	return r, nil
 }
@@ -171,7 +177,7 @@ func LookupRelations(ctx context.Context, q Querier, names []pgident.Table) (map
 	}
 	rows, err := q.Query(ctx, `WITH want AS (SELECT DISTINCT c.oid FROM unnest($1::text[], $2::text[]) AS w(s, n)
 			JOIN pg_namespace ns ON ns.nspname = w.s JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = w.n
-			WHERE c.relkind IN ('r', 'p'))
+			WHERE c.relkind IN ('r', 'p', 'm', 'f', 'v'))
 		SELECT "matcol want".oid, q.* FROM want AS "matcol want" CROSS JOIN LATERAL (`+
 		strings.Replace(strings.TrimSpace(relationSQLBody()), "$1", `"matcol want".oid`, 1)+`) q`,
 		schemas, tables)
@@ -182,15 +188,15 @@ func LookupRelations(ctx context.Context, q Querier, names []pgident.Table) (map
 	for rows.Next() {
 		var oid uint32
 		var name pgident.Table
-		var ident string
+		var kind, ident string
 		var c Column
 		var keyPos, identPos int
-		if err := rows.Scan(&oid, &name.Schema, &name.Name, &ident, &c.Name, &c.Type, &c.TypeOID, &c.NotNull, &keyPos, &identPos); err != nil {
+		if err := rows.Scan(&oid, &name.Schema, &name.Name, &kind, &ident, &c.Name, &c.Type, &c.TypeOID, &c.NotNull, &keyPos, &identPos); err != nil {
 			return nil, fmt.Errorf("read tables: %w", err)
 		}
 		r := out[name]
 		if r == nil {
-			r = &Relation{OID: oid, Name: name}
+			r = &Relation{OID: oid, Name: name, Kind: kind[0]}
 			if ident != "" {
 				r.ReplicaIdentity = ident[0]
 			}

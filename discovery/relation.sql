@@ -1,6 +1,6 @@
--- The columns of one table, with each column's position in the primary key and in the replica
--- identity (0 when not part of it).
-SELECT n.nspname, c.relname, c.relreplident::text, a.attname, format_type(a.atttypid, a.atttypmod),
+-- The columns of one table (or materialized view, or foreign table), with each column's position
+-- in the primary key and in the replica identity (0 when not part of it).
+SELECT n.nspname, c.relname, c.relkind::text, c.relreplident::text, a.attname, format_type(a.atttypid, a.atttypmod),
        a.atttypid, a.attnotnull,
        coalesce((SELECT k.ord FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
                  WHERE i.indrelid = c.oid AND i.indisprimary AND k.attnum = a.attnum), 0)::int,

@@ -27,7 +27,7 @@ func TestBackfillNeverOverwritesFresherRow(t *testing.T) {
 	pgtest.Exec(t, b.conn, `CREATE FUNCTION backfill_gate() RETURNS boolean LANGUAGE sql VOLATILE AS
 		$$SELECT CASE WHEN current_setting('application_name') LIKE '%backfill%'
 		     THEN pg_advisory_lock_shared(4242) IS NOT NULL AND pg_advisory_unlock_shared(4242) ELSE true END$$`)
-	defs := []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"), Columns: []string{"seat_count"}, Self: true,
+	defs := []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"), Columns: []string{"seat_count"}, Self: new(true),
 		SQL: `SELECT v.id, sum(e.seats)::bigint AS seat_count FROM venue v LEFT JOIN event e ON e.venue_id = v.id
 			WHERE v.id = ANY($1) AND backfill_gate() GROUP BY v.id`,
 		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}}
@@ -121,7 +121,7 @@ func TestBackfillCompositeKeyAndWhere(t *testing.T) {
 					PRIMARY KEY ("order id", "no."));
 				INSERT INTO "Ünï ""q"""."Line item" ("order id", "no.", qty) SELECT o, 'n' || l, o * 10 + l
 				FROM generate_series(1, 40) o, generate_series(1, 3) l`)
-			defs := []registry.Enrichment{{Name: "doubled", Target: tableName(`Ünï "q"`, "Line item"), Columns: []string{"doubled"}, Self: true,
+			defs := []registry.Enrichment{{Name: "doubled", Target: tableName(`Ünï "q"`, "Line item"), Columns: []string{"doubled"}, Self: new(true),
 				SQL: `SELECT l."order id", l."no.", l.qty * 2 AS doubled
 					FROM "Ünï ""q"""."Line item" l JOIN unnest($1::bigint[], $2::text[]) AS k(o, n) ON (k.o, k.n) = (l."order id", l."no.")
 					-- $3 in a comment, '$1' in a string: left alone
@@ -166,7 +166,7 @@ func TestBackfillSlowBatchesAloneDoNotThrottle(t *testing.T) {
 		CREATE FUNCTION slow_row(id bigint) RETURNS boolean LANGUAGE plpgsql VOLATILE AS
 		  $$BEGIN PERFORM pg_sleep((SELECT s FROM slow)); RETURN true; END$$;
 		INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(3, 40) g`)
-	defs := []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"), Columns: []string{"seat_count"}, Self: true,
+	defs := []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"), Columns: []string{"seat_count"}, Self: new(true),
 		SQL: `SELECT v.id, sum(e.seats)::bigint AS seat_count FROM venue v LEFT JOIN event e ON e.venue_id = v.id
 			WHERE v.id = ANY($1) AND slow_row(v.id) GROUP BY v.id`,
 		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}}

@@ -27,7 +27,7 @@ func TestMinIntervalDebouncesHotRow(t *testing.T) {
 			runCtx, cancel := context.WithCancel(ctx)
 			defer cancel()
 			defs := []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"), Columns: []string{"seat_count"},
-				SQL: venueSQL, Self: true, Settings: registry.Settings{MinInterval: tc.interval},
+				SQL: venueSQL, Self: new(true), Settings: registry.Settings{MinInterval: tc.interval},
 				DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}}
 			applyDefs(t, b.conn, defs)
 			p := reload(t, b)

@@ -61,7 +61,7 @@ func setupOn(t *testing.T, dsn string, cfg materializer.Config) *bundle {
 	require.NoError(t, err)
 	require.NoError(t, tx.Commit(ctx))
 	defs := []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"), Columns: []string{"seat_count"},
-		SQL: venueSQL, Self: true, DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}}
+		SQL: venueSQL, Self: new(true), DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}}
 	applyDefs(t, conn, defs)
 	pool, err := dial.Pool(ctx, dsn, "test", dial.PoolOptions{MaxConns: 4})
 	require.NoError(t, err)
@@ -216,9 +216,9 @@ func TestOwnWritesDoNotInvalidate(t *testing.T) {
 	// venue is also a source here: another enrichment reads it, so its triggers see matcol's writes.
 	pgtest.Exec(t, b.conn, `CREATE TABLE summary (id int PRIMARY KEY, venues bigint, materialized_at timestamptz); INSERT INTO summary VALUES (1)`)
 	defs := []registry.Enrichment{
-		{Name: "venue_seats", Target: tableName("public", "venue"), Columns: []string{"seat_count"}, SQL: venueSQL, Self: true,
+		{Name: "venue_seats", Target: tableName("public", "venue"), Columns: []string{"seat_count"}, SQL: venueSQL, Self: new(true),
 			DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}},
-		{Name: "summary", Target: tableName("public", "summary"), Columns: []string{"venues"}, Self: true,
+		{Name: "summary", Target: tableName("public", "summary"), Columns: []string{"venues"}, Self: new(true),
 			SQL: `SELECT s.id, (SELECT count(*) FROM venue) AS venues FROM summary s WHERE s.id = ANY($1)`,
 			DependsOn: []registry.Dependency{{Source: tableName("public", "venue"), Columns: []string{"id"},
 				SQL: `SELECT 1 FROM (SELECT $1::bigint[]) x`}}},

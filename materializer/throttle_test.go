@@ -86,7 +86,7 @@ func slowVenues(t *testing.T, cfg materializer.Config) (*bundle, func(where stri
 		INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(3, 32) g`)
 	defs := []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"), Columns: []string{"seat_count"},
 		SQL: `SELECT v.id, sum(e.seats)::bigint AS seat_count FROM venue v LEFT JOIN event e ON e.venue_id = v.id
-			WHERE v.id = ANY($1) AND slow_row(v.id) GROUP BY v.id`, Self: true,
+			WHERE v.id = ANY($1) AND slow_row(v.id) GROUP BY v.id`, Self: new(true),
 		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}}
 	applyDefs(t, b.conn, defs)
 	reload(t, b)

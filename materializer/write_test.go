@@ -65,7 +65,7 @@ func TestOwnWritesSkipSelfFunction(t *testing.T) {
 func TestDuplicateKeyIsQuarantined(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
-	defs := []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"), Columns: []string{"seat_count"}, Self: true,
+	defs := []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"), Columns: []string{"seat_count"}, Self: new(true),
 		SQL:       venueSQL + ` UNION ALL SELECT 2, 99 WHERE 2 = ANY($1)`,
 		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}}
 	applyDefs(t, b.conn, defs)

@@ -27,9 +27,11 @@ type Enrichment struct {
 	Columns      []string
 	SQL          string
 	ExpiresAfter time.Duration
-	Self         bool
-	Settings     Settings
-	DependsOn    []Dependency
+	// Self is nil by default: an update of a target row makes it stale when it changes a column the
+	// enrichment reads. true: any column but matcol's own (the old default); false: only inserts.
+	Self      *bool
+	Settings  Settings
+	DependsOn []Dependency
 }
 
 // Settings are per-enrichment knobs, stored as JSON.
@@ -58,6 +60,9 @@ type Dependency struct {
 	Source  pgident.Table
 	Columns []string
 	SQL     string
+	// Static names a table that never changes: it lists no columns and gets no trigger, and only
+	// tells apply that the enrichment reads it on purpose.
+	Static bool
 }
 
 // Load returns every registered enrichment, ordered by name.
@@ -68,7 +73,7 @@ func Load(ctx context.Context, q interface {
 		SELECT e.name, t.id, t.schema_name, t.table_name, e.columns, e.sql,
 		       coalesce(extract(epoch FROM e.expires_after), 0)::float8, e.self, e.settings, e.template,
 		       coalesce((SELECT jsonb_agg(jsonb_build_object('id', d.id, 'schema', d.source_schema,
-		                  'table', d.source_table, 'columns', d.columns, 'sql', coalesce(d.sql, '')) ORDER BY d.id)
+		                  'table', d.source_table, 'columns', d.columns, 'sql', coalesce(d.sql, ''), 'static', d.static) ORDER BY d.id)
 		                 FROM matcol.dependency d WHERE d.enrichment = e.name), '[]')
 		FROM matcol.enrichment e JOIN matcol.target t ON t.id = e.target_id
 		ORDER BY e.name`)
@@ -95,13 +100,14 @@ func Load(ctx context.Context, q interface {
 			Table   string   `json:"table"`
 			Columns []string `json:"columns"`
 			SQL     string   `json:"sql"`
+			Static  bool     `json:"static"`
 		}
 		if err := json.Unmarshal(deps, &ds); err != nil {
 			return nil, fmt.Errorf("load enrichment %s dependencies: %w", e.Name, err)
 		}
 		for _, d := range ds {
 			e.DependsOn = append(e.DependsOn, Dependency{ID: d.ID, Source: pgident.Table{Schema: d.Schema, Name: d.Table},
-				Columns: d.Columns, SQL: d.SQL})
+				Columns: d.Columns, SQL: d.SQL, Static: d.Static})
 		}
 		out = append(out, e)
 	}
@@ -206,13 +212,17 @@ func syncDeps(ctx context.Context, tx pgx.Tx, d Enrichment) error {
 	var keepIDs []int32
 	for _, dep := range d.DependsOn {
 		var id int32
+		cols := dep.Columns
+		if cols == nil {
+			cols = []string{} // a static dependency lists none; the column is NOT NULL
+		}
 		err := tx.QueryRow(ctx, `
-			INSERT INTO matcol.dependency (enrichment, source_schema, source_table, columns, sql)
-			VALUES ($1, $2, $3, $4, nullif($5, ''))
+			INSERT INTO matcol.dependency (enrichment, source_schema, source_table, columns, sql, static)
+			VALUES ($1, $2, $3, $4, nullif($5, ''), $6)
 			ON CONFLICT (enrichment, source_schema, source_table, columns)
-			DO UPDATE SET sql = excluded.sql
+			DO UPDATE SET sql = excluded.sql, static = excluded.static
 			RETURNING id`,
-			d.Name, dep.Source.Schema, dep.Source.Name, dep.Columns, dep.SQL).Scan(&id)
+			d.Name, dep.Source.Schema, dep.Source.Name, cols, dep.SQL, dep.Static).Scan(&id)
 		if err != nil {
 			return fmt.Errorf("register dependency of %s on %s: %w", d.Name, dep.Source, err)
 		}
@@ -232,7 +242,7 @@ func syncDeps(ctx context.Context, tx pgx.Tx, d Enrichment) error {
 
 func depsEqual(a, b []Dependency) bool {
 	return slices.EqualFunc(a, b, func(x, y Dependency) bool {
-		return x.Source == y.Source && slices.Equal(x.Columns, y.Columns) && x.SQL == y.SQL
+		return x.Source == y.Source && slices.Equal(x.Columns, y.Columns) && x.SQL == y.SQL && x.Static == y.Static
 	})
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/matcol/matcol/config"
 	"github.com/matcol/matcol/daemon"
 	"github.com/matcol/matcol/internal/demo"
+	"github.com/matcol/matcol/internal/pgident"
 	"github.com/matcol/matcol/internal/pgtest"
 	"github.com/matcol/matcol/registry"
 )
@@ -40,6 +41,7 @@ enrichments:
     table: public.venue
     columns: [cinema_name]
     sql: SELECT v.id, c.name AS cinema_name FROM venue v JOIN cinema c ON c.id = v.cinema_id WHERE v.id = ANY($1)
+    self: true
     depends_on:
       - table: public.cinema
         columns: [id]
@@ -58,6 +60,8 @@ enrichments:
     depends_on:
       - table: public.seat_state
         columns: [change_id]
+      - table: public.cinema
+        static: true
 `
 
 // The same three enrichments, registered in SQL as a team would in its migrations. In name order,
@@ -73,11 +77,12 @@ SELECT matcol.register_enrichment(
 FROM event_seat_state_change c LEFT JOIN seat_state s ON s.change_id = c.id
 WHERE c.id = ANY($1) GROUP BY c.id
 $q$,
-    depends_on => '[{"table": "public.seat_state", "columns": ["change_id"]}]',
+    depends_on => '[{"table": "public.seat_state", "columns": ["change_id"]}, {"table": "cinema", "static": true}]',
     self => false);
 SELECT matcol.register_enrichment('venue_cinema', 'public.venue', ARRAY['cinema_name'],
     'SELECT v.id, c.name AS cinema_name FROM venue v JOIN cinema c ON c.id = v.cinema_id WHERE v.id = ANY($1)',
-    '[{"table": "public.cinema", "columns": ["id"], "sql": "SELECT id FROM public.venue WHERE cinema_id = ANY($1)"}]');
+    '[{"table": "public.cinema", "columns": ["id"], "sql": "SELECT id FROM public.venue WHERE cinema_id = ANY($1)"}]',
+    self => true);
 SELECT matcol.register_enrichment(
     name => 'venue_counts', target => 'venue',
     columns => ARRAY['auditorium_count', 'seat_count'],
@@ -137,6 +142,12 @@ func TestSQLRegistrationMatchesApply(t *testing.T) {
 	want := load(t, yamlConn)
 	require.Len(t, want, 3)
 	require.Equal(t, want, load(t, sqlConn), "SQL registration must store what apply stores")
+	// self is tri-state both ways: unset, true, false.
+	require.Nil(t, want[2].Self, "venue_counts leaves self unset")
+	require.Equal(t, new(true), want[1].Self, "venue_cinema says self: true")
+	require.Equal(t, new(false), want[0].Self, "seat_counts says self: false")
+	require.Equal(t, registry.Dependency{ID: want[0].DependsOn[1].ID, Source: pgident.Table{Schema: "public", Name: "cinema"},
+		Columns: []string{}, Static: true}, want[0].DependsOn[1])
 
 	// The daemon accepts what SQL registered: the plan builds and validates.
 	_, _, err = daemon.LoadPlan(ctx, sqlConn)
@@ -145,7 +156,7 @@ func TestSQLRegistrationMatchesApply(t *testing.T) {
 	// Registering the same thing again changes nothing.
 	require.Equal(t, "unchanged", register(t, sqlConn, `SELECT matcol.register_enrichment('venue_cinema', 'public.venue',
 		ARRAY['cinema_name'], 'SELECT v.id, c.name AS cinema_name FROM venue v JOIN cinema c ON c.id = v.cinema_id WHERE v.id = ANY($1)',
-		'[{"table": "public.cinema", "columns": ["id"], "sql": "SELECT id FROM public.venue WHERE cinema_id = ANY($1)"}]')`))
+		'[{"table": "public.cinema", "columns": ["id"], "sql": "SELECT id FROM public.venue WHERE cinema_id = ANY($1)"}]', self => true)`))
 
 	t.Run("update keeps unchanged dependency ids", func(t *testing.T) {
 		before := load(t, sqlConn)
@@ -219,6 +230,13 @@ func TestSQLRegistrationRejects(t *testing.T) {
 			"depends_on table nosuch does not exist"},
 		{"unknown setting", `SELECT matcol.register_enrichment('e', 'venue', ARRAY['seat_count'], 'SELECT 1', settings => '{"batchsize": 1}')`,
 			"unknown setting batchsize"},
+		{"static with columns", `SELECT matcol.register_enrichment('e', 'venue', ARRAY['seat_count'], 'SELECT 1', '[{"table": "event", "static": true, "columns": ["id"]}]')`,
+			"a static table takes no columns and no sql"},
+		{"static not a boolean", `SELECT matcol.register_enrichment('e', 'venue', ARRAY['seat_count'], 'SELECT 1', '[{"table": "event", "static": "yes"}]')`,
+			"static must be true or false"},
+		{"a materialized view, not static", `CREATE MATERIALIZED VIEW mv AS SELECT 1 AS id;
+			SELECT matcol.register_enrichment('e', 'venue', ARRAY['seat_count'], 'SELECT 1', '[{"table": "mv", "columns": ["id"]}]')`,
+			"depends_on table public.mv is not a table"},
 		{"negative expiry", `SELECT matcol.register_enrichment('e', 'venue', ARRAY['seat_count'], 'SELECT 1', expires_after => '-1 hour')`,
 			"expires_after must not be negative"},
 	}

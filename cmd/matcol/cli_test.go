@@ -218,8 +218,13 @@ func TestApplyRejectsBadInputNamingTheCulprit(t *testing.T) {
 			"    depends_on:\n      - table: public.event\n        columns: [venue]\n",
 			[]string{"enrichment e11", `depends_on public.event: column "venue" does not exist`}},
 		{"duplicate keys", fmt.Sprintf(base, "e13", "public.venue", "seat_count",
-			`"SELECT v.id, 1::bigint AS seat_count FROM venue v JOIN event e ON e.venue_id = v.id WHERE v.id = ANY($1)"`),
+			`"SELECT v.id, 1::bigint AS seat_count FROM venue v JOIN event e ON e.venue_id = v.id WHERE v.id = ANY($1)"`) +
+			"    depends_on:\n      - table: public.event\n        columns: [venue_id]\n",
 			[]string{"enrichment e13", "fails on existing rows of public.venue", "returned a key more than once"}},
+		{"uncovered table", fmt.Sprintf(base, "e15", "public.venue", "seat_count",
+			`"SELECT v.id, count(e.id) AS seat_count FROM venue v LEFT JOIN event e ON e.venue_id = v.id WHERE v.id = ANY($1) GROUP BY v.id"`),
+			[]string{"enrichment e15", "its sql reads public.event (id, venue_id), which no depends_on entry covers",
+				"add to depends_on {table: public.event, columns: [<its columns that hold public.venue's key>]}"}},
 		{"runtime error", fmt.Sprintf(base, "e14", "public.venue", "seat_count",
 			`"SELECT v.id, (1 / (v.id - 5))::bigint AS seat_count FROM venue v WHERE v.id = ANY($1)"`),
 			[]string{"enrichment e14", "fails on existing rows", "division by zero"}},
@@ -245,4 +250,24 @@ func TestApplyRejectsBadInputNamingTheCulprit(t *testing.T) {
 			require.Equal(t, 100, venues)
 		})
 	}
+}
+
+func TestApplyExplainWritesNothing(t *testing.T) {
+	dsn := cinemaDB(t)
+	env := []string{"MATCOL_DATABASE_URL=" + dsn, "MATCOL_STATUS_LISTEN="}
+	r := matcol(t, env, "apply", "--explain", "-c", writeConfig(t, demo.Config))
+	require.Zero(t, r.code, r.stderr)
+	require.Contains(t, r.stdout, `enrichment venue_cinema: public.venue (cinema_name)
+  reads:
+    public.cinema: id, name
+    public.venue: cinema_id, id
+  made stale by:
+    inserts into public.venue
+    updates of public.venue changing cinema_id, id
+    public.cinema: keys mapped from id by sql reading public.venue (cinema_id, id); changes to id, name
+`)
+	conn := pgtest.Connect(t, dsn)
+	var installed bool
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT to_regclass('matcol.enrichment') IS NOT NULL`).Scan(&installed))
+	require.False(t, installed, "--explain must write nothing")
 }

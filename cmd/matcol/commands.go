@@ -45,7 +45,8 @@ func newInstall(g *globals) *cobra.Command {
 }
 
 func newApply(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var explain bool
+	cmd := &cobra.Command{
 		Use:   "apply",
 		Short: "Sync the config's enrichments into the registry and validate them",
 		Args:  cobra.NoArgs,
@@ -55,11 +56,25 @@ func newApply(g *globals) *cobra.Command {
 				return err
 			}
 			log := logger(cfg)
+			out := cmd.OutOrStdout()
+			if explain {
+				rep, err := daemon.Explain(cmd.Context(), cfg, log)
+				if err != nil {
+					return err
+				}
+				fmt.Fprint(out, rep.Plan.Explain())
+				for _, w := range rep.Plan.Warnings {
+					fmt.Fprintf(out, "\nwarning: %s\n", w)
+				}
+				for _, s := range rep.Plan.Skipped {
+					fmt.Fprintf(out, "\nskipped: %s\n", s)
+				}
+				return nil
+			}
 			rep, err := daemon.Apply(cmd.Context(), cfg, log)
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
 			for _, n := range rep.Changes.Added {
 				fmt.Fprintf(out, "added enrichment %s\n", n)
 			}
@@ -88,6 +103,9 @@ func newApply(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&explain, "explain", false,
+		"validate and print what each enrichment reads and what makes its rows stale; write nothing")
+	return cmd
 }
 
 func newRun(g *globals) *cobra.Command {

@@ -118,8 +118,7 @@ enrichments:
     sql: SELECT i.id, (SELECT count(*) FROM line l WHERE l.item_id = i.id)::int AS lines FROM item i WHERE i.id = ANY($1)
     depends_on:
       - table: public.line
-        columns: [id]
-        sql: SELECT item_id FROM public.line WHERE id = ANY($1)
+        columns: [item_id]
 `)
 	r := startDaemon(t, b, "matcol")
 	p := r.d.Mat.Plan()

@@ -25,7 +25,7 @@ INSERT INTO event VALUES (1, 1, 10, 'a'), (2, 2, 20, 'b');
 `
 
 var defs = []registry.Enrichment{{
-	Name: "venue_seats", Target: pgident.Table{Schema: "public", Name: "venue"}, Columns: []string{"seat_count"}, Self: true,
+	Name: "venue_seats", Target: pgident.Table{Schema: "public", Name: "venue"}, Columns: []string{"seat_count"}, Self: new(true),
 	SQL:       `SELECT v.id, sum(e.seats)::bigint AS seat_count FROM venue v LEFT JOIN event e ON e.venue_id = v.id WHERE v.id = ANY($1) GROUP BY v.id`,
 	DependsOn: []registry.Dependency{{Source: pgident.Table{Schema: "public", Name: "event"}, Columns: []string{"venue_id"}}},
 }}
