@@ -27,7 +27,7 @@ func TestBadQueueEntryStaysLocal(t *testing.T) {
 	_, err := registry.Install(ctx, conn)
 	require.NoError(t, err)
 	applyDefs(t, conn, []registry.Enrichment{{Name: "account_tags", Target: tableName("public", "account"),
-		Columns: []string{"tags"}, Self: true,
+		Columns: []string{"tags"}, Self: new(true),
 		SQL: `SELECT a.id, (SELECT count(*) FROM tag g WHERE g.account_ref = a.id::text)::int AS tags
 			FROM account a WHERE a.id = ANY($1)`,
 		DependsOn: []registry.Dependency{{Source: tableName("public", "tag"), Columns: []string{"account_ref"}}}}})

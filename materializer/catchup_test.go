@@ -45,7 +45,7 @@ func TestPoisonRowStaysLocal(t *testing.T) {
 	pgtest.Exec(t, b.conn, `CREATE FUNCTION poison(id bigint) RETURNS bigint LANGUAGE plpgsql AS
 		$$BEGIN IF id = 777 THEN RAISE EXCEPTION 'poison %', id; END IF; RETURN id; END$$`)
 	applyDefs(t, b.conn, []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"),
-		Columns: []string{"seat_count"}, Self: true,
+		Columns: []string{"seat_count"}, Self: new(true),
 		SQL:       `SELECT v.id, poison(v.id) AS seat_count FROM venue v WHERE v.id = ANY($1)`,
 		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})
 	reload(t, b)

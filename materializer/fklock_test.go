@@ -31,7 +31,7 @@ func TestClaimLeavesForeignKeyChecksAlone(t *testing.T) {
 	_, err := registry.Install(ctx, conn)
 	require.NoError(t, err)
 	applyDefs(t, conn, []registry.Enrichment{{Name: "parent_children", Target: tableName("public", "parent"),
-		Columns: []string{"children"}, Self: true,
+		Columns: []string{"children"}, Self: new(true),
 		// Slow once the test says so: the batch then holds its claim for 3 s.
 		SQL: `SELECT p.id, (SELECT count(*) FROM child c WHERE c.parent_id = p.id) AS children
 			FROM parent p WHERE p.id = ANY($1) AND test_pause()`,

@@ -34,7 +34,7 @@ func pausable(t *testing.T) (*pgx.Conn, *materializer.Materializer, string) {
 	_, err := registry.Install(ctx, conn)
 	require.NoError(t, err)
 	applyDefs(t, conn, []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"),
-		Columns: []string{"seat_count"}, Self: true,
+		Columns: []string{"seat_count"}, Self: new(true),
 		SQL: `SELECT v.id, (SELECT sum(seats) FROM event e WHERE e.venue_id = v.id)::bigint AS seat_count
 			FROM venue v WHERE v.id = ANY($1) AND test_pause()`,
 		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})
