@@ -30,7 +30,7 @@ enrichments:
 // A partitioned source invalidates through writes to its partitioned table, through writes that
 // name a partition, and through partitions attached later, in both modes.
 func TestPartitionedSource(t *testing.T) {
-	for _, mode := range []string{"logical"} {
+	for _, mode := range []string{"trigger", "logical"} {
 		t.Run(mode, func(t *testing.T) {
 			dsn := pgtest.NewDB(t)
 			conn := pgtest.Connect(t, dsn)

@@ -85,7 +85,7 @@ func (t *Target) selfColumns(all bool, read map[string]bool) []string {
 func (s *Source) Watch() (all bool, cols []string) {
 	read := map[string]bool{}
 	for _, d := range s.Deps {
-		a, cs := d.Watch()
+		a, cs := d.watch(s.Relation)
 		all = all || a
 		for _, c := range cs {
 			read[c] = true
@@ -95,8 +95,10 @@ func (s *Source) Watch() (all bool, cols []string) {
 }
 
 // Watch is Source.Watch for this dependency alone; nothing for a static one.
-func (d *Dep) Watch() (all bool, cols []string) {
-	if d.Static || d.rel == nil {
+func (d *Dep) Watch() (all bool, cols []string) { return d.watch(d.rel) }
+
+func (d *Dep) watch(rel *discovery.Relation) (all bool, cols []string) {
+	if d.Static || rel == nil {
 		return false, nil
 	}
 	read := map[string]bool{}
@@ -107,14 +109,14 @@ func (d *Dep) Watch() (all bool, cols []string) {
 		all = true // not analyzed: never in a built plan
 	}
 	for _, reads := range [][]Read{d.Enrichment.Reads, d.Reads} {
-		if r := readOf(reads, d.rel.OID); r != nil {
+		if r := readOf(reads, rel.OID); r != nil {
 			all = all || r.All
 			for _, c := range r.Columns {
 				read[c] = true
 			}
 		}
 	}
-	return all, sourceColumns(d.rel, all, read)
+	return all, sourceColumns(rel, all, read)
 }
 
 func sourceColumns(rel *discovery.Relation, all bool, read map[string]bool) []string {

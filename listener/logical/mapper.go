@@ -212,16 +212,18 @@ func (m *mapper) dep(d *plan.Dep, nt, fallback tuple) {
 }
 
 // relevant reports whether an UPDATE may change what the source feeds its targets. With the whole
-// old row (REPLICA IDENTITY FULL) it compares every column but the ignored ones — materialized_at
-// and the columns matcol writes — exactly as the trigger does; this is what keeps matcol's own
-// writes to a source that is also a target from invalidating anything (invariant 3). Without the
-// old row it must assume a change; apply requires FULL for sources that are also targets.
+// old row (REPLICA IDENTITY FULL) it compares the columns the source's dependencies watch (see
+// plan.Source.Watch), as the trigger does: this is what keeps matcol's own writes to a source
+// that is also a target from invalidating anything, except where another enrichment reads the
+// column written (invariant 3 and 9). Without the old row it must assume a change; apply
+// requires FULL for sources that are also targets.
 func relevant(s *plan.Source, oldType uint8, ot, nt tuple) bool {
 	if oldType != pglogrepl.UpdateMessageTupleTypeOld || ot.data == nil || nt.data == nil {
 		return true
 	}
+	all, watched := s.Watch()
 	for i, c := range nt.rel.Columns {
-		if slices.Contains(s.Ignored, c.Name) || i >= len(nt.data.Columns) || i >= len(ot.data.Columns) {
+		if c.Name == "materialized_at" || (!all && !slices.Contains(watched, c.Name)) || i >= len(nt.data.Columns) || i >= len(ot.data.Columns) {
 			continue
 		}
 		n, o := nt.data.Columns[i], ot.data.Columns[i]

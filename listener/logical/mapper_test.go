@@ -6,6 +6,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/stretchr/testify/require"
 
+	"github.com/matcol/matcol/discovery"
 	"github.com/matcol/matcol/internal/pgident"
 	"github.com/matcol/matcol/plan"
 	"github.com/matcol/matcol/registry"
@@ -25,11 +26,17 @@ func tup(cols ...*pglogrepl.TupleDataColumn) *pglogrepl.TupleData {
 }
 
 // A table that is both target and source: node(id, parent_id, weight, child_weight, materialized_at).
+// The enrichment, child_weight = sum of the children's weight, reads parent_id and weight.
 func nodePlan() *plan.Plan {
 	tbl := pgident.Table{Schema: "public", Name: "node"}
+	rel := &discovery.Relation{OID: 42, Name: tbl, Kind: 'r'}
+	for _, c := range []string{"id", "parent_id", "weight", "child_weight", "materialized_at"} {
+		rel.Columns = append(rel.Columns, discovery.Column{Name: c})
+	}
 	tg := &plan.Target{ID: 1, Table: tbl, Owned: []string{"child_weight"}, Self: true}
-	d := &plan.Dep{Dependency: registry.Dependency{ID: 9, Source: tbl, Columns: []string{"parent_id"}}, Target: tg}
-	s := &plan.Source{Table: tbl, Ignored: []string{"materialized_at", "child_weight"}, Deps: []*plan.Dep{d}}
+	e := &plan.Enrichment{Target: tg, Reads: []plan.Read{{Table: tbl, OID: 42, Kind: 'r', Columns: []string{"id", "parent_id", "weight"}}}}
+	d := &plan.Dep{Dependency: registry.Dependency{ID: 9, Source: tbl, Columns: []string{"parent_id"}}, Target: tg, Enrichment: e}
+	s := &plan.Source{Table: tbl, Relation: rel, Ignored: []string{"materialized_at", "child_weight"}, Deps: []*plan.Dep{d}}
 	return &plan.Plan{Targets: []*plan.Target{tg}, Sources: []*plan.Source{s}}
 }
 

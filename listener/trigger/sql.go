@@ -1,11 +1,19 @@
 // Package trigger is the trigger-mode invalidation source: generated statement-level triggers
-// with transition tables on each dependency source, a row trigger on each target for its own
+// with transition tables on each dependency source, row triggers on each target for its own
 // changes, and a LISTEN loop that wakes the materializer.
+//
+// Every trigger function runs as the writer (SECURITY INVOKER), with search_path pinned: reading
+// the application's rows may run code the table's owner chose (a cast to json), which must not
+// run with matcol's rights. They hand what they read to matcol.enqueue*, which run as matcol and
+// read no application data. Rows are read through to_jsonb(r), so a column dropped or renamed in
+// the application's transaction reads as null instead of failing it, and no trigger depends on a
+// column, so ALTER COLUMN … TYPE stays free.
 package trigger
 
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -29,8 +37,19 @@ func textArray(vals []string) string {
 // SourceFunction is matcol.inv_<hash>(), the statement trigger function of source s.
 func SourceFunction(s *plan.Source) string { return "inv_" + s.Hash }
 
+// RowFunction is matcol.invrow_<hash>(), the row trigger function of a partitioned source s, for
+// writes that name a partition.
+func RowFunction(s *plan.Source) string { return "invrow_" + s.Hash }
+
+// RootFunction is matcol.invroot_<hash>(), which marks a statement on partitioned source s itself.
+func RootFunction(s *plan.Source) string { return "invroot_" + s.Hash }
+
 // SelfFunction is matcol.self_<hash>(), the row trigger function of target t.
 func SelfFunction(t *plan.Target) string { return "self_" + t.Hash }
+
+// StaleFunction is matcol.stale_<hash>(), the statement trigger of target t that tells the daemon
+// the table has new stale rows.
+func StaleFunction(t *plan.Target) string { return "stale_" + t.Hash }
 
 // Trigger names; every matcol trigger starts with "matcol_".
 const (
@@ -39,177 +58,299 @@ const (
 	TrigDelete   = "matcol_inv_del"
 	TrigTruncate = "matcol_inv_trunc"
 	TrigSelf     = "matcol_self"
+	TrigSelfIns  = "matcol_self_ins"
 
 	TrigStaleInsert = "matcol_stale_ins"
 	TrigStaleUpdate = "matcol_stale_upd"
+
+	// On a partitioned source: a BEFORE STATEMENT trigger that marks statements on the
+	// partitioned table itself, and row triggers (cloned to every partition, present and future)
+	// that answer the statements that name a partition.
+	TrigRoot      = "matcol_inv_root"
+	TrigRowInsert = "matcol_invrow_ins"
+	TrigRowUpdate = "matcol_invrow_upd"
+	TrigRowDelete = "matcol_invrow_del"
 )
 
-func depValue(d *plan.Dep) string {
+// rootSetting is the transaction-local setting that a statement on partitioned source s sets to
+// its nesting depth, so that the row triggers of its partitions leave its rows to its statement
+// trigger.
+func rootSetting(s *plan.Source) string { return "matcol.via_root_" + s.Hash }
+
+// staleSetting is the transaction-local setting the self trigger of t sets when it makes a row
+// stale, so that the statement's stale trigger queues a marker only then.
+func staleSetting(t *plan.Target) string { return "matcol.stale_" + t.Hash }
+
+// unwatched lists the columns of a table whose changes matter to nobody: removed from a row's
+// jsonb, what is left is what a change is compared on. Columns added later count until the next
+// apply, which is safe.
+func unwatched(columns []string, watched []string) string {
+	var out []string
+	for _, c := range columns {
+		if !slices.Contains(watched, c) {
+			out = append(out, c)
+		}
+	}
+	if !slices.Contains(out, "materialized_at") {
+		out = append(out, "materialized_at")
+	}
+	return textArray(out)
+}
+
+func sourceColumns(s *plan.Source) []string {
+	cols := make([]string, len(s.Relation.Columns))
+	for i, c := range s.Relation.Columns {
+		cols[i] = c.Name
+	}
+	return cols
+}
+
+// depValue renders one dependency's values from jsonb row j.
+func depValue(d *plan.Dep, j string) string {
 	vals := make([]string, len(d.Columns))
-	for j, c := range d.Columns {
-		vals[j] = "x.r->" + literal(c)
+	for i, c := range d.Columns {
+		vals[i] = j + "->" + literal(c)
 	}
 	return "jsonb_build_array(" + strings.Join(vals, ", ") + ")"
 }
 
-// depRow renders the queue row of one dependency: target id, dependency id, values.
-func depRow(d *plan.Dep) string {
-	dep := "NULL::int"
-	if !d.Direct() {
-		dep = fmt.Sprint(d.ID)
-	}
-	return fmt.Sprintf("%d, %s, %s", d.Target.ID, dep, depValue(d))
-}
-
-// depRows renders the VALUES rows mapping one changed row (jsonb r) to queue entries.
-func depRows(s *plan.Source) string {
+// depRows renders, for jsonb rows j of from, the (target, dependency, values) triples of every
+// dependency on s, as a SELECT: values that are all null name nothing.
+func depRows(s *plan.Source, from string) string {
 	rows := make([]string, len(s.Deps))
 	for i, d := range s.Deps {
-		rows[i] = "(" + depRow(d) + ")"
-	}
-	return strings.Join(rows, ",\n             ")
-}
-
-// notifySQL wakes an idle daemon; a busy one polls the queue and needs no signal.
-func notifySQL() string {
-	return fmt.Sprintf(`IF coalesce((SELECT w.sleeping FROM matcol.wake w), false) THEN
-      PERFORM pg_notify(%s, %s);
-  END IF;`, literal(listener.Channel), literal(listener.PayloadQueue))
-}
-
-// SourceFunctionSQL creates the trigger function of a source. Values are read through to_jsonb, so
-// a dropped column yields NULL rather than an error inside the application's transaction.
-// An UPDATE invalidates through the rows whose relevant columns changed: the multiset difference of
-// old and new rows, ignoring materialized_at and matcol's own columns, which is empty exactly when
-// no relevant column changed. That also keeps matcol's own writes from invalidating anything.
-func SourceFunctionSQL(s *plan.Source) string {
-	ignored := textArray(s.Ignored)
-	insert := func(with, from string) string {
-		if len(s.Deps) == 1 {
-			// The common case, without the lateral join.
-			return fmt.Sprintf(`%sINSERT INTO matcol.pending (target_id, dependency_id, vals)
-      SELECT DISTINCT %s
-      FROM %s x
-      WHERE NOT %s <@ '[null]'::jsonb;
-      GET DIAGNOSTICS n = ROW_COUNT;`, with, depRow(s.Deps[0]), from, depValue(s.Deps[0]))
+		dep := "NULL::int"
+		if !d.Direct() {
+			dep = fmt.Sprint(d.ID)
 		}
-		return fmt.Sprintf(`%sINSERT INTO matcol.pending (target_id, dependency_id, vals)
-      SELECT DISTINCT d.t, d.dep, d.v
-      FROM %s x
-      CROSS JOIN LATERAL (VALUES %s) AS d(t, dep, v)
-      WHERE NOT d.v <@ '[null]'::jsonb;
-      GET DIAGNOSTICS n = ROW_COUNT;`, with, from, depRows(s))
+		rows[i] = fmt.Sprintf("(%d, %s, %s)", d.Target.ID, dep, depValue(d, "x.j"))
 	}
-	var truncRows []string
+	return fmt.Sprintf(`SELECT DISTINCT q.t, q.d, q.v FROM (%s) AS x CROSS JOIN LATERAL (VALUES %s) AS q(t, d, v)
+      WHERE NOT q.v <@ '[null]'::jsonb`, from, strings.Join(rows, ", "))
+}
+
+// enqueue renders the statements that queue the triples of query and count them in n.
+func enqueue(query string) string {
+	return fmt.Sprintf(`SELECT array_agg(q.t), array_agg(q.d), array_agg(q.v) INTO t, d, v FROM (%s) AS q;
+      IF t IS NOT NULL THEN
+          PERFORM matcol.enqueue(t, d, v);
+      END IF;`, query)
+}
+
+// changedRows renders the jsonb rows of an UPDATE whose watched columns changed: the multiset
+// difference of old and new rows, each cut down to its watched columns, which is empty exactly
+// when no watched column changed. That also keeps matcol's own writes, to columns nobody reads,
+// from invalidating anything.
+func changedRows(s *plan.Source, oldRel, newRel string) string {
+	_, watched := s.Watch()
+	cut := unwatched(sourceColumns(s), watched)
+	return fmt.Sprintf(`(SELECT j FROM (SELECT to_jsonb(r) - %[1]s AS j FROM %[2]s r) o EXCEPT ALL SELECT j FROM (SELECT to_jsonb(r) - %[1]s AS j FROM %[3]s r) n)
+       UNION ALL
+       (SELECT j FROM (SELECT to_jsonb(r) - %[1]s AS j FROM %[3]s r) n EXCEPT ALL SELECT j FROM (SELECT to_jsonb(r) - %[1]s AS j FROM %[2]s r) o)`,
+		cut, oldRel, newRel)
+}
+
+func truncateTargets(s *plan.Source) string {
+	var ids []string
 	seen := map[int]bool{}
 	for _, d := range s.Deps {
 		if !seen[d.Target.ID] {
 			seen[d.Target.ID] = true
-			truncRows = append(truncRows, fmt.Sprintf("(%d, NULL, NULL)", d.Target.ID))
+			ids = append(ids, fmt.Sprint(d.Target.ID))
 		}
 	}
+	return "ARRAY[" + strings.Join(ids, ", ") + "]::int[]"
+}
+
+// SourceFunctionSQL creates the statement trigger function of a source: INSERT and DELETE queue
+// the dependency values of every row, UPDATE those of the rows whose watched columns changed
+// (old and new), TRUNCATE every row of the targets.
+func SourceFunctionSQL(s *plan.Source) string {
+	rootReset := ""
+	if (s.Relation.Kind == 'p') {
+		rootReset = fmt.Sprintf("PERFORM set_config(%s, '', true);\n  ", literal(rootSetting(s)))
+	}
 	return fmt.Sprintf(`CREATE OR REPLACE FUNCTION matcol.%s() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $matcol$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $matcol$
 -- generated by matcol; do not edit
 DECLARE
-  n bigint := 0;
+  t int[];
+  d int[];
+  v jsonb[];
 BEGIN
-  IF TG_OP = 'INSERT' THEN
+  %sIF TG_OP = 'INSERT' THEN
       %s
   ELSIF TG_OP = 'DELETE' THEN
       %s
   ELSIF TG_OP = 'UPDATE' THEN
       %s
   ELSIF TG_OP = 'TRUNCATE' THEN
-      INSERT INTO matcol.pending (target_id, dependency_id, vals) VALUES %s;
-      n := 1;
-  END IF;
-  IF n > 0 THEN
-      %s
+      PERFORM matcol.enqueue_all(%s);
   END IF;
   RETURN NULL;
 END
 $matcol$`,
-		ident(SourceFunction(s)),
-		insert("", "(SELECT to_jsonb(r) AS r FROM matcol_new r)"),
-		insert("", "(SELECT to_jsonb(r) AS r FROM matcol_old r)"),
-		insert(fmt.Sprintf(`WITH o AS (SELECT to_jsonb(r) - %[1]s AS r FROM matcol_old r),
-           n AS (SELECT to_jsonb(r) - %[1]s AS r FROM matcol_new r)
-      `, ignored), `((SELECT r FROM o EXCEPT ALL SELECT r FROM n) UNION ALL (SELECT r FROM n EXCEPT ALL SELECT r FROM o))`),
-		strings.Join(truncRows, ", "),
-		notifySQL())
+		ident(SourceFunction(s)), rootReset,
+		enqueue(depRows(s, "SELECT to_jsonb(r) AS j FROM matcol_new r")),
+		enqueue(depRows(s, "SELECT to_jsonb(r) AS j FROM matcol_old r")),
+		enqueue(depRows(s, changedRows(s, "matcol_old", "matcol_new"))),
+		truncateTargets(s))
 }
 
-// SourceTriggersSQL returns the CREATE TRIGGER statements of a source, by trigger name.
+// SourceTriggersSQL returns the CREATE TRIGGER statements of a source, by trigger name. On a
+// partitioned source, statements on the partitioned table fire its statement triggers, and row
+// triggers, which PostgreSQL clones to every partition present and future, answer the
+// statements that name a partition; the partitions' own TRUNCATE triggers come from
+// PartitionTriggersSQL.
 func SourceTriggersSQL(s *plan.Source) map[string]string {
 	fn := "matcol." + ident(SourceFunction(s))
 	tbl := s.Table.Sanitize()
-	return map[string]string{
+	out := map[string]string{
 		TrigInsert:   fmt.Sprintf("CREATE TRIGGER %s AFTER INSERT ON %s REFERENCING NEW TABLE AS matcol_new FOR EACH STATEMENT EXECUTE FUNCTION %s()", TrigInsert, tbl, fn),
 		TrigUpdate:   fmt.Sprintf("CREATE TRIGGER %s AFTER UPDATE ON %s REFERENCING OLD TABLE AS matcol_old NEW TABLE AS matcol_new FOR EACH STATEMENT EXECUTE FUNCTION %s()", TrigUpdate, tbl, fn),
 		TrigDelete:   fmt.Sprintf("CREATE TRIGGER %s AFTER DELETE ON %s REFERENCING OLD TABLE AS matcol_old FOR EACH STATEMENT EXECUTE FUNCTION %s()", TrigDelete, tbl, fn),
 		TrigTruncate: fmt.Sprintf("CREATE TRIGGER %s AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()", TrigTruncate, tbl, fn),
 	}
+	if !(s.Relation.Kind == 'p') {
+		return out
+	}
+	row := "matcol." + ident(RowFunction(s))
+	// WHEN is evaluated before the trigger function runs, at the statement's own depth.
+	notRoot := fmt.Sprintf("current_setting(%s, true) IS DISTINCT FROM pg_trigger_depth()::text", literal(rootSetting(s)))
+	_, watched := s.Watch()
+	cut := unwatched(sourceColumns(s), watched)
+	out[TrigRoot] = fmt.Sprintf("CREATE TRIGGER %s BEFORE INSERT OR UPDATE OR DELETE ON %s FOR EACH STATEMENT EXECUTE FUNCTION matcol.%s()",
+		TrigRoot, tbl, ident(RootFunction(s)))
+	out[TrigRowInsert] = fmt.Sprintf("CREATE TRIGGER %s AFTER INSERT ON %s FOR EACH ROW WHEN (%s) EXECUTE FUNCTION %s()", TrigRowInsert, tbl, notRoot, row)
+	out[TrigRowDelete] = fmt.Sprintf("CREATE TRIGGER %s AFTER DELETE ON %s FOR EACH ROW WHEN (%s) EXECUTE FUNCTION %s()", TrigRowDelete, tbl, notRoot, row)
+	out[TrigRowUpdate] = fmt.Sprintf("CREATE TRIGGER %s AFTER UPDATE ON %s FOR EACH ROW WHEN (%s AND (to_jsonb(OLD) - %s) IS DISTINCT FROM (to_jsonb(NEW) - %s)) EXECUTE FUNCTION %s()",
+		TrigRowUpdate, tbl, notRoot, cut, cut, row)
+	return out
 }
 
-// SelfFunctionSQL creates the row trigger function of a target: a new row, or a change to any
-// column matcol does not own, makes the row stale in the same write, with no second UPDATE.
-func SelfFunctionSQL(t *plan.Target) string {
-	ignored := textArray(append([]string{"materialized_at"}, t.Owned...))
+// PartitionTriggersSQL returns the trigger a partition of partitioned source s needs beside the
+// row triggers it inherits: TRUNCATE, which has no row triggers.
+func PartitionTriggersSQL(s *plan.Source, partition string) map[string]string {
+	return map[string]string{
+		TrigTruncate: fmt.Sprintf("CREATE TRIGGER %s AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION matcol.%s()",
+			TrigTruncate, partition, ident(SourceFunction(s))),
+	}
+}
+
+// RowFunctionSQL creates the row trigger function of a partitioned source, for statements that
+// name a partition: it queues the row's old and new dependency values.
+func RowFunctionSQL(s *plan.Source) string {
 	return fmt.Sprintf(`CREATE OR REPLACE FUNCTION matcol.%s() RETURNS trigger
-LANGUAGE plpgsql AS $matcol$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $matcol$
+-- generated by matcol; do not edit
+DECLARE
+  t int[];
+  d int[];
+  v jsonb[];
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+      %s
+  ELSIF TG_OP = 'DELETE' THEN
+      %s
+  ELSE
+      %s
+  END IF;
+  RETURN NULL;
+END
+$matcol$`, ident(RowFunction(s)),
+		enqueue(depRows(s, "SELECT to_jsonb(NEW) AS j")),
+		enqueue(depRows(s, "SELECT to_jsonb(OLD) AS j")),
+		enqueue(depRows(s, "SELECT to_jsonb(OLD) AS j UNION ALL SELECT to_jsonb(NEW)")))
+}
+
+// RootFunctionSQL creates the function that marks a statement on partitioned source s itself.
+func RootFunctionSQL(s *plan.Source) string {
+	return fmt.Sprintf(`CREATE OR REPLACE FUNCTION matcol.%s() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $matcol$
 -- generated by matcol; do not edit
 BEGIN
-  IF TG_OP = 'UPDATE' AND (to_jsonb(OLD) - %s) = (to_jsonb(NEW) - %s) THEN
-      RETURN NEW;
-  END IF;
+  PERFORM set_config(%s, (pg_trigger_depth() - 1)::text, true);
+  RETURN NULL;
+END
+$matcol$`, ident(RootFunction(s)), literal(rootSetting(s)))
+}
+
+// SelfFunctionSQL creates the row trigger function of a target: a new row, or a change to a
+// watched column (see SelfTriggerSQL), makes the row stale in the same write, with no second
+// UPDATE, and tells the statement's stale trigger.
+func SelfFunctionSQL(t *plan.Target) string {
+	return fmt.Sprintf(`CREATE OR REPLACE FUNCTION matcol.%s() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $matcol$
+-- generated by matcol; do not edit
+BEGIN
   NEW.materialized_at := NULL;
+  IF TG_OP = 'UPDATE' THEN
+      PERFORM set_config(%s, 'on', true);
+  END IF;
   RETURN NEW;
 END
-$matcol$`, ident(SelfFunction(t)), ignored, ignored)
+$matcol$`, ident(SelfFunction(t)), literal(staleSetting(t)))
 }
 
-// SelfTriggerSQL creates the row trigger of a target. Without self invalidation it still fires on
-// INSERT, so new rows arrive stale. Its WHEN passes over matcol's own statements (see
+// selfWhen is the part of a self trigger's WHEN that passes over matcol's own statements (see
 // plan.OwnWriteSetting) without a function call; statements fired by other triggers (depth > 0)
 // are still checked.
-func SelfTriggerSQL(t *plan.Target) string {
-	events := "INSERT OR UPDATE"
-	if !t.Self {
-		events = "INSERT"
-	}
-	return fmt.Sprintf("CREATE TRIGGER %s BEFORE %s ON %s FOR EACH ROW WHEN (pg_trigger_depth() > 0 OR current_setting(%s, true) IS DISTINCT FROM 'on') EXECUTE FUNCTION matcol.%s()",
-		TrigSelf, events, t.Table.Sanitize(), literal(plan.OwnWriteSetting), ident(SelfFunction(t)))
+func selfWhen() string {
+	return fmt.Sprintf("(pg_trigger_depth() > 0 OR current_setting(%s, true) IS DISTINCT FROM 'on')", literal(plan.OwnWriteSetting))
 }
 
-// StaleFunction is matcol.stale_<hash>(), the statement trigger of target t that tells the daemon
-// the table has new stale rows.
-func StaleFunction(t *plan.Target) string { return "stale_" + t.Hash }
+// SelfTriggersSQL returns the row triggers of a target, by name: every INSERT arrives stale
+// (the trigger fires only when the application gave materialized_at a value), and an UPDATE that
+// changes a watched column makes the row stale. Which columns are watched is decided by
+// plan.Target.SelfWatch, and compared in WHEN, so that an UPDATE of other columns costs no
+// function call.
+func SelfTriggersSQL(t *plan.Target) map[string]string {
+	fn := "matcol." + ident(SelfFunction(t))
+	tbl := t.Table.Sanitize()
+	out := map[string]string{
+		TrigSelfIns: fmt.Sprintf("CREATE TRIGGER %s BEFORE INSERT ON %s FOR EACH ROW WHEN (NEW.materialized_at IS NOT NULL) EXECUTE FUNCTION %s()",
+			TrigSelfIns, tbl, fn),
+	}
+	all, watched := t.SelfWatch()
+	if !all && len(watched) == 0 {
+		return out
+	}
+	cols := make([]string, len(t.Columns))
+	for i, c := range t.Columns {
+		cols[i] = c.Name
+	}
+	cut := unwatched(cols, watched)
+	out[TrigSelf] = fmt.Sprintf("CREATE TRIGGER %s BEFORE UPDATE ON %s FOR EACH ROW WHEN (%s AND (to_jsonb(OLD) - %s) IS DISTINCT FROM (to_jsonb(NEW) - %s)) EXECUTE FUNCTION %s()",
+		TrigSelf, tbl, selfWhen(), cut, cut, fn)
+	return out
+}
 
 // StaleFunctionSQL queues one marker per statement that left stale rows behind, so the daemon
 // learns of them through the queue like any other invalidation. matcol's own writes leave no
 // stale row and queue nothing.
 func StaleFunctionSQL(t *plan.Target) string {
 	return fmt.Sprintf(`CREATE OR REPLACE FUNCTION matcol.%s() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $matcol$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $matcol$
 -- generated by matcol; do not edit
 BEGIN
-  IF EXISTS (SELECT 1 FROM matcol_new r WHERE r.materialized_at IS NULL) THEN
-      INSERT INTO matcol.pending (target_id, dependency_id, vals) VALUES (%d, NULL, '[]');
-      %s
+  IF TG_OP = 'UPDATE' THEN
+      PERFORM set_config(%s, '', true);
   END IF;
+  PERFORM matcol.enqueue_stale(%d);
   RETURN NULL;
 END
-$matcol$`, ident(StaleFunction(t)), t.ID, notifySQL())
+$matcol$`, ident(StaleFunction(t)), literal(staleSetting(t)), t.ID)
 }
 
-// StaleTriggersSQL returns the statement triggers of a target, by name.
+// StaleTriggersSQL returns the statement triggers of a target, by name. After an UPDATE the
+// trigger fires only when the self trigger made a row stale; every INSERT leaves stale rows.
 func StaleTriggersSQL(t *plan.Target) map[string]string {
 	fn := "matcol." + ident(StaleFunction(t))
 	tbl := t.Table.Sanitize()
 	return map[string]string{
-		TrigStaleInsert: fmt.Sprintf("CREATE TRIGGER %s AFTER INSERT ON %s REFERENCING NEW TABLE AS matcol_new FOR EACH STATEMENT EXECUTE FUNCTION %s()", TrigStaleInsert, tbl, fn),
-		TrigStaleUpdate: fmt.Sprintf("CREATE TRIGGER %s AFTER UPDATE ON %s REFERENCING NEW TABLE AS matcol_new FOR EACH STATEMENT EXECUTE FUNCTION %s()", TrigStaleUpdate, tbl, fn),
+		TrigStaleInsert: fmt.Sprintf("CREATE TRIGGER %s AFTER INSERT ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()", TrigStaleInsert, tbl, fn),
+		TrigStaleUpdate: fmt.Sprintf("CREATE TRIGGER %s AFTER UPDATE ON %s FOR EACH STATEMENT WHEN (current_setting(%s, true) = 'on') EXECUTE FUNCTION %s()",
+			TrigStaleUpdate, tbl, literal(staleSetting(t)), fn),
 	}
 }
 

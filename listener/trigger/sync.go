@@ -3,12 +3,15 @@ package trigger
 import (
 	"context"
 	"crypto/md5" //nolint:gosec // compares with PostgreSQL's md5(), not for security
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"sort"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/matcol/matcol/discovery"
 	"github.com/matcol/matcol/internal/pgident"
 	"github.com/matcol/matcol/plan"
 )
@@ -22,7 +25,6 @@ type Change struct {
 type existingTrigger struct {
 	table pgident.Table
 	name  string
-	def   string
 }
 
 // ChunkTables is how many tables one Sync transaction changes triggers on. CREATE TRIGGER takes
@@ -86,22 +88,21 @@ type work struct {
 }
 
 func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]Change, bool, error) {
-	// What a trigger runs and on which events, from pg_trigger itself: pg_get_triggerdef opens
-	// every table, which costs seconds and a backend's cache with thousands of tables.
+	// matcol's triggers, by name: a name carries a hash of its definition (see named), so a
+	// changed definition is a missing trigger and an obsolete one. Read from pg_trigger itself:
+	// pg_get_triggerdef opens every table, which costs seconds and a backend's cache with
+	// thousands of tables. Triggers PostgreSQL cloned onto partitions belong to their parent's.
 	rows, err := tx.Query(ctx, `
-		SELECT n.nspname, c.relname, t.tgname,
-		       p.proname || CASE WHEN t.tgtype::int & 16 <> 0 THEN ' BEFORE INSERT OR UPDATE ON' ELSE ' BEFORE INSERT ON' END
-		         || CASE WHEN t.tgqual IS NULL THEN '' ELSE ' WHEN' END
+		SELECT n.nspname, c.relname, t.tgname
 		FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-		JOIN pg_proc p ON p.oid = t.tgfoid
-		WHERE NOT t.tgisinternal AND t.tgname LIKE 'matcol\_%'`)
+		WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgname LIKE 'matcol\_%'`)
 	if err != nil {
 		return nil, false, fmt.Errorf("read matcol triggers: %w", err)
 	}
 	var have []existingTrigger
 	for rows.Next() {
 		var e existingTrigger
-		if err := rows.Scan(&e.table.Schema, &e.table.Name, &e.name, &e.def); err != nil {
+		if err := rows.Scan(&e.table.Schema, &e.table.Name, &e.name); err != nil {
 			rows.Close()
 			return nil, false, fmt.Errorf("read matcol triggers: %w", err)
 		}
@@ -114,7 +115,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 	bodies := map[string]string{} // md5 of each function's body
 	frows, err := tx.Query(ctx, `
 		SELECT p.proname, md5(p.prosrc) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-		WHERE n.nspname = 'matcol' AND (p.proname LIKE 'inv\_%' OR p.proname LIKE 'self\_%' OR p.proname LIKE 'stale\_%')`)
+		WHERE n.nspname = 'matcol' AND p.proname ~ '^(inv|invrow|invroot|self|stale)_[0-9a-f]{16}$'`)
 	if err != nil {
 		return nil, false, fmt.Errorf("read trigger functions: %w", err)
 	}
@@ -131,11 +132,18 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 		return nil, false, fmt.Errorf("read trigger functions: %w", err)
 	}
 
-	type want struct {
-		create string
-		match  string // a fragment the existing definition must contain
+	wanted := map[pgident.Table]map[string]string{} // table → trigger name → CREATE TRIGGER
+	want := func(t pgident.Table, triggers map[string]string) {
+		m := wanted[t]
+		if m == nil {
+			m = map[string]string{}
+			wanted[t] = m
+		}
+		for base, create := range triggers {
+			name, sql := named(base, create)
+			m[name] = sql
+		}
 	}
-	wanted := map[pgident.Table]map[string]want{}
 	todo := map[pgident.Table]*work{}
 	at := func(t pgident.Table) *work {
 		w := todo[t]
@@ -155,39 +163,32 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 	if p != nil {
 		for _, s := range p.Sources {
 			function(s.Table, SourceFunction(s), SourceFunctionSQL(s))
-			m := map[string]want{}
-			for name, create := range SourceTriggersSQL(s) {
-				m[name] = want{create: create, match: SourceFunction(s)}
+			want(s.Table, SourceTriggersSQL(s))
+			if s.Relation.Kind != 'p' {
+				continue
 			}
-			wanted[s.Table] = m
+			function(s.Table, RowFunction(s), RowFunctionSQL(s))
+			function(s.Table, RootFunction(s), RootFunctionSQL(s))
+			parts, err := discovery.Partitions(ctx, tx, s.OID)
+			if err != nil {
+				return nil, false, err
+			}
+			for _, part := range parts {
+				want(part.Name, PartitionTriggersSQL(s, part.Name.Sanitize()))
+			}
 		}
 		for _, t := range p.Targets {
 			function(t.Table, SelfFunction(t), SelfFunctionSQL(t))
+			want(t.Table, SelfTriggersSQL(t))
 			if stale {
 				function(t.Table, StaleFunction(t), StaleFunctionSQL(t))
-			}
-			m := wanted[t.Table]
-			if m == nil {
-				m = map[string]want{}
-				wanted[t.Table] = m
-			}
-			events := "BEFORE INSERT OR UPDATE ON WHEN"
-			if !t.Self {
-				events = "BEFORE INSERT ON WHEN"
-			}
-			m[TrigSelf] = want{create: SelfTriggerSQL(t), match: events}
-			if !stale {
-				continue
-			}
-			for name, create := range StaleTriggersSQL(t) {
-				m[name] = want{create: create, match: StaleFunction(t)}
+				want(t.Table, StaleTriggersSQL(t))
 			}
 		}
 	}
 	present := map[pgident.Table]map[string]bool{}
 	for _, e := range have {
-		w, ok := wanted[e.table][e.name]
-		if ok && strings.Contains(e.def, w.match) {
+		if _, ok := wanted[e.table][e.name]; ok {
 			if present[e.table] == nil {
 				present[e.table] = map[string]bool{}
 			}
@@ -197,9 +198,9 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 		at(e.table).drop = append(at(e.table).drop, e.name)
 	}
 	for table, m := range wanted {
-		for name, w := range m {
+		for name, create := range m {
 			if !present[table][name] {
-				at(table).create[name] = w.create
+				at(table).create[name] = create
 			}
 		}
 	}
@@ -260,4 +261,13 @@ func functionBody(sql string) string {
 		return ""
 	}
 	return parts[1]
+}
+
+// named returns the name a trigger of base name gets, and its CREATE TRIGGER with that name: base
+// and a hash of the definition, so that a trigger whose definition changed (its WHEN, say) is
+// replaced, and one whose definition stands is left alone.
+func named(base, create string) (string, string) {
+	sum := sha256.Sum256([]byte(create))
+	name := base + "_" + hex.EncodeToString(sum[:4])
+	return name, strings.Replace(create, "CREATE TRIGGER "+base+" ", "CREATE TRIGGER "+name+" ", 1)
 }

@@ -93,7 +93,10 @@ func TestSourceTriggers(t *testing.T) {
 	require.Empty(t, queued(t, conn), "an UPDATE that changes nothing invalidates nothing")
 
 	pgtest.Exec(t, conn, `UPDATE event SET note = 'changed' WHERE id = 2`)
-	require.Equal(t, []string{"[2]"}, queued(t, conn), "any other column may feed the enrichment")
+	require.Empty(t, queued(t, conn), "the enrichment never reads note")
+
+	pgtest.Exec(t, conn, `UPDATE event SET seats = 21 WHERE id = 2`)
+	require.Equal(t, []string{"[2]"}, queued(t, conn), "the enrichment reads seats")
 
 	pgtest.Exec(t, conn, `DELETE FROM event WHERE id = 2`)
 	require.Equal(t, []string{"[2]"}, queued(t, conn))
@@ -128,11 +131,44 @@ func TestDroppedColumnNeverBreaksWriters(t *testing.T) {
 	require.Empty(t, queued(t, conn))
 }
 
+// A column's type can change under the triggers, and they go on reading it.
+func TestTypeChangeNeverBreaksWriters(t *testing.T) {
+	conn := setup(t)
+	pgtest.Exec(t, conn, `ALTER TABLE event ALTER COLUMN venue_id TYPE numeric, ALTER COLUMN seats TYPE bigint`)
+	pgtest.Exec(t, conn, `UPDATE event SET seats = 3 WHERE id = 1`)
+	require.Equal(t, []string{"[1]"}, queued(t, conn))
+}
+
+// Reading an application row can run code its table's owner chose, such as a cast to json of a
+// type of theirs: it runs as the writer, never with matcol's rights.
+func TestTriggersRunAsTheWriter(t *testing.T) {
+	conn := setup(t)
+	pgtest.Exec(t, conn, `
+		CREATE TABLE seen (who text);
+		CREATE TYPE mood AS ENUM ('ok', 'sad');
+		CREATE FUNCTION mood_json(mood) RETURNS json LANGUAGE plpgsql AS
+		  $$BEGIN INSERT INTO public.seen VALUES (current_user); RETURN to_json($1::text); END$$;
+		CREATE CAST (mood AS json) WITH FUNCTION mood_json(mood);
+		ALTER TABLE event ADD COLUMN mood mood;
+		CREATE ROLE app_writer;
+		GRANT INSERT, UPDATE, SELECT ON event TO app_writer;
+		GRANT INSERT ON seen TO app_writer;
+		GRANT USAGE ON TYPE mood TO app_writer;`)
+	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `DROP OWNED BY app_writer; DROP ROLE app_writer`) })
+	pgtest.Exec(t, conn, `SET ROLE app_writer; INSERT INTO event (id, venue_id, seats, mood) VALUES (20, 1, 1, 'sad'); RESET ROLE`)
+	require.Equal(t, []string{"[1]"}, queued(t, conn), "the application role needs no grant to queue")
+	rows, err := conn.Query(context.Background(), `SELECT DISTINCT who FROM seen`)
+	require.NoError(t, err)
+	who, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Equal(t, []string{"app_writer"}, who)
+}
+
 func TestSyncIsIdempotentAndRemoves(t *testing.T) {
 	conn := setup(t)
 	require.Empty(t, apply(t, conn, defs), "a second apply changes no trigger")
 	changes := apply(t, conn, nil)
-	require.Len(t, changes, 7, "4 source triggers, the self trigger and 2 stale-marker triggers are dropped")
+	require.Len(t, changes, 8, "4 source triggers, the 2 self triggers and 2 stale-marker triggers are dropped")
 	var n int
 	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'matcol%'`).Scan(&n))
 	require.Zero(t, n)
