@@ -167,7 +167,7 @@ func truncateTargets(s *plan.Source) string {
 // (old and new), TRUNCATE every row of the targets.
 func SourceFunctionSQL(s *plan.Source) string {
 	rootReset := ""
-	if (s.Relation.Kind == 'p') {
+	if s.Relation.Kind == 'p' {
 		rootReset = fmt.Sprintf("PERFORM set_config(%s, '', true);\n  ", literal(rootSetting(s)))
 	}
 	return fmt.Sprintf(`CREATE OR REPLACE FUNCTION matcol.%s() RETURNS trigger
