@@ -217,14 +217,12 @@ func SourceTriggersSQL(s *plan.Source) map[string]string {
 	row := "matcol." + ident(RowFunction(s))
 	// WHEN is evaluated before the trigger function runs, at the statement's own depth.
 	notRoot := fmt.Sprintf("current_setting(%s, true) IS DISTINCT FROM pg_trigger_depth()::text", literal(rootSetting(s)))
-	_, watched := s.Watch()
-	cut := unwatched(sourceColumns(s), watched)
 	out[TrigRoot] = fmt.Sprintf("CREATE TRIGGER %s BEFORE INSERT OR UPDATE OR DELETE ON %s FOR EACH STATEMENT EXECUTE FUNCTION matcol.%s()",
 		TrigRoot, tbl, ident(RootFunction(s)))
 	out[TrigRowInsert] = fmt.Sprintf("CREATE TRIGGER %s AFTER INSERT ON %s FOR EACH ROW WHEN (%s) EXECUTE FUNCTION %s()", TrigRowInsert, tbl, notRoot, row)
 	out[TrigRowDelete] = fmt.Sprintf("CREATE TRIGGER %s AFTER DELETE ON %s FOR EACH ROW WHEN (%s) EXECUTE FUNCTION %s()", TrigRowDelete, tbl, notRoot, row)
-	out[TrigRowUpdate] = fmt.Sprintf("CREATE TRIGGER %s AFTER UPDATE ON %s FOR EACH ROW WHEN (%s AND (to_jsonb(OLD) - %s) IS DISTINCT FROM (to_jsonb(NEW) - %s)) EXECUTE FUNCTION %s()",
-		TrigRowUpdate, tbl, notRoot, cut, cut, row)
+	out[TrigRowUpdate] = fmt.Sprintf("CREATE TRIGGER %s AFTER UPDATE ON %s FOR EACH ROW WHEN (%s AND matcol.%s(OLD, NEW)) EXECUTE FUNCTION %s()",
+		TrigRowUpdate, tbl, notRoot, ident(SourceWatchFunction(s)), row)
 	return out
 }
 
@@ -302,8 +300,8 @@ func selfWhen() string {
 // SelfTriggersSQL returns the row triggers of a target, by name: every INSERT arrives stale
 // (the trigger fires only when the application gave materialized_at a value), and an UPDATE that
 // changes a watched column makes the row stale. Which columns are watched is decided by
-// plan.Target.SelfWatch, and compared in WHEN, so that an UPDATE of other columns costs no
-// function call.
+// plan.Target.SelfWatch, and compared in WHEN (SelfWatchFunction), so that an UPDATE of other
+// columns calls no trigger function.
 func SelfTriggersSQL(t *plan.Target) map[string]string {
 	fn := "matcol." + ident(SelfFunction(t))
 	tbl := t.Table.Sanitize()
@@ -311,18 +309,54 @@ func SelfTriggersSQL(t *plan.Target) map[string]string {
 		TrigSelfIns: fmt.Sprintf("CREATE TRIGGER %s BEFORE INSERT ON %s FOR EACH ROW WHEN (NEW.materialized_at IS NOT NULL) EXECUTE FUNCTION %s()",
 			TrigSelfIns, tbl, fn),
 	}
+	out[TrigSelf] = fmt.Sprintf("CREATE TRIGGER %s BEFORE UPDATE ON %s FOR EACH ROW WHEN (%s AND matcol.%s(OLD, NEW)) EXECUTE FUNCTION %s()",
+		TrigSelf, tbl, selfWhen(), ident(SelfWatchFunction(t)), fn)
+	return out
+}
+
+// SelfWatchFunction is matcol.selfw_<hash>(old, new), true when an UPDATE of target t changed a
+// column that makes the row stale.
+func SelfWatchFunction(t *plan.Target) string { return "selfw_" + t.Hash }
+
+// SourceWatchFunction is matcol.invw_<hash>(old, new), true when an UPDATE of source s changed a
+// watched column.
+func SourceWatchFunction(s *plan.Source) string { return "invw_" + s.Hash }
+
+// SelfWatchFunctionSQL creates SelfWatchFunction, from plan.Target.SelfWatch.
+func SelfWatchFunctionSQL(t *plan.Target) string {
 	all, watched := t.SelfWatch()
 	if !all && len(watched) == 0 {
-		return out
+		return watchFunctionSQL(SelfWatchFunction(t), "")
 	}
 	cols := make([]string, len(t.Columns))
 	for i, c := range t.Columns {
 		cols[i] = c.Name
 	}
-	cut := unwatched(cols, watched)
-	out[TrigSelf] = fmt.Sprintf("CREATE TRIGGER %s BEFORE UPDATE ON %s FOR EACH ROW WHEN (%s AND (to_jsonb(OLD) - %s) IS DISTINCT FROM (to_jsonb(NEW) - %s)) EXECUTE FUNCTION %s()",
-		TrigSelf, tbl, selfWhen(), cut, cut, fn)
-	return out
+	return watchFunctionSQL(SelfWatchFunction(t), unwatched(cols, watched))
+}
+
+// SourceWatchFunctionSQL creates SourceWatchFunction, from plan.Source.Watch.
+func SourceWatchFunctionSQL(s *plan.Source) string {
+	_, watched := s.Watch()
+	return watchFunctionSQL(SourceWatchFunction(s), unwatched(sourceColumns(s), watched))
+}
+
+// watchFunctionSQL creates a function that compares two rows without the columns in cut (an
+// array; "" compares nothing and is never true). Which columns are watched lives here, not in
+// the triggers' WHEN, which calls it: it changes with what enrichments read, and replacing a
+// function of matcol's needs no ownership of the application's table, where replacing a
+// trigger does. PostgreSQL inlines it into the WHEN (a plain SQL expression, polymorphic, with
+// every name qualified), so no function call runs per row. Taking anyelement rather than the
+// table's row type, it never stands in the way of a DROP TABLE.
+func watchFunctionSQL(name, cut string) string {
+	body := "SELECT false"
+	if cut != "" {
+		body = fmt.Sprintf("SELECT NOT ((pg_catalog.to_jsonb($1) OPERATOR(pg_catalog.-) %[1]s) OPERATOR(pg_catalog.=) (pg_catalog.to_jsonb($2) OPERATOR(pg_catalog.-) %[1]s))", cut)
+	}
+	return fmt.Sprintf(`CREATE OR REPLACE FUNCTION matcol.%s(anyelement, anyelement) RETURNS boolean
+LANGUAGE sql STABLE AS $matcol$
+%s
+$matcol$`, ident(name), body)
 }
 
 // StaleFunctionSQL queues one marker per statement that left stale rows behind, so the daemon

@@ -115,7 +115,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 	bodies := map[string]string{} // md5 of each function's body
 	frows, err := tx.Query(ctx, `
 		SELECT p.proname, md5(p.prosrc) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-		WHERE n.nspname = 'matcol' AND p.proname ~ '^(inv|invrow|invroot|self|stale)_[0-9a-f]{16}$'`)
+		WHERE n.nspname = 'matcol' AND p.proname ~ '^(inv|invrow|invroot|invw|self|selfw|stale)_[0-9a-f]{16}$'`)
 	if err != nil {
 		return nil, false, fmt.Errorf("read trigger functions: %w", err)
 	}
@@ -169,6 +169,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 			}
 			function(s.Table, RowFunction(s), RowFunctionSQL(s))
 			function(s.Table, RootFunction(s), RootFunctionSQL(s))
+			function(s.Table, SourceWatchFunction(s), SourceWatchFunctionSQL(s))
 			parts, err := discovery.Partitions(ctx, tx, s.OID)
 			if err != nil {
 				return nil, false, err
@@ -179,6 +180,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 		}
 		for _, t := range p.Targets {
 			function(t.Table, SelfFunction(t), SelfFunctionSQL(t))
+			function(t.Table, SelfWatchFunction(t), SelfWatchFunctionSQL(t))
 			want(t.Table, SelfTriggersSQL(t))
 			if stale {
 				function(t.Table, StaleFunction(t), StaleFunctionSQL(t))
@@ -247,7 +249,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 		if keepFn[name] {
 			continue
 		}
-		if _, err := tx.Exec(ctx, "DROP FUNCTION IF EXISTS matcol."+ident(name)+"()"); err != nil {
+		if _, err := tx.Exec(ctx, "DROP FUNCTION IF EXISTS matcol."+ident(name)); err != nil {
 			return nil, false, fmt.Errorf("drop trigger function %s: %w", name, err)
 		}
 	}

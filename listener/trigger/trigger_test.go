@@ -176,3 +176,23 @@ func TestSyncIsIdempotentAndRemoves(t *testing.T) {
 		WHERE n.nspname = 'matcol' AND (proname LIKE 'inv%' OR proname LIKE 'self%')`).Scan(&n))
 	require.Zero(t, n, "trigger functions go with their triggers")
 }
+
+// When what an enrichment reads changes, the triggers stay and only matcol's own functions are
+// replaced: a role that may create triggers but not drop them (no ownership) can apply it.
+func TestWatchedColumnsChangeKeepsTriggers(t *testing.T) {
+	conn := setup(t)
+	reads := []registry.Enrichment{defs[0]}
+	reads[0].Self = nil // watch what the enrichment reads
+	apply(t, conn, reads)
+	pgtest.Exec(t, conn, `UPDATE venue SET materialized_at = now()`)
+	pgtest.Exec(t, conn, `UPDATE venue SET name = 'x' WHERE id = 1`)
+	var stale int
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM venue WHERE materialized_at IS NULL`).Scan(&stale))
+	require.Zero(t, stale, "the enrichment does not read venue.name")
+
+	reads[0].SQL = `SELECT v.id, (sum(e.seats) + length(max(v.name)))::bigint AS seat_count FROM venue v LEFT JOIN event e ON e.venue_id = v.id WHERE v.id = ANY($1) GROUP BY v.id`
+	require.Empty(t, apply(t, conn, reads), "no trigger is created or dropped")
+	pgtest.Exec(t, conn, `UPDATE venue SET name = 'y' WHERE id = 1`)
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM venue WHERE materialized_at IS NULL`).Scan(&stale))
+	require.Equal(t, 1, stale, "now it does")
+}
