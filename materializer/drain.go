@@ -227,7 +227,7 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 			if t == nil {
 				continue
 			}
-			requeue, err := m.applyGroup(ctx, tx, t, g, searchPath)
+			requeue, err := m.applyGroup(dial.Touching(ctx, t.plan.Relations()), tx, t, g, searchPath)
 			if isGone(err) {
 				// A table dropped under us (a tenant removed): its entries go with it, and the
 				// other targets' invalidations still land. The next rescan drops the target.

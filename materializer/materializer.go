@@ -379,7 +379,7 @@ func (m *Materializer) worker(ctx context.Context) {
 			continue
 		}
 		start := time.Now()
-		n, err := m.batch(ctx, t)
+		n, err := m.batch(dial.Touching(ctx, t.plan.Relations()), t)
 		if err != nil {
 			m.Stats.BatchErrors.Add(1)
 			if ctx.Err() == nil {

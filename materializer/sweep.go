@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/plan"
 )
 
@@ -26,7 +27,7 @@ func (m *Materializer) sweep(ctx context.Context) {
 		if exp <= 0 {
 			continue
 		}
-		n, err := m.Expire(ctx, t.plan, exp, m.cfg.ExpiryBatch)
+		n, err := m.Expire(dial.Touching(ctx, t.plan.Relations()), t.plan, exp, m.cfg.ExpiryBatch)
 		if err != nil {
 			m.log.Warn("expiry sweep failed", "table", t.plan.Table.String(), "error", err)
 			continue
