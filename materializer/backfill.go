@@ -71,6 +71,7 @@ type Backfill struct {
 	noStep            atomic.Bool // set when the step does not plan
 	usual             rowTime     // for the latency throttle
 	throttled         int64
+	lagWarned         bool
 }
 
 // EnrichmentNames returns the sorted names a backfill row is keyed by.
@@ -276,6 +277,10 @@ func (b *Backfill) hold(ctx context.Context) error {
 			return fmt.Errorf("read the pause switch and replica lag: %w", err)
 		}
 		b.loadAt = time.Now()
+		if lag < 0 && b.spec.MaxReplicaLag > 0 && !b.lagWarned {
+			b.log.Warn(lagUnknownMessage, "backfill", b.ID, "fix", lagFix)
+			b.lagWarned = true
+		}
 		behind := b.spec.MaxReplicaLag > 0 && lag > b.spec.MaxReplicaLag.Seconds()
 		if !paused && !behind {
 			if waited {

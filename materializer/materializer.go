@@ -101,6 +101,7 @@ type Materializer struct {
 	sweepNext     int // the target id the next sweep starts at
 	paused        atomic.Bool
 	replicaBehind atomic.Bool
+	upkeep        upkeep
 
 	// OnGone, when set before Run, is called when a target's table turns out to be gone (a tenant
 	// schema dropped), so that the catalog is read again.
