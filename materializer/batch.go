@@ -68,7 +68,8 @@ func (m *Materializer) batch(ctx context.Context, t *target) (int, error) {
 		}
 		_ = tx.Rollback(bctx)
 		conn.Release()
-		return m.isolate(bctx, t, keys, err)
+		// Isolating may take many statements: a stop interrupts it, leaving the rows stale.
+		return m.isolate(ctx, t, keys, err)
 	}
 	if err := tx.Commit(bctx); err != nil {
 		return 0, fmt.Errorf("commit batch of %s: %w", t.plan.Table, err)

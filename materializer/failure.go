@@ -79,17 +79,12 @@ func (m *Materializer) quarantine(ctx context.Context, t *target, keys [][]*stri
 	culprit := ""
 	msg := cause.Error()
 	if len(t.plan.Enrichments) > 1 {
-		for _, e := range t.plan.Enrichments {
-			err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
-				if _, err := tx.Exec(ctx, plan.WriteSQL(t.plan, []*plan.Enrichment{e}, false), keyArgs(keys)...); err != nil {
-					return err
-				}
-				return errRollback
-			})
-			if err != nil && !errors.Is(err, errRollback) {
-				culprit, msg = e.Name, err.Error()
-				break
-			}
+		var err error
+		if culprit, msg, err = m.culprit(ctx, t, keys); err != nil {
+			return err
+		}
+		if culprit == "" {
+			msg = cause.Error()
 		}
 	} else {
 		culprit = t.plan.Enrichments[0].Name
@@ -119,6 +114,32 @@ func (m *Materializer) quarantine(ctx context.Context, t *target, keys [][]*stri
 	m.log.Warn("row quarantined after its enrichment failed", "table", t.plan.Table.String(), "key", key,
 		"enrichment", culprit, "attempts", attempts, "error", msg)
 	return nil
+}
+
+// culprit runs each enrichment of t alone for keys, as a batch would (same timeouts and
+// settings, rolled back), and returns the first that fails with its error, or "" if none does.
+// A stop cancels it: the rows stay stale for the next start.
+func (m *Materializer) culprit(ctx context.Context, t *target, keys [][]*string) (string, string, error) {
+	for _, e := range t.plan.Enrichments {
+		var failed error
+		err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(t.plan)...); err != nil {
+				return err
+			}
+			_, failed = tx.Exec(ctx, plan.WriteSQL(t.plan, []*plan.Enrichment{e}, false), keyArgs(keys)...)
+			return errRollback
+		})
+		if ctx.Err() != nil {
+			return "", "", ctx.Err()
+		}
+		if err != nil && !errors.Is(err, errRollback) {
+			return "", "", fmt.Errorf("find the failing enrichment of %s: %w", t.plan.Table, err)
+		}
+		if failed != nil {
+			return e.Name, failed.Error(), nil
+		}
+	}
+	return "", "", nil
 }
 
 var errRollback = errors.New("rollback")
