@@ -162,7 +162,7 @@ func settingsArgs(t *plan.Target) []any {
 // or in writing its result), which bisecting can isolate.
 func isRowError(err error) bool {
 	var pe *pgconn.PgError
-	if !errors.As(err, &pe) {
+	if !errors.As(err, &pe) || noRowCauses(pe.Code) {
 		return false
 	}
 	switch pe.Code[:2] {

@@ -143,3 +143,21 @@ func (m *Materializer) culprit(ctx context.Context, t *target, keys [][]*string)
 }
 
 var errRollback = errors.New("rollback")
+
+// noRowCauses reports whether an error code means the statement cannot run for any row: matcol's
+// role lacks a privilege, or the SQL names something that does not exist (dropped or renamed
+// since apply). Isolating such an error would quarantine every row, one at a time; the batch
+// fails and backs off instead. (A row's text cast to regclass can raise 42P01 too; such a row
+// stops its batch until it is fixed.)
+func noRowCauses(code string) bool {
+	switch code {
+	case "42501", // insufficient_privilege
+		"42601", // syntax_error
+		"42P01", // undefined_table
+		"42703", // undefined_column
+		"42883", // undefined_function
+		"42704": // undefined_object
+		return true
+	}
+	return false
+}

@@ -386,6 +386,8 @@ func (m *Materializer) worker(ctx context.Context) {
 			if ctx.Err() == nil {
 				m.logBatchError(t, err)
 			}
+		} else if m.upkeep.batchOK(t.plan.ID) {
+			m.log.Info("batches succeed again", "table", t.plan.Table.String())
 		}
 		m.finish(t, n, err != nil)
 		if wait := m.pace(t, n, time.Since(start)); wait > 0 {
@@ -397,6 +399,10 @@ func (m *Materializer) worker(ctx context.Context) {
 func (m *Materializer) logBatchError(t *target, err error) {
 	if dial.IsConnectionError(err) {
 		m.log.Warn("database unreachable; retrying", "table", t.plan.Table.String(), "error", err)
+		return
+	}
+	if !m.upkeep.batchFailed(t.plan.ID, err) {
+		m.log.Debug("batch failed again", "table", t.plan.Table.String(), "error", err)
 		return
 	}
 	m.log.Error("batch failed; retrying with backoff", "table", t.plan.Table.String(), "error", err)

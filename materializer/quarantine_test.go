@@ -2,9 +2,11 @@ package materializer_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/require"
 
 	"github.com/matcol/matcol/internal/pgtest"
@@ -91,4 +93,40 @@ func TestStopInterruptsCulpritProbe(t *testing.T) {
 	var stale bool
 	require.NoError(t, b.conn.QueryRow(context.Background(), `SELECT materialized_at IS NULL FROM probe`).Scan(&stale))
 	require.True(t, stale)
+}
+
+// A privilege matcol's role lacks fails every row alike: no row is quarantined, the table's
+// batches back off, and the error is logged once, not at every retry. Granted again, the rows
+// are computed.
+func TestPermissionErrorIsNoRowError(t *testing.T) {
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 1})
+	b.catchUp(t)
+	pool, role := rolePool(t, b)
+	var logs lockedLog
+	log := hclog.New(&hclog.LoggerOptions{Output: &logs, JSONFormat: true, Level: hclog.Info})
+	m := materializer.New(pool, b.plan, materializer.Config{Workers: 1, PollInterval: 20 * time.Millisecond,
+		SweepInterval: 200 * time.Millisecond}, log)
+	pgtest.Exec(t, b.conn, `REVOKE SELECT ON event FROM `+role)
+
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { stop(); <-done }()
+	pgtest.Exec(t, b.conn, `UPDATE venue SET materialized_at = NULL`)
+	require.Eventually(t, func() bool { return m.Stats.BatchErrors.Load() >= 4 }, 30*time.Second, 50*time.Millisecond)
+	var failures int
+	require.NoError(t, b.conn.QueryRow(context.Background(), `SELECT count(*) FROM matcol.failure`).Scan(&failures))
+	require.Zero(t, failures, "a missing privilege is no fault of any row")
+	require.Zero(t, m.Stats.RowsFailed.Load())
+	require.Equal(t, 1, strings.Count(logs.String(), "batch failed"), logs.String())
+	require.Contains(t, logs.String(), "permission denied for table event")
+
+	pgtest.Exec(t, b.conn, `GRANT SELECT ON event TO `+role)
+	require.Eventually(t, func() bool {
+		var stale int
+		_ = b.conn.QueryRow(context.Background(), `SELECT count(*) FROM venue WHERE materialized_at IS NULL`).Scan(&stale)
+		return stale == 0
+	}, 60*time.Second, 50*time.Millisecond)
+	require.Contains(t, logs.String(), "batches succeed again")
+	require.Empty(t, b.drift(t))
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/stretchr/testify/require"
 
-	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/internal/pgtest"
 	"github.com/matcol/matcol/materializer"
 )
@@ -158,25 +156,7 @@ func TestUnreadableReplicaLagIsSaidOnce(t *testing.T) {
 	dsn := pgtest.NewDB(t)
 	b := setupOn(t, dsn, materializer.Config{Workers: 1})
 	ctx := context.Background()
-	var db string
-	require.NoError(t, b.conn.QueryRow(ctx, `SELECT current_database()`).Scan(&db))
-	role := "lag_" + strings.TrimPrefix(db, "matcol_test_")
-	pgtest.Exec(t, b.conn, fmt.Sprintf(`CREATE ROLE %[1]s LOGIN;
-		GRANT USAGE ON SCHEMA matcol, public TO %[1]s;
-		GRANT ALL ON ALL TABLES IN SCHEMA matcol, public TO %[1]s;
-		GRANT ALL ON ALL SEQUENCES IN SCHEMA matcol, public TO %[1]s`, role))
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), dsn)
-		if err == nil {
-			_, _ = c.Exec(context.Background(), `DROP OWNED BY `+role+`; DROP ROLE IF EXISTS `+role)
-			_ = c.Close(context.Background())
-		}
-	})
-	cfg, err := pgx.ParseConfig(dsn)
-	require.NoError(t, err)
-	pool, err := dial.Pool(ctx, strings.Replace(dsn, "://"+cfg.User+"@", "://"+role+"@", 1), "test", dial.PoolOptions{MaxConns: 4})
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
+	pool, role := rolePool(t, b)
 	var logs lockedLog
 	log := hclog.New(&hclog.LoggerOptions{Output: &logs, JSONFormat: true})
 	m := materializer.New(pool, b.plan, materializer.Config{Workers: 1, MaxReplicaLag: time.Second}, log)
@@ -198,21 +178,4 @@ func TestUnreadableReplicaLagIsSaidOnce(t *testing.T) {
 	pgtest.Exec(t, b.conn, `GRANT pg_read_all_stats TO `+role)
 	require.Eventually(t, m.ReplicaLagKnown, 10*time.Second, 50*time.Millisecond)
 	require.Contains(t, logs.String(), "replay lag known again")
-}
-
-type lockedLog struct {
-	mu sync.Mutex
-	sb strings.Builder
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.sb.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.sb.String()
 }
