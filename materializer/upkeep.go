@@ -8,8 +8,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// upkeep is what the materializer keeps to say things once: whether replicas' lag can be read,
-// and each table's batch error until its batches succeed again.
+// upkeep is what the materializer keeps to say things once (whether replicas' lag can be read,
+// each table's batch error until its batches succeed again) and to tidy now and then.
 type upkeep struct {
 	lagUnknown atomic.Bool
 	lagWarned  atomic.Bool
@@ -17,6 +17,8 @@ type upkeep struct {
 	mu        sync.Mutex
 	batchErrs map[int]string // by target id, the batch error logged last
 	nErrs     atomic.Int32   // len(batchErrs), read without the lock on every batch
+
+	sweeps int // sweeps so far, for tidy; only the sweep touches it
 }
 
 const (
