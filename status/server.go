@@ -100,6 +100,9 @@ func (s *Server) Handler() http.Handler {
 			http.Error(w, "status unavailable: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		if s.Token == "" {
+			rep = redacted(rep)
+		}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
