@@ -81,7 +81,7 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 	if maxConns == 0 {
 		maxConns = cfg.Materializer.Workers + 4
 	}
-	guard := &dial.CacheGuard{MaxBytes: int64(cfg.Database.MaxCacheBytes)}
+	guard := &dial.CacheGuard{MaxBytes: int64(cfg.Database.MaxCacheBytes), Log: log.Named("pool")}
 	pool, err := dial.Pool(ctx, cfg.DatabaseURL, "worker", dial.PoolOptions{
 		MaxConns: int32(maxConns), MaxConnLifetime: cfg.Database.MaxConnLifetime, Cache: guard})
 	if err != nil {

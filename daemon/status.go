@@ -56,7 +56,7 @@ func (d *Daemon) live(r *status.Report) {
 		e.RowsPerSecond, e.LastBatchSeconds, e.RowsMaterializedTotal = &rate, &secs, &rows
 	}
 	r.Daemon = &status.Daemon{Version: d.Version, StartedAt: d.started.UTC(), UptimeSeconds: up, Paused: d.Mat.Paused(),
-		Connections: []status.Connection{}}
+		ReplicaLagKnown: d.Mat.ReplicaLagKnown(), Connections: []status.Connection{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	rows, err := d.pool.Query(ctx, `SELECT pid, application_name, backend_start, coalesce(state, '')

@@ -82,6 +82,7 @@ type Backfill struct {
 	noStep            atomic.Bool // set when the step does not plan
 	harm              harm        // the throttle, read in hold
 	throttled         int64
+	lagWarned         bool
 }
 
 // EnrichmentNames returns the sorted names a backfill row is keyed by.
@@ -292,6 +293,10 @@ func (b *Backfill) hold(ctx context.Context) error {
 			if _, reason := b.harm.add(s, b.loadAt); reason != "" && b.harm.level == 1 {
 				b.log.Info("backfill throttles: the application is busy", "backfill", b.ID, "reason", reason)
 			}
+		}
+		if lag < 0 && b.spec.MaxReplicaLag > 0 && !b.lagWarned {
+			b.log.Warn(lagUnknownMessage, "backfill", b.ID, "fix", lagFix)
+			b.lagWarned = true
 		}
 		behind := b.spec.MaxReplicaLag > 0 && lag > b.spec.MaxReplicaLag.Seconds()
 		if !paused && !behind {

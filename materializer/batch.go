@@ -74,7 +74,8 @@ func (m *Materializer) batch(ctx context.Context, t *target) (n int, full bool, 
 		}
 		_ = tx.Rollback(bctx)
 		conn.Release()
-		n, err = m.isolate(bctx, t, keys, err)
+		// Isolating may take many statements: a stop interrupts it, leaving the rows stale.
+		n, err = m.isolate(ctx, t, keys, err)
 		return n, full, err
 	}
 	if err := tx.Commit(bctx); err != nil {
@@ -168,7 +169,7 @@ func settingsArgs(t *plan.Target) []any {
 // or in writing its result), which bisecting can isolate.
 func isRowError(err error) bool {
 	var pe *pgconn.PgError
-	if !errors.As(err, &pe) {
+	if !errors.As(err, &pe) || noRowCauses(pe.Code) {
 		return false
 	}
 	switch pe.Code[:2] {

@@ -260,7 +260,7 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 			if t == nil {
 				continue
 			}
-			requeue, dropped, err := m.applyGroup(ctx, tx, t, g, searchPath)
+			requeue, dropped, err := m.applyGroup(dial.Touching(ctx, t.plan.Relations()), tx, t, g, searchPath)
 			res.Dropped += dropped
 			if isGone(err) {
 				// A table dropped under us (a tenant removed): its entries go with it, and the

@@ -84,17 +84,12 @@ func (m *Materializer) quarantine(ctx context.Context, t *target, keys [][]*stri
 	culprit := ""
 	msg := cause.Error()
 	if len(t.plan.Enrichments) > 1 {
-		for _, e := range t.plan.Enrichments {
-			err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
-				if _, err := tx.Exec(ctx, plan.WriteSQL(t.plan, []*plan.Enrichment{e}, false), keyArgs(keys)...); err != nil {
-					return err
-				}
-				return errRollback
-			})
-			if err != nil && !errors.Is(err, errRollback) {
-				culprit, msg = e.Name, err.Error()
-				break
-			}
+		var err error
+		if culprit, msg, err = m.culprit(ctx, t, keys); err != nil {
+			return err
+		}
+		if culprit == "" {
+			msg = cause.Error()
 		}
 	} else {
 		culprit = t.plan.Enrichments[0].Name
@@ -126,4 +121,48 @@ func (m *Materializer) quarantine(ctx context.Context, t *target, keys [][]*stri
 	return nil
 }
 
+// culprit runs each enrichment of t alone for keys, as a batch would (same timeouts and
+// settings, rolled back), and returns the first that fails with its error, or "" if none does.
+// A stop cancels it: the rows stay stale for the next start.
+func (m *Materializer) culprit(ctx context.Context, t *target, keys [][]*string) (string, string, error) {
+	for _, e := range t.plan.Enrichments {
+		var failed error
+		err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(t.plan)...); err != nil {
+				return err
+			}
+			_, failed = tx.Exec(ctx, plan.WriteSQL(t.plan, []*plan.Enrichment{e}, false), keyArgs(keys)...)
+			return errRollback
+		})
+		if ctx.Err() != nil {
+			return "", "", ctx.Err()
+		}
+		if err != nil && !errors.Is(err, errRollback) {
+			return "", "", fmt.Errorf("find the failing enrichment of %s: %w", t.plan.Table, err)
+		}
+		if failed != nil {
+			return e.Name, failed.Error(), nil
+		}
+	}
+	return "", "", nil
+}
+
 var errRollback = errors.New("rollback")
+
+// noRowCauses reports whether an error code means the statement cannot run for any row: matcol's
+// role lacks a privilege, or the SQL names something that does not exist (dropped or renamed
+// since apply). Isolating such an error would quarantine every row, one at a time; the batch
+// fails and backs off instead. (A row's text cast to regclass can raise 42P01 too; such a row
+// stops its batch until it is fixed.)
+func noRowCauses(code string) bool {
+	switch code {
+	case "42501", // insufficient_privilege
+		"42601", // syntax_error
+		"42P01", // undefined_table
+		"42703", // undefined_column
+		"42883", // undefined_function
+		"42704": // undefined_object
+		return true
+	}
+	return false
+}

@@ -108,6 +108,7 @@ type Materializer struct {
 	replicaBehind atomic.Bool
 	harm          harm         // owned by watchLoad
 	level         atomic.Int32 // the throttle level, from harm
+	upkeep        upkeep
 
 	// OnGone, when set before Run, is called when a target's table turns out to be gone (a tenant
 	// schema dropped), so that the catalog is read again.
@@ -414,7 +415,7 @@ func (m *Materializer) worker(ctx context.Context, id int) {
 			continue
 		}
 		start := time.Now()
-		n, full, err := m.work(ctx, t)
+		n, full, err := m.work(dial.Touching(ctx, t.plan.Relations()), t)
 		if errors.Is(err, errPlanChanged) {
 			m.finish(t, true, false)
 			continue
@@ -424,6 +425,8 @@ func (m *Materializer) worker(ctx context.Context, id int) {
 			if ctx.Err() == nil {
 				m.logBatchError(t, err)
 			}
+		} else if m.upkeep.batchOK(t.plan.ID) {
+			m.log.Info("batches succeed again", "table", t.plan.Table.String())
 		}
 		m.finish(t, full, err != nil)
 		if n > 0 {
@@ -437,6 +440,10 @@ func (m *Materializer) worker(ctx context.Context, id int) {
 func (m *Materializer) logBatchError(t *target, err error) {
 	if dial.IsConnectionError(err) {
 		m.log.Warn("database unreachable; retrying", "table", t.plan.Table.String(), "error", err)
+		return
+	}
+	if !m.upkeep.batchFailed(t.plan.ID, err) {
+		m.log.Debug("batch failed again", "table", t.plan.Table.String(), "error", err)
 		return
 	}
 	m.log.Error("batch failed; retrying with backoff", "table", t.plan.Table.String(), "error", err)

@@ -7,7 +7,8 @@ import (
 	"github.com/matcol/matcol/plan"
 )
 
-// sweep runs the periodic chores: expiry, and clearing min_interval holds that have passed.
+// sweep runs the periodic chores: expiry, clearing min_interval holds that have passed, and
+// now and then the removal of leftovers.
 func (m *Materializer) sweep(ctx context.Context) {
 	m.mu.Lock()
 	targets := make([]*target, 0, len(m.byID))
@@ -31,8 +32,15 @@ func (m *Materializer) sweep(ctx context.Context) {
 		m.mu.Unlock()
 	}
 	if debounced {
-		if _, err := m.pool.Exec(ctx, `DELETE FROM matcol.debounce WHERE not_before < now()`); err != nil {
+		if _, err := m.pool.Exec(ctx, `DELETE FROM matcol.debounce d USING (
+				SELECT target_id, key FROM matcol.debounce WHERE not_before < now() LIMIT $1) g
+			WHERE d.target_id = g.target_id AND d.key = g.key`, tidyChunk); err != nil {
 			m.log.Warn("clearing min_interval holds failed", "error", err)
+		}
+	}
+	if m.upkeep.sweeps++; m.upkeep.sweeps%tidySweeps == 1 {
+		if err := m.tidy(ctx); err != nil && ctx.Err() == nil {
+			m.log.Warn("removing leftover failures and min_interval holds failed", "error", err)
 		}
 	}
 }

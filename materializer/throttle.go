@@ -19,10 +19,16 @@ func (m *Materializer) observe(t *target, n int, d time.Duration) {
 	}
 }
 
-// loadSQL reads the pause switch and the largest replay lag of the replicas, in seconds.
-const loadSQL = `SELECT
-	coalesce((SELECT (value->>'paused')::bool FROM matcol.setting WHERE name = 'pause'), false),
-	coalesce((SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication), 0)::float8`
+// loadSQL reads the pause switch and the largest replay lag of the physical standbys, in seconds.
+// Walsenders of logical slots (CDC tools, matcol's own) are not standbys. The lag is -1 when
+// standbys exist but their lag cannot be read: pg_stat_replication shows it only to
+// pg_read_all_stats.
+const loadSQL = `WITH standby AS (
+		SELECT r.state, r.replay_lag FROM pg_stat_replication r
+		WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_type = 'logical' AND s.active_pid = r.pid))
+	SELECT coalesce((SELECT (value->>'paused')::bool FROM matcol.setting WHERE name = 'pause'), false),
+		CASE WHEN EXISTS (SELECT 1 FROM standby WHERE state IS NULL) THEN -1
+		ELSE coalesce((SELECT max(extract(epoch FROM replay_lag)) FROM standby), 0) END::float8`
 
 // watchLoad keeps the pause switch and the throttles current: load each second, the harm probe
 // four times a second (see harm.go).
@@ -50,6 +56,7 @@ func (m *Materializer) checkLoad(ctx context.Context) {
 	if err != nil {
 		return // keep the last known state; the next tick tries again
 	}
+	m.noteLagKnown(lag >= 0)
 	if paused != m.paused.Load() {
 		if paused {
 			m.log.Info("materialization paused")

@@ -190,19 +190,9 @@ func Sync(ctx context.Context, tx pgx.Tx, defs []Enrichment) (Changes, error) {
 		ch.Removed = append(ch.Removed, e.Name)
 	}
 	// A target with no enrichment left takes its queued invalidations with it. A template's
-	// instance target stays while its table exists and a template still matches it.
-	if _, err := tx.Exec(ctx, `
-		WITH keep AS (
-		    SELECT t.id FROM matcol.target t
-		    JOIN pg_namespace n ON n.nspname = t.schema_name
-		    JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name
-		    JOIN (SELECT p.schema_name, p.table_name FROM matcol.enrichment e JOIN matcol.target p ON p.id = e.target_id
-		          WHERE e.template) tp ON tp.table_name = t.table_name AND t.schema_name LIKE matcol.glob_like(tp.schema_name)),
-		gone AS (DELETE FROM matcol.target t
-		         WHERE NOT EXISTS (SELECT 1 FROM matcol.enrichment e WHERE e.target_id = t.id)
-		           AND t.id NOT IN (SELECT id FROM keep)
-		         RETURNING id)
-		DELETE FROM matcol.pending p USING gone WHERE p.target_id = gone.id`); err != nil {
+	// instance target stays while its table exists and a template still matches it. SQL
+	// registration runs the same function.
+	if _, err := tx.Exec(ctx, `SELECT matcol.remove_unused_targets()`); err != nil {
 		return ch, fmt.Errorf("remove unused targets: %w", err)
 	}
 	return ch, nil

@@ -94,6 +94,10 @@ type Daemon struct {
 	Leader        *bool        `json:"leader,omitempty"`
 	Paused        bool         `json:"paused"`
 	Connections   []Connection `json:"connections"`
+
+	// ReplicaLagKnown is false while standbys exist whose replay lag matcol's role cannot read
+	// (it lacks pg_read_all_stats): throttle.max_replica_lag is then not enforced.
+	ReplicaLagKnown bool `json:"replica_lag_known"`
 }
 
 // Connection is one of matcol's backends.

@@ -16,7 +16,7 @@ func TestDashboardAndAlertsUseExportedMetrics(t *testing.T) {
 	for _, m := range []string{"matcol_stale_rows", "matcol_stale_rows_exact", "matcol_oldest_pending_seconds",
 		"matcol_pending_invalidations", "matcol_failures", "matcol_rows_materialized_total", "matcol_last_batch_seconds",
 		"matcol_replication_slot_retained_wal_bytes", "matcol_replication_slot_wal_status", "matcol_backfill_rows_done",
-		"matcol_paused", "matcol_status_up", "matcol_freshness_seconds_bucket"} {
+		"matcol_paused", "matcol_replica_lag_known", "matcol_status_up", "matcol_freshness_seconds_bucket"} {
 		exported[m] = true
 	}
 	re := regexp.MustCompile(`matcol_[a-z_]+`)

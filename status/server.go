@@ -100,6 +100,9 @@ func (s *Server) Handler() http.Handler {
 			http.Error(w, "status unavailable: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		if s.Token == "" {
+			rep = redacted(rep)
+		}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
@@ -163,12 +166,13 @@ var (
 	descWALState = prometheus.NewDesc("matcol_replication_slot_wal_status", "1 for the slot's current wal_status.", []string{"slot", "wal_status"}, nil)
 	descBackfill = prometheus.NewDesc("matcol_backfill_rows_done", "Rows done by a queued or running backfill.", []string{"backfill", "table", "status"}, nil)
 	descPaused   = prometheus.NewDesc("matcol_paused", "1 while materialization is paused.", nil, nil)
+	descLagKnown = prometheus.NewDesc("matcol_replica_lag_known", "0 while standbys exist whose replay lag matcol cannot read, so throttle.max_replica_lag is not enforced.", nil, nil)
 	descUp       = prometheus.NewDesc("matcol_status_up", "1 when the last status read from the database succeeded.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descStale, descExact, descOldest, descPending, descFailures, descRows, descBatch,
-		descWAL, descWALState, descBackfill, descPaused, descUp} {
+		descWAL, descWALState, descBackfill, descPaused, descLagKnown, descUp} {
 		ch <- d
 	}
 }
@@ -209,6 +213,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if r.Daemon != nil {
 		ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, b2f(r.Daemon.Paused))
+		ch <- prometheus.MustNewConstMetric(descLagKnown, prometheus.GaugeValue, b2f(r.Daemon.ReplicaLagKnown))
 	}
 }
 

@@ -1,12 +1,17 @@
 package dial_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/matcol/matcol/internal/dial"
@@ -45,4 +50,82 @@ func TestCacheGuardRecyclesBigBackends(t *testing.T) {
 	c.Release()
 	require.NotEqual(t, first, pid(), "the backend that cached 400 tables must be replaced")
 	require.Equal(t, int64(1), guard.Recycled)
+}
+
+// A role that may not read pg_backend_memory_contexts keeps its connections: the guard says so
+// once, names the grant, and counts the relations each connection's statements read instead.
+// Granted pg_read_all_stats, the same role is measured.
+func TestCacheGuardWithoutPrivilegeCountsRelations(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	su := pgtest.Connect(t, dsn)
+	ctx := context.Background()
+	var db string
+	require.NoError(t, su.QueryRow(ctx, `SELECT current_database()`).Scan(&db))
+	role := "guard_" + strings.TrimPrefix(db, "matcol_test_")
+	pgtest.Exec(t, su, `CREATE ROLE `+role+` LOGIN`)
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), dsn)
+		if err == nil {
+			_, _ = c.Exec(context.Background(), `DROP ROLE IF EXISTS `+role)
+			_ = c.Close(context.Background())
+		}
+	})
+	cfg, err := pgx.ParseConfig(dsn)
+	require.NoError(t, err)
+	roleDSN := strings.Replace(dsn, "://"+cfg.User+"@", "://"+role+"@", 1)
+
+	var logs lockedBuffer
+	log := hclog.New(&hclog.LoggerOptions{Output: &logs, JSONFormat: true})
+	guard := &dial.CacheGuard{MaxBytes: 4 << 10, PerRelation: 1 << 10, Log: log} // 4 relations
+	pool, err := dial.Pool(ctx, roleDSN, "test", dial.PoolOptions{MaxConns: 1, Cache: guard})
+	require.NoError(t, err)
+	defer pool.Close()
+	pid := func(ctx context.Context) (p int) {
+		require.NoError(t, pool.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&p))
+		return p
+	}
+	first := pid(ctx)
+	for i := 0; i < 50; i++ {
+		require.Equal(t, first, pid(ctx), "release %d must keep the connection", i)
+	}
+	require.True(t, guard.Counting())
+	require.Equal(t, 1, strings.Count(logs.String(), "cannot read pg_backend_memory_contexts"), logs.String())
+	require.Contains(t, logs.String(), `GRANT pg_read_all_stats TO \"`+role)
+
+	require.Equal(t, first, pid(dial.Touching(ctx, []uint32{1, 2})))
+	require.Equal(t, first, pid(dial.Touching(ctx, []uint32{2, 3, 4})), "4 relations are within the cap")
+	require.Equal(t, first, pid(dial.Touching(ctx, []uint32{5})), "a fifth relation passes it: closed on release")
+	second := pid(ctx)
+	require.NotEqual(t, first, second)
+	require.Equal(t, second, pid(dial.Touching(ctx, []uint32{1, 2, 3})), "a new connection starts counting afresh")
+	require.Equal(t, int64(1), guard.RecycledCount())
+	require.Equal(t, 1, strings.Count(logs.String(), "cannot read pg_backend_memory_contexts"))
+
+	pgtest.Exec(t, su, `GRANT pg_read_all_stats TO `+role)
+	measured := &dial.CacheGuard{MaxBytes: 64 << 20, Log: log}
+	mpool, err := dial.Pool(ctx, roleDSN, "test", dial.PoolOptions{MaxConns: 1, Cache: measured})
+	require.NoError(t, err)
+	defer mpool.Close()
+	var p int
+	require.NoError(t, mpool.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&p))
+	require.NoError(t, mpool.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&p)) // after the first release's measurement
+	require.False(t, measured.Counting())
+	require.Positive(t, measured.Sizes()[uint32(p)])
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -107,8 +107,10 @@ func Pool(ctx context.Context, dsn, role string, opts PoolOptions) (*pgxpool.Poo
 		// churns, and holds tens of MB. 64 keep the busy tables' statements.
 		cfg.ConnConfig.StatementCacheCapacity = 64
 		cfg.ConnConfig.DescriptionCacheCapacity = 64
+		cfg.AfterConnect = opts.Cache.connected
 		cfg.AfterRelease = opts.Cache.keep
 		cfg.BeforeClose = opts.Cache.forget
+		cfg.ConnConfig.Tracer = guardTracer{opts.Cache}
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
