@@ -139,6 +139,9 @@ func BuildWith(ctx context.Context, tx pgx.Tx, defs []registry.Enrichment, opts 
 	if err := b.build(defs); err != nil {
 		return nil, err
 	}
+	if b.err != nil {
+		return nil, b.err
+	}
 	if len(b.problems) > 0 {
 		return nil, &ValidationError{Problems: b.problems}
 	}
