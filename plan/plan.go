@@ -42,7 +42,8 @@ type Target struct {
 	Enrichments []*Enrichment
 	// Owned are all enrichment columns of the table; changes to them never invalidate.
 	Owned []string
-	// Self is true when changes to the row's other columns make it stale.
+	// Self is true when some update of the row makes it stale: an enrichment leaves self unset
+	// or sets it true. SelfWatch says which columns.
 	Self       bool
 	StaleIndex bool
 	// Hash names the target in trigger names and NOTIFY payloads.
@@ -75,7 +76,7 @@ type Source struct {
 	OID      uint32
 	Relation *discovery.Relation
 	// Ignored are columns whose changes never invalidate: materialized_at and, when the source is
-	// also a target, the columns matcol writes.
+	// also a target, the columns matcol writes. Watch is the finer, read-based view.
 	Ignored []string
 	Deps    []*Dep
 	Hash    string
