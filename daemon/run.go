@@ -88,6 +88,16 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		return nil, err
 	}
 	p, err := loadPlanOnce(ctx, cfg.DatabaseURL)
+	for attempt := 0; dial.IsConnectionError(err); attempt++ {
+		// As for apply above: a restart or a terminated backend is no reason to stop.
+		wait := retryDelay(attempt)
+		log.Warn("database unreachable; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
+		if !dial.Sleep(ctx, wait) {
+			pool.Close()
+			return nil, ctx.Err()
+		}
+		p, err = loadPlanOnce(ctx, cfg.DatabaseURL)
+	}
 	if err != nil {
 		pool.Close()
 		return nil, err

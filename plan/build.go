@@ -36,6 +36,8 @@ type builder struct {
 	checked    int
 	// temp holds the transactions whose backend has its temporary schema (see tempSchema).
 	temp map[pgx.Tx]bool
+	// err is the first failure that is not the enrichments' (see fatal).
+	err error
 	// shapes, code and sameReads let template instances share what they read (see shapeReads).
 	shapes    map[string]*shapeReads
 	code      map[string]bool
@@ -48,6 +50,15 @@ func (b *builder) fail(e *registry.Enrichment, format string, args ...any) {
 		prefix = fmt.Sprintf("enrichment %s on %s: ", e.Name, e.Target)
 	}
 	b.problems = append(b.problems, prefix+fmt.Sprintf(format, args...))
+}
+
+// fatal records a failure that is not a problem of the enrichments, such as a lost connection:
+// Build returns the first one as its error, so that callers can tell it from invalid input.
+func (b *builder) fatal(err error) {
+	if b.err == nil {
+		b.err = err
+	}
+	b.problems = append(b.problems, err.Error()) // stops a template instance at once
 }
 
 func (b *builder) relation(t pgident.Table) (*discovery.Relation, error) {
@@ -182,7 +193,7 @@ func (b *builder) build(defs []registry.Enrichment) error {
 func (b *builder) add(d registry.Enrichment, targets map[pgident.Table]*Target, owner map[pgident.Table]map[string]string) *Enrichment {
 	rel, err := b.relation(d.Target)
 	if err != nil {
-		b.problems = append(b.problems, err.Error())
+		b.fatal(err)
 		return nil
 	}
 	if rel == nil {

@@ -177,6 +177,7 @@ CREATE VIEW t3.line AS SELECT * FROM t3.raw_line;`)
 				"list in depends_on any table it reads (and the same in 1 more schemas matching t*)")
 			require.Contains(t, p.Warnings, `table t1.item has no index on stale rows; create one: CREATE INDEX CONCURRENTLY ON "t1"."item" ("id") `+
 				"WHERE materialized_at IS NULL (and the same in 1 more schemas matching t*)")
+			require.Len(t, p.Warnings, 2, "one line per template and kind, not one per schema")
 		})
 	}
 }
@@ -239,10 +240,20 @@ CREATE FUNCTION s4.anything() RETURNS int LANGUAGE sql AS 'SELECT 1';`)
 			line = []string{"*", "amount", "id", "item_id", "note"}
 		}
 		require.Equal(t, map[string][]string{schema + ".item": {"id"}, schema + ".line": line}, reads(e.Reads), schema)
+		require.Equal(t, []string{"id"}, must(e.SelfWatch()), "%s: the key, the only item column read", schema)
 		for _, r := range e.Reads {
 			var oid uint32
+			require.NotZero(t, r.OID)
 			require.NoError(t, b.conn.QueryRow(context.Background(), `SELECT $1::regclass::oid`, r.Table.Sanitize()).Scan(&oid))
 			require.Equal(t, oid, r.OID, "%s reads its own %s", schema, r.Table)
 		}
 	}
+	require.Contains(t, p.Explain(), "enrichment item_lines: s1.item (total)\n  template s*.item, in 4 schemas; shown for s1\n")
+}
+
+func must(all bool, cols []string) []string {
+	if all {
+		return append([]string{"*"}, cols...)
+	}
+	return cols
 }

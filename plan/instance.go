@@ -81,6 +81,9 @@ func (b *builder) addInstance(d registry.Enrichment, targets map[pgident.Table]*
 		}
 	}
 	b.instance, b.trusted, b.sameReads = false, false, false
+	if b.err != nil {
+		return nil, b.err
+	}
 	probs := b.problems
 	b.problems = saved
 	if !trusted {

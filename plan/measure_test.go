@@ -81,7 +81,7 @@ CREATE VIEW t%05[1]d.big_detail AS SELECT * FROM t%05[1]d.item_detail WHERE amou
 		Columns: []string{"total", "n"}, SQL: plain,
 		DependsOn: []registry.Dependency{{Source: pgident.Table{Name: "item_detail"}, Columns: []string{"item_id"}}}}
 	// On one connection, so that its backend's CPU is all of the server's work.
-	for _, pass := range []string{"first build", "second build (cached)"} {
+	build := func(pass string) {
 		tx, err := conn.Begin(ctx)
 		require.NoError(t, err)
 		cpu := backendCPU(t, tx)
@@ -93,6 +93,19 @@ CREATE VIEW t%05[1]d.big_detail AS SELECT * FROM t%05[1]d.item_detail WHERE amou
 			cpu().Round(time.Millisecond))
 		require.NoError(t, tx.Commit(ctx), "keeps the target ids, part of what the cache knows an instance by")
 	}
+	build("first build (alike tenants share one analysis)")
+	build("second build (cached)")
+
+	// A function in every tenant schema: each instance gets an analysis of its own.
+	for i := 0; i < tenants; i += 250 {
+		var ddl strings.Builder
+		for j := i; j < min(i+250, tenants); j++ {
+			fmt.Fprintf(&ddl, "CREATE FUNCTION t%05[1]d.f() RETURNS int LANGUAGE sql AS 'SELECT 1';\n", j)
+		}
+		pgtest.Exec(t, conn, ddl.String())
+	}
+	def.SQL += " -- again"
+	build("first build (one analysis per tenant)")
 }
 
 // backendCPU returns a function that tells the CPU time the connection's backend used since.

@@ -45,7 +45,8 @@ type Target struct {
 	Enrichments []*Enrichment
 	// Owned are all enrichment columns of the table; changes to them never invalidate.
 	Owned []string
-	// Self is true when changes to the row's other columns make it stale.
+	// Self is true when some update of the row makes it stale: an enrichment leaves self unset
+	// or sets it true. SelfWatch says which columns.
 	Self       bool
 	StaleIndex bool
 	// Hash names the target in trigger names and NOTIFY payloads.
@@ -78,7 +79,7 @@ type Source struct {
 	OID      uint32
 	Relation *discovery.Relation
 	// Ignored are columns whose changes never invalidate: materialized_at and, when the source is
-	// also a target, the columns matcol writes.
+	// also a target, the columns matcol writes. Watch is the finer, read-based view.
 	Ignored []string
 	Deps    []*Dep
 	Hash    string
@@ -141,6 +142,9 @@ func BuildWith(ctx context.Context, tx pgx.Tx, defs []registry.Enrichment, opts 
 		types: map[uint32]string{}, folded: map[string]*folded{}, opts: opts}
 	if err := b.build(defs); err != nil {
 		return nil, err
+	}
+	if b.err != nil {
+		return nil, b.err
 	}
 	if len(b.problems) > 0 {
 		return nil, &ValidationError{Problems: b.problems}

@@ -81,6 +81,11 @@ var readsSQL string
 // each parameter replaced by a NULL of its type, reads the view's dependencies from the catalog,
 // and rolls the view back: nothing is left behind. problem is set when the statement cannot be
 // made a view; err only for failures of the connection.
+//
+// EXPLAIN (VERBOSE) costs about as much, but it shows a plan, not the query: it needs concrete
+// parameters (a generic plan only from PostgreSQL 16), the planner leaves out what it proves
+// irrelevant for those values, and what it prints are expressions that would have to be parsed.
+// A view's dependencies are the query's own, on every version from 13.
 func (b *builder) analyze(sql string, params []uint32, width int) (a *analysis, problem string, err error) {
 	nulls := make([]string, len(params))
 	for i, oid := range params {

@@ -31,7 +31,7 @@ func (b *builder) checkSQL(e *Enrichment, rel *discovery.Relation) bool {
 		for i, k := range t.Key {
 			want, err := b.arrayOf(k.TypeOID)
 			if err != nil {
-				b.problems = append(b.problems, err.Error())
+				b.fatal(err)
 				return false
 			}
 			if sd.ParamOIDs[i] != want {
@@ -93,8 +93,7 @@ func (b *builder) checkSQL(e *Enrichment, rel *discovery.Relation) bool {
 }
 
 // reads analyzes a statement that prepared as sd. A problem with the statement comes back as
-// an error that reads as a message; a failure of the connection is recorded as a problem of
-// its own, which fails the build.
+// an error that reads as a message; a failure of the connection is recorded with fatal.
 func (b *builder) reads(sd *pgconn.StatementDescription, sql string) (*analysis, error) {
 	if b.instance && len(b.problems) > 0 {
 		return nil, nil // the transaction is aborted; the instance is skipped anyway
@@ -104,7 +103,7 @@ func (b *builder) reads(sd *pgconn.StatementDescription, sql string) (*analysis,
 	}
 	a, problem, err := b.analyze(sql, sd.ParamOIDs, len(sd.Fields))
 	if err != nil {
-		b.problems = append(b.problems, err.Error())
+		b.fatal(err)
 		return nil, nil
 	}
 	if problem != "" {
