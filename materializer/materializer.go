@@ -172,8 +172,8 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 	m.queue = nil
 	for _, pt := range p.Targets {
 		size := m.cfg.BatchSize
-		if pt.Enrichments[0].Settings.BatchSize > 0 {
-			size = pt.Enrichments[0].Settings.BatchSize
+		if n := pt.BatchSettings().BatchSize; n > 0 {
+			size = n
 		}
 		t := &target{plan: pt, claimSQL: plan.ClaimSQL(pt), writeSQL: plan.WriteSQL(pt, pt.Enrichments, true), batchSize: size,
 			minInterval: pt.MinInterval()}
