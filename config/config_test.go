@@ -230,3 +230,13 @@ func TestBadEnvValuesNameTheVariable(t *testing.T) {
 	require.Contains(t, msg, `MATCOL_DATABASE_MAX_CACHE_BYTES: "lots" is not a size`)
 	require.NotContains(t, msg, path)
 }
+
+// An empty variable is unset, except MATCOL_STATUS_LISTEN, where empty turns the server off.
+func TestEmptyStatusListenDisablesTheServer(t *testing.T) {
+	t.Setenv("MATCOL_LOG_LEVEL", "")
+	t.Setenv("MATCOL_STATUS_LISTEN", "")
+	cfg, err := Load(write(t, "status:\n  listen: 0.0.0.0:9180\n"), nil)
+	require.NoError(t, err)
+	require.Equal(t, "", cfg.Status.Listen)
+	require.Equal(t, "info", cfg.LogLevel)
+}

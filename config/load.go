@@ -186,6 +186,11 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 	if err := v.Unmarshal(&cfg, decoderOptions); err != nil {
 		return nil, decodeProblems(path, err)
 	}
+	// An empty MATCOL_* variable counts as unset, except this one: empty is how the environment
+	// says "no status server".
+	if val, ok := os.LookupEnv("MATCOL_STATUS_LISTEN"); ok && val == "" {
+		cfg.Status.Listen = ""
+	}
 	return &cfg, nil
 }
 

@@ -184,6 +184,8 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 			t.batchSize = o.batchSize
 			t.running = o.running
 			t.wake, t.wakeAt = o.wake, o.wakeAt
+			t.rows.Store(o.rows.Load())
+			t.lastBatch.Store(o.lastBatch.Load())
 		}
 		m.byHash[pt.Hash] = t
 		m.byID[pt.ID] = t
