@@ -74,11 +74,13 @@ func (s *Server) Attach(src *Source) {
 	s.mu.Unlock()
 }
 
+const freshnessHelp = "Latency from a source change's commit to its row being materialized by this process."
+
 // NewFreshnessHistogram returns the histogram Server exports as matcol_freshness_seconds.
 func NewFreshnessHistogram() prometheus.Histogram {
 	return prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "matcol_freshness_seconds",
-		Help:    "Latency from a source change's commit to its row being materialized by this process.",
+		Help:    freshnessHelp,
 		Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300},
 	})
 }
@@ -209,44 +211,53 @@ func (s *Server) Run(ctx context.Context) error {
 // collector turns a report into Prometheus metrics at scrape time.
 type collector struct{ s *Server }
 
-// names lists every metric family the server exports, for the docs and their tests.
-var names []string
+// Metric describes one metric family matcol exports, for docs/metrics.md and its test.
+type Metric struct {
+	Name   string
+	Type   string // gauge, counter or histogram
+	Labels []string
+	Help   string
+	// Reporter is true for the figures read from the database, which only the reporting
+	// instance (matcol_leader 1) exports.
+	Reporter bool
+}
 
-func newDesc(name, help string, labels ...string) *prometheus.Desc {
-	names = append(names, name)
+var metrics []Metric
+
+func newDesc(typ string, reporter bool, name, help string, labels ...string) *prometheus.Desc {
+	metrics = append(metrics, Metric{Name: name, Type: typ, Labels: labels, Help: help, Reporter: reporter})
 	return prometheus.NewDesc(name, help, labels, nil)
 }
 
 // Every instance exports these: they need no database, or count this process alone.
 var (
-	descBuild  = newDesc("matcol_build_info", "1, labelled with the running version.", "version", "go_version")
-	descUp     = newDesc("matcol_status_up", "1 when this instance's last read of the database succeeded; 0 while it cannot read it, or is starting.")
-	descLeader = newDesc("matcol_leader", "1 on the one instance of a database that exports the figures read from the database.")
-	descRows   = newDesc("matcol_rows_materialized_total", "Rows this process materialized, across all tables.")
-	descBatch  = newDesc("matcol_last_batch_seconds", "Duration of this process's most recent batch, of any table.")
-	descPaused = newDesc("matcol_paused", "1 while this process sees materialization paused (matcol pause).")
+	descBuild  = newDesc("gauge", false, "matcol_build_info", "1, labelled with the running version.", "version", "go_version")
+	descUp     = newDesc("gauge", false, "matcol_status_up", "1 when this instance's last read of the database succeeded; 0 while it cannot read it, or is starting.")
+	descLeader = newDesc("gauge", false, "matcol_leader", "1 on the one instance of a database that exports the figures read from the database.")
+	descRows   = newDesc("counter", false, "matcol_rows_materialized_total", "Rows this process materialized, across all tables.")
+	descBatch  = newDesc("gauge", false, "matcol_last_batch_seconds", "Duration of this process's most recent batch, of any table.")
+	descPaused = newDesc("gauge", false, "matcol_paused", "1 while this process sees materialization paused (matcol pause).")
 )
 
 // Only the reporting instance exports these, read from the database, so that a sum over
 // instances counts each once.
 var (
-	descStale    = newDesc("matcol_stale_rows", "Rows waiting to be materialized, including queued invalidations.", "enrichment", "table")
-	descExact    = newDesc("matcol_stale_rows_exact", "1 when matcol_stale_rows is an exact count, 0 when estimated.", "enrichment", "table")
-	descOldest   = newDesc("matcol_oldest_pending_seconds", "Age of the oldest invalidation not yet materialized.", "enrichment", "table")
-	descPending  = newDesc("matcol_pending_invalidations", "Queued invalidations not yet applied to the table.", "enrichment", "table")
-	descFailures = newDesc("matcol_failures", "Quarantined rows whose enrichment failed.", "enrichment", "table")
-	descWAL      = newDesc("matcol_replication_slot_retained_wal_bytes", "WAL the replication slot holds back.", "slot")
-	descWALState = newDesc("matcol_replication_slot_wal_status", "1 for the slot's current wal_status.", "slot", "wal_status")
-	descLag      = newDesc("matcol_listener_lag_seconds", "How long the slot's reader takes to confirm the changes it is sent (replay_lag).", "slot")
-	descBackfill = newDesc("matcol_backfill_rows_done", "Rows done by a queued or running backfill.", "backfill", "table", "status")
+	descStale    = newDesc("gauge", true, "matcol_stale_rows", "Rows waiting to be materialized, including queued invalidations.", "enrichment", "table")
+	descExact    = newDesc("gauge", true, "matcol_stale_rows_exact", "1 when matcol_stale_rows is an exact count, 0 when estimated.", "enrichment", "table")
+	descOldest   = newDesc("gauge", true, "matcol_oldest_pending_seconds", "Age of the oldest invalidation not yet materialized.", "enrichment", "table")
+	descPending  = newDesc("gauge", true, "matcol_pending_invalidations", "Queued invalidations not yet applied to the table.", "enrichment", "table")
+	descFailures = newDesc("gauge", true, "matcol_failures", "Quarantined rows whose enrichment failed.", "enrichment", "table")
+	descWAL      = newDesc("gauge", true, "matcol_replication_slot_retained_wal_bytes", "WAL the replication slot holds back.", "slot")
+	descWALState = newDesc("gauge", true, "matcol_replication_slot_wal_status", "1 for the slot's current wal_status.", "slot", "wal_status")
+	descLag      = newDesc("gauge", true, "matcol_listener_lag_seconds", "How long the slot's reader takes to confirm the changes it is sent (replay_lag).", "slot")
+	descBackfill = newDesc("gauge", true, "matcol_backfill_rows_done", "Rows done by a queued or running backfill.", "backfill", "table", "status")
 )
 
 var descFreshness = NewFreshnessHistogram().Desc()
 
-// MetricNames returns the name of every metric family matcol exports, Go and process
-// metrics aside.
-func MetricNames() []string {
-	return append(append([]string{}, names...), "matcol_freshness_seconds")
+// Metrics returns every metric family matcol exports, Go and process metrics aside.
+func Metrics() []Metric {
+	return append(append([]Metric{}, metrics...), Metric{Name: "matcol_freshness_seconds", Type: "histogram", Help: freshnessHelp})
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
