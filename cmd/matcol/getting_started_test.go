@@ -107,3 +107,11 @@ func TestGettingStartedWalkthrough(t *testing.T) {
 	r = matcol(t, env, "verify", "-c", cfg, "--all")
 	require.Zero(t, r.code, r.stdout+r.stderr)
 }
+
+// config.example.yaml applies to the demo's cinema schema, which it describes.
+func TestExampleConfigApplies(t *testing.T) {
+	dsn := cinemaDB(t)
+	r := matcol(t, []string{"MATCOL_DATABASE_URL=" + dsn}, "apply", "-c", "../../config.example.yaml")
+	require.Zero(t, r.code, r.stderr)
+	require.Contains(t, r.stdout, "2 enrichments on 1 tables are registered")
+}
