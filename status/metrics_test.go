@@ -2,6 +2,8 @@ package status_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"os"
 	"strconv"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/matcol/matcol/config"
@@ -182,4 +185,45 @@ func TestOneInstanceExportsDatabaseFigures(t *testing.T) {
 	require.Eventually(t, func() bool { n, _ := leaders(); return n == 1 }, 40*time.Second, 200*time.Millisecond)
 	_, bodies = leaders()
 	require.Len(t, series(bodies[0], "matcol_stale_rows"), 2)
+}
+
+// In logical mode listener.lag_seconds is filled in from the slot's walsender, and exported.
+func TestListenerLagInLogicalMode(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	pgtest.Exec(t, conn, schema)
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	slot := "matcol_s_" + hex.EncodeToString(b)
+	t.Cleanup(func() { // after the daemon stops: a database with a slot cannot be dropped
+		c, err := pgx.Connect(context.Background(), dsn)
+		if err != nil {
+			return
+		}
+		defer c.Close(context.Background())
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if _, err := c.Exec(context.Background(), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot); err == nil {
+				return
+			}
+		}
+	})
+	cfg, _ := startWith(t, dsn, "invalidation:\n  mode: logical\n  slot: "+slot+"\n  publication: "+slot+
+		"\n  fix_replica_identity: true\n"+yaml)
+	base := "http://" + cfg.Status.Listen
+	var lag *float64
+	require.Eventually(t, func() bool {
+		pgtest.Exec(t, conn, `INSERT INTO line (order_id, cents) VALUES (3, 1)`)
+		code, body := get(t, base+"/status")
+		var rep status.Report
+		if code != 200 || json.Unmarshal([]byte(body), &rep) != nil {
+			return false
+		}
+		lag = rep.Listener.LagSeconds
+		return rep.Listener.Streaming != nil && *rep.Listener.Streaming && lag != nil
+	}, 60*time.Second, 250*time.Millisecond)
+	require.GreaterOrEqual(t, *lag, 0.0)
+	require.Less(t, *lag, 60.0)
+	_, body := get(t, base+"/metrics")
+	require.Len(t, series(body, "matcol_listener_lag_seconds"), 1, body)
+	require.Contains(t, series(body, "matcol_listener_lag_seconds"), `{slot="`+slot+`"}`)
 }
