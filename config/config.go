@@ -397,21 +397,3 @@ func checkURL(s string) error {
 	}
 	return nil
 }
-
-// Redact returns dsn with any password replaced, for logs and errors.
-func Redact(dsn string) string {
-	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" && u.Host != "" {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		}
-		q := u.Query()
-		if q.Has("password") {
-			q.Set("password", "xxxxx")
-			u.RawQuery = q.Encode()
-		}
-		return u.String()
-	}
-	// keyword/value form: password=secret or password='se cret'
-	re := regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
-	return re.ReplaceAllString(dsn, "${1}xxxxx")
-}

@@ -3,7 +3,6 @@ package config
 import (
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -141,19 +140,6 @@ func TestBadValuesNameTheKey(t *testing.T) {
 	require.Contains(t, err.Error(), `"lots" is not a size`)
 }
 
-func TestRedact(t *testing.T) {
-	for in, secret := range map[string]string{
-		"postgres://u:hunter2@h:5432/db":          "hunter2",
-		"postgres://u@h/db?password=hunter2":      "hunter2",
-		"host=h user=u password=hunter2 dbname=d": "hunter2",
-		"host=h password='hun ter2'":              "hun ter2",
-	} {
-		out := Redact(in)
-		require.NotContains(t, out, secret, in)
-		require.True(t, strings.Contains(out, "xxxxx"), out)
-	}
-}
-
 func TestByteSizeAndDuration(t *testing.T) {
 	for in, want := range map[string]ByteSize{"64MB": 64 << 20, "1GB": 1 << 30, "512kB": 512 << 10, "100": 100} {
 		got, err := ParseByteSize(in)
@@ -184,4 +170,78 @@ func FuzzLoad(f *testing.F) {
 		}
 		_ = cfg.Validate() // must not panic
 	})
+}
+
+// A plain number is seconds wherever a duration is read: YAML integers and floats, quoted YAML
+// strings and environment variables.
+func TestPlainNumbersAreSeconds(t *testing.T) {
+	cfg, err := Load(write(t, `
+materializer:
+  sweep_interval: 0.5
+  target_batch_duration: 1.5
+  rescan_interval: 90
+throttle:
+  max_replica_lag: "2.25"
+enrichments:
+  - name: a
+    table: t
+    columns: [x]
+    sql: SELECT 1
+    statement_timeout: 45
+    lock_timeout: 0.25
+`), nil)
+	require.NoError(t, err)
+	require.Equal(t, 500*time.Millisecond, cfg.Materializer.SweepInterval)
+	require.Equal(t, 1500*time.Millisecond, cfg.Materializer.TargetBatchDuration)
+	require.Equal(t, 90*time.Second, cfg.Materializer.RescanInterval)
+	require.Equal(t, 2250*time.Millisecond, cfg.Throttle.MaxReplicaLag)
+	require.Equal(t, 45*time.Second, cfg.Enrichments[0].StatementTimeout)
+	require.Equal(t, 250*time.Millisecond, cfg.Enrichments[0].LockTimeout)
+
+	t.Setenv("MATCOL_MATERIALIZER_SWEEP_INTERVAL", "10")
+	t.Setenv("MATCOL_MATERIALIZER_TARGET_BATCH_DURATION", "0.2")
+	t.Setenv("MATCOL_THROTTLE_MAX_REPLICA_LAG", "1m")
+	cfg, err = Load(write(t, "log_level: info\n"), nil)
+	require.NoError(t, err)
+	require.Equal(t, 10*time.Second, cfg.Materializer.SweepInterval)
+	require.Equal(t, 200*time.Millisecond, cfg.Materializer.TargetBatchDuration)
+	require.Equal(t, time.Minute, cfg.Throttle.MaxReplicaLag)
+}
+
+// A fraction where a whole number is wanted is an error naming the key, never truncated.
+func TestFractionsAreRefusedForWholeNumbers(t *testing.T) {
+	_, err := Load(write(t, "materializer:\n  workers: 4.7\n  batch_size: 100\ndatabase:\n  max_cache_bytes: 1.5\n"), nil)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "materializer.workers: 4.7 is not a whole number")
+	require.Contains(t, err.Error(), "database.max_cache_bytes: 1.5 is not a whole number of bytes")
+	require.NotContains(t, err.Error(), "batch_size")
+
+	cfg, err := Load(write(t, "materializer:\n  workers: 4.0\n"), nil)
+	require.NoError(t, err)
+	require.Equal(t, 4, cfg.Materializer.Workers)
+}
+
+// A bad value in the environment names the variable, not the config file.
+func TestBadEnvValuesNameTheVariable(t *testing.T) {
+	t.Setenv("MATCOL_MATERIALIZER_WORKERS", "4.7")
+	t.Setenv("MATCOL_MATERIALIZER_SWEEP_INTERVAL", "soon")
+	t.Setenv("MATCOL_DATABASE_MAX_CACHE_BYTES", "lots")
+	path := write(t, "log_level: info\n")
+	_, err := Load(path, nil)
+	require.Error(t, err)
+	msg := err.Error()
+	require.Contains(t, msg, `MATCOL_MATERIALIZER_WORKERS: "4.7" is not a whole number`)
+	require.Contains(t, msg, `MATCOL_MATERIALIZER_SWEEP_INTERVAL: "soon" is not a duration`)
+	require.Contains(t, msg, `MATCOL_DATABASE_MAX_CACHE_BYTES: "lots" is not a size`)
+	require.NotContains(t, msg, path)
+}
+
+// An empty variable is unset, except MATCOL_STATUS_LISTEN, where empty turns the server off.
+func TestEmptyStatusListenDisablesTheServer(t *testing.T) {
+	t.Setenv("MATCOL_LOG_LEVEL", "")
+	t.Setenv("MATCOL_STATUS_LISTEN", "")
+	cfg, err := Load(write(t, "status:\n  listen: 0.0.0.0:9180\n"), nil)
+	require.NoError(t, err)
+	require.Equal(t, "", cfg.Status.Listen)
+	require.Equal(t, "info", cfg.LogLevel)
 }

@@ -47,7 +47,7 @@ func configKeys(t reflect.Type, v reflect.Value, prefix string, inList bool, out
 			out[key] = docKey{}
 		default:
 			out[key] = docKey{
-				env: "MATCOL_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_")),
+				env: EnvName(key),
 				def: showDefault(v.Field(i).Interface()),
 			}
 		}

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -53,9 +55,13 @@ func (b ByteSize) String() string {
 	return fmt.Sprintf("%dB", int64(b))
 }
 
-// ParseDuration accepts Go durations plus a "d" (day) unit: 7d, 1d12h.
+// ParseDuration accepts Go durations plus a "d" (day) unit (7d, 1d12h), and a plain number as
+// seconds (10, 0.5).
 func ParseDuration(s string) (time.Duration, error) {
 	t := strings.TrimSpace(s)
+	if f, err := strconv.ParseFloat(t, 64); err == nil {
+		return seconds(f)
+	}
 	var days int64
 	if i := strings.Index(t, "d"); i > 0 {
 		n, err := strconv.ParseInt(t[:i], 10, 64)
@@ -75,22 +81,66 @@ func ParseDuration(s string) (time.Duration, error) {
 	return time.Duration(days)*24*time.Hour + d, nil
 }
 
+// seconds converts a plain number of seconds, fractions included, to a duration.
+func seconds(f float64) (time.Duration, error) {
+	if math.IsNaN(f) || math.Abs(f) > math.MaxInt64/float64(time.Second) {
+		return 0, fmt.Errorf("%v is not a number of seconds", f)
+	}
+	return time.Duration(math.Round(f * float64(time.Second))), nil
+}
+
+var (
+	durationType = reflect.TypeOf(time.Duration(0))
+	byteSizeType = reflect.TypeOf(ByteSize(0))
+)
+
+// decodeHook reads durations and sizes, and refuses fractions where a whole number is wanted
+// rather than dropping them: workers: 4.7 is an error, not 4.
 func decodeHook() mapstructure.DecodeHookFunc {
 	return func(from reflect.Type, to reflect.Type, data any) (any, error) {
 		switch to {
-		case reflect.TypeOf(time.Duration(0)):
+		case durationType:
 			switch v := data.(type) {
 			case string:
 				return ParseDuration(v)
 			case int:
-				return time.Duration(v) * time.Second, nil
+				return seconds(float64(v))
+			case int64:
+				return seconds(float64(v))
+			case uint64:
+				return seconds(float64(v))
+			case float64:
+				return seconds(v)
 			}
-		case reflect.TypeOf(ByteSize(0)):
+		case byteSizeType:
 			switch v := data.(type) {
 			case string:
 				return ParseByteSize(v)
 			case int:
 				return ByteSize(v), nil
+			case int64:
+				return ByteSize(v), nil
+			case uint64:
+				return ByteSize(v), nil
+			case float64:
+				if v != math.Trunc(v) {
+					return nil, fmt.Errorf("%v is not a whole number of bytes", v)
+				}
+				return ByteSize(v), nil
+			}
+		}
+		switch to.Kind() {
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+			switch v := data.(type) {
+			case float64:
+				if v != math.Trunc(v) || math.IsInf(v, 0) {
+					return nil, fmt.Errorf("%v is not a whole number", v)
+				}
+			case string:
+				if _, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err != nil {
+					return nil, fmt.Errorf("%q is not a whole number", v)
+				}
+				return strings.TrimSpace(v), nil
 			}
 		}
 		return data, nil
@@ -127,29 +177,139 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 			}
 		}
 	}
+	// A bad value from the environment is named by its variable: the decode error below would
+	// blame the file.
+	if probs := checkEnv(); len(probs) > 0 {
+		return nil, &ValidationError{Problems: probs}
+	}
 	var cfg Config
-	err := v.Unmarshal(&cfg, func(dc *mapstructure.DecoderConfig) {
-		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(decodeHook(),
-			mapstructure.StringToSliceHookFunc(","))
-		dc.WeaklyTypedInput = true
-	})
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", displayPath(path), cleanDecodeError(err))
+	if err := v.Unmarshal(&cfg, decoderOptions); err != nil {
+		return nil, decodeProblems(path, err)
+	}
+	// An empty MATCOL_* variable counts as unset, except this one: empty is how the environment
+	// says "no status server".
+	if val, ok := os.LookupEnv("MATCOL_STATUS_LISTEN"); ok && val == "" {
+		cfg.Status.Listen = ""
 	}
 	return &cfg, nil
 }
 
-func displayPath(p string) string {
-	if p == "" {
-		return "(environment)"
-	}
-	return p
+func decoderOptions(dc *mapstructure.DecoderConfig) {
+	dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(decodeHook(), mapstructure.StringToSliceHookFunc(","))
+	dc.WeaklyTypedInput = true
 }
 
-func cleanDecodeError(err error) error {
-	msg := err.Error()
-	msg = strings.ReplaceAll(msg, "decoding failed due to the following error(s):\n\n", "")
-	return errors.New(strings.TrimSpace(msg))
+// checkEnv decodes every MATCOL_* variable that names a scalar key, and reports those that do
+// not fit the key, each by its variable.
+func checkEnv() []string {
+	var probs []string
+	for key, t := range scalarKeys(reflect.TypeOf(Config{}), "") {
+		name := EnvName(key)
+		val, ok := os.LookupEnv(name)
+		if !ok || val == "" {
+			continue
+		}
+		out := reflect.New(t)
+		dc := &mapstructure.DecoderConfig{Result: out.Interface()}
+		decoderOptions(dc)
+		dec, err := mapstructure.NewDecoder(dc)
+		if err == nil {
+			err = dec.Decode(val)
+		}
+		if err != nil {
+			probs = append(probs, name+": "+innermost(err))
+		}
+	}
+	sort.Strings(probs)
+	return probs
+}
+
+// EnvName is the environment variable of a scalar key: MATCOL_ + the path in upper case, with _
+// for the dots.
+func EnvName(key string) string {
+	return "MATCOL_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+}
+
+// scalarKeys maps the path of every key that env can set to its type.
+func scalarKeys(t reflect.Type, prefix string) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag := f.Tag.Get("mapstructure")
+		if tag == "" {
+			continue
+		}
+		key := tag
+		if prefix != "" {
+			key = prefix + "." + tag
+		}
+		switch {
+		case f.Type.Kind() == reflect.Struct:
+			for k, ft := range scalarKeys(f.Type, key) {
+				out[k] = ft
+			}
+		case f.Type.Kind() == reflect.Slice, f.Type.Kind() == reflect.Map:
+			// lists and maps come only from the file
+		default:
+			out[key] = f.Type
+		}
+	}
+	return out
+}
+
+// decodeProblems turns a decode error into one problem per key, each named by its file and key.
+func decodeProblems(path string, err error) error {
+	var probs []string
+	seen := map[string]bool{}
+	leaves(err, "", func(key, msg string) {
+		p := displayPath(path) + ": " + msg
+		if key != "" {
+			p = displayPath(path) + ": " + key + ": " + msg
+		}
+		if !seen[p] {
+			seen[p] = true
+			probs = append(probs, p)
+		}
+	})
+	return &ValidationError{Problems: probs}
+}
+
+// innermost is the message of the deepest error in err's chain, without mapstructure's framing.
+func innermost(err error) string {
+	var out []string
+	leaves(err, "", func(_, msg string) { out = append(out, msg) })
+	return strings.Join(out, "; ")
+}
+
+// leaves walks mapstructure's nested and joined errors down to the ones that say what is wrong,
+// each with the key of the closest DecodeError above it.
+func leaves(err error, key string, emit func(key, msg string)) {
+	if de, ok := err.(*mapstructure.DecodeError); ok {
+		leaves(de.Unwrap(), de.Name(), emit)
+		return
+	}
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range joined.Unwrap() {
+			leaves(e, key, emit)
+		}
+		return
+	}
+	if pe, ok := err.(*mapstructure.ParseError); ok {
+		emit(key, fmt.Sprintf("%q is not a valid %s", fmt.Sprint(pe.Value), pe.Expected.Type()))
+		return
+	}
+	if next := errors.Unwrap(err); next != nil {
+		leaves(next, key, emit)
+		return
+	}
+	emit(key, err.Error())
+}
+
+func displayPath(p string) string {
+	if p == "" {
+		return "(flags)"
+	}
+	return p
 }
 
 // setDefaults registers every scalar key so that MATCOL_* env vars reach it.

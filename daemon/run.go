@@ -44,20 +44,53 @@ type Daemon struct {
 
 	rescanNow chan struct{}
 	reloadNow chan struct{}
+	// server, when Run started it before Start, is the status server Wait reports through.
+	server *status.Server
+	rates  rates
 }
 
 // Run applies the config, then keeps materialized columns fresh until ctx ends. An unreachable
 // database is retried with backoff, at start and later; invalid enrichments end it with an error.
+// The status server starts first, so that /healthz answers while the database is unreachable or
+// the first apply is slow; /readyz waits for the daemon.
 func Run(ctx context.Context, cfg *config.Config, log hclog.Logger, version string) error {
-	d, err := Start(ctx, cfg, log)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	served := make(chan error, 1)
+	var srv *status.Server
+	if cfg.Status.Listen != "" {
+		srv = &status.Server{Addr: cfg.Status.Listen, Token: cfg.Status.Token, Version: version, Log: log.Named("status")}
+		ln, err := srv.Listen()
+		if err != nil {
+			return err
 		}
-		return err
+		go func() {
+			err := srv.Serve(ctx, ln)
+			if err != nil {
+				cancel() // a daemon nobody can probe is stopped rather than left running blind
+			}
+			served <- err
+		}()
+	} else {
+		served <- nil
 	}
-	d.Version = version
-	return d.Wait(ctx)
+	err := func() error {
+		d, err := Start(ctx, cfg, log)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		d.Version = version
+		d.server = srv
+		return d.Wait(ctx)
+	}()
+	cancel()
+	if serr := <-served; err == nil {
+		err = serr
+	}
+	return err
 }
 
 // Start applies the config and connects; Wait runs the parts.
@@ -158,9 +191,16 @@ func (d *Daemon) Wait(ctx context.Context) error {
 	}
 	g.Go(func() error { return d.Mat.Run(gctx) })
 	g.Go(func() error { d.rescanLoop(gctx); return nil })
-	if d.cfg.Status.Listen != "" {
-		srv := d.statusServer(streaming)
-		g.Go(func() error { return srv.Run(gctx) })
+	if srv := d.server; srv != nil || d.cfg.Status.Listen != "" {
+		if srv == nil {
+			srv = &status.Server{Addr: d.cfg.Status.Listen, Token: d.cfg.Status.Token, Version: d.Version, Log: d.log.Named("status")}
+			g.Go(func() error { return srv.Run(gctx) })
+		}
+		rep := &reporter{dsn: d.cfg.DatabaseURL, log: d.log.Named("status")}
+		g.Go(func() error { rep.Run(gctx); return nil })
+		g.Go(func() error { d.sampleRates(gctx); return nil })
+		srv.Attach(d.statusSource(streaming, rep))
+		defer srv.Attach(nil)
 	}
 	g.Go(func() error {
 		materializer.RunQueuedBackfills(gctx, func(ctx context.Context) (*pgx.Conn, error) {

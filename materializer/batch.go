@@ -157,7 +157,7 @@ const batchSettingsSQL = `SELECT set_config('statement_timeout', $1, true), set_
 	set_config('search_path', coalesce(nullif($5, ''), current_setting('search_path')), true)`
 
 func settingsArgs(t *plan.Target) []any {
-	s := t.Enrichments[0].Settings
+	s := t.BatchSettings()
 	gucs := "{}"
 	if len(s.GUCs) > 0 {
 		gucs = s.GUCsJSON()

@@ -196,8 +196,8 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 	m.queue = nil
 	for _, pt := range p.Targets {
 		size := m.cfg.BatchSize
-		if pt.Enrichments[0].Settings.BatchSize > 0 {
-			size = pt.Enrichments[0].Settings.BatchSize
+		if n := pt.BatchSettings().BatchSize; n > 0 {
+			size = n
 		}
 		t := &target{plan: pt, version: p.Version, claimSQL: plan.ClaimSQL(pt), writeSQL: plan.WriteSQL(pt, pt.Enrichments, true),
 			batchSize: size, minInterval: pt.MinInterval()}
@@ -215,6 +215,8 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 			if o.walk != nil {
 				t.walk = &walk{maxID: o.walk.maxID, cursor: o.walk.cursor, rows: o.walk.rows, start: o.walk.start}
 			}
+			t.rows.Store(o.rows.Load())
+			t.lastBatch.Store(o.lastBatch.Load())
 		}
 		m.byHash[pt.Hash] = t
 		m.byID[pt.ID] = t

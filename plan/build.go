@@ -167,6 +167,15 @@ func (b *builder) build(defs []registry.Enrichment) error {
 		}
 	}
 	sort.Slice(b.p.Targets, func(i, j int) bool { return b.p.Targets[i].Table.String() < b.p.Targets[j].Table.String() })
+	seen := map[string]bool{}
+	for _, t := range b.p.Targets {
+		for _, p := range t.SettingsProblems() { // a template's instances share theirs
+			if !seen[p] {
+				seen[p] = true
+				b.problems = append(b.problems, p)
+			}
+		}
+	}
 	for _, t := range b.p.Targets {
 		if t.StaleIndex {
 			continue

@@ -5,6 +5,7 @@ package registry
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"sort"
@@ -12,6 +13,9 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/matcol/matcol/internal/pgident"
 )
 
 //go:embed migrations/*.sql
@@ -67,8 +71,10 @@ func Install(ctx context.Context, conn interface {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(lockInstall)); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS matcol;
-			CREATE TABLE IF NOT EXISTS matcol.schema_migration (
+		if err := createSchema(ctx, tx); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS matcol.schema_migration (
 				version    int PRIMARY KEY,
 				name       text NOT NULL,
 				applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
@@ -109,6 +115,28 @@ func Install(ctx context.Context, conn interface {
 		return nil, fmt.Errorf("install schema matcol: %w", err)
 	}
 	return applied, nil
+}
+
+// createSchema creates schema matcol unless it exists. CREATE SCHEMA IF NOT EXISTS would not do:
+// PostgreSQL checks CREATE on the database before it looks for the schema, so a role that owns
+// a schema matcol created for it, without CREATE on the database, would be refused.
+func createSchema(ctx context.Context, tx pgx.Tx) error {
+	var exists bool
+	var role string
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'matcol'), current_user`).Scan(&exists, &role); err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `CREATE SCHEMA matcol`); err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "42501" {
+			return fmt.Errorf("create schema matcol: %w; either grant this role CREATE on the database, or create the schema for it: CREATE SCHEMA matcol AUTHORIZATION %s", err, pgident.Quote(role))
+		}
+		return fmt.Errorf("create schema matcol: %w", err)
+	}
+	return nil
 }
 
 // Version returns the installed schema version, 0 when schema matcol does not exist.

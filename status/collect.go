@@ -46,7 +46,9 @@ type EnrichmentStatus struct {
 	PendingInvalidations int64   `json:"pending_invalidations"`
 	OldestPendingSeconds float64 `json:"oldest_pending_seconds"`
 	Failures             int64   `json:"failures"`
-	// Live figures, present when a daemon serves the report.
+	// Live figures of the serving process, present when a daemon serves the report. A batch
+	// computes every enrichment of its table, so they are the table's: rows per second over the
+	// last minute, the last batch's duration, and rows since the process started.
 	RowsPerSecond         *float64 `json:"rows_per_second,omitempty"`
 	LastBatchSeconds      *float64 `json:"last_batch_seconds,omitempty"`
 	RowsMaterializedTotal *int64   `json:"rows_materialized_total,omitempty"`
@@ -54,13 +56,15 @@ type EnrichmentStatus struct {
 
 // Listener describes the invalidation source.
 type Listener struct {
-	Mode              string   `json:"mode"`
-	Slot              string   `json:"slot"`
-	ConfirmedFlushLSN string   `json:"confirmed_flush_lsn,omitempty"`
-	RetainedWALBytes  int64    `json:"retained_wal_bytes"`
-	WALStatus         string   `json:"wal_status"`
-	LagSeconds        *float64 `json:"lag_seconds,omitempty"`
-	Streaming         *bool    `json:"streaming,omitempty"`
+	Mode              string `json:"mode"`
+	Slot              string `json:"slot"`
+	ConfirmedFlushLSN string `json:"confirmed_flush_lsn,omitempty"`
+	RetainedWALBytes  int64  `json:"retained_wal_bytes"`
+	WALStatus         string `json:"wal_status"`
+	// LagSeconds is how long the slot's reader takes to confirm what it is sent (the walsender's
+	// replay_lag), 0 when caught up; absent in trigger mode or with no reader attached.
+	LagSeconds *float64 `json:"lag_seconds,omitempty"`
+	Streaming  *bool    `json:"streaming,omitempty"`
 	// Leader and Resyncs are known only to a running daemon in logical mode.
 	Leader  *bool `json:"leader,omitempty"`
 	Resyncs *int  `json:"resyncs,omitempty"`
@@ -88,16 +92,19 @@ type Backfill struct {
 
 // Daemon holds the live figures of a running daemon.
 type Daemon struct {
-	Version       string       `json:"version"`
-	StartedAt     time.Time    `json:"started_at"`
-	UptimeSeconds float64      `json:"uptime_seconds"`
-	Leader        *bool        `json:"leader,omitempty"`
-	Paused        bool         `json:"paused"`
-	Connections   []Connection `json:"connections"`
-
+	Version       string    `json:"version"`
+	StartedAt     time.Time `json:"started_at"`
+	UptimeSeconds float64   `json:"uptime_seconds"`
+	// Leader is true on the one instance of a database that exports the figures read from the
+	// database to /metrics.
+	Leader      *bool        `json:"leader,omitempty"`
+	Paused      bool         `json:"paused"`
+	Connections []Connection `json:"connections"`
 	// ReplicaLagKnown is false while standbys exist whose replay lag matcol's role cannot read
 	// (it lacks pg_read_all_stats): throttle.max_replica_lag is then not enforced.
 	ReplicaLagKnown bool `json:"replica_lag_known"`
+	// ThrottleLevel is 0 while matcol runs flat out (see throttle.latency_factor).
+	ThrottleLevel int `json:"throttle_level"`
 }
 
 // Connection is one of matcol's backends.
@@ -262,8 +269,13 @@ func slot(ctx context.Context, q Querier, l *Listener) error {
 	var lsn *string
 	var retained *int64
 	var walStatus *string
-	err := q.QueryRow(ctx, `SELECT confirmed_flush_lsn::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status
-		FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, l.Slot).Scan(&lsn, &retained, &walStatus)
+	// The lag is the slot's walsender's replay_lag: how long the reader took to confirm what it
+	// was sent. PostgreSQL clears it once the reader is caught up and idle (0 then); with no
+	// reader attached it is unknown.
+	err := q.QueryRow(ctx, `SELECT s.confirmed_flush_lsn::text, pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint,
+			s.wal_status, (SELECT CASE WHEN r.state IS NOT NULL THEN coalesce(extract(epoch FROM r.replay_lag), 0)::float8 END
+				FROM pg_stat_replication r WHERE r.pid = s.active_pid)
+		FROM pg_replication_slots s WHERE s.slot_name = $1 AND s.database = current_database()`, l.Slot).Scan(&lsn, &retained, &walStatus, &l.LagSeconds)
 	if errors.Is(err, pgx.ErrNoRows) {
 		l.WALStatus = "missing"
 		return nil

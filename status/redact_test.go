@@ -68,7 +68,9 @@ func TestStatusHidesErrorTextWithoutToken(t *testing.T) {
 	pool, err := pgxpool.New(ctx, dsn)
 	require.NoError(t, err)
 	defer pool.Close()
-	guarded := httptest.NewServer((&status.Server{DB: pool, Plan: d.Mat.Plan, Token: "t0ken", Log: hclog.NewNullLogger()}).Handler())
+	srv := &status.Server{Token: "t0ken", Log: hclog.NewNullLogger()}
+	srv.Attach(&status.Source{DB: pool, Plan: d.Mat.Plan})
+	guarded := httptest.NewServer(srv.Handler())
 	defer guarded.Close()
 	req, _ := http.NewRequest("GET", guarded.URL+"/status", nil)
 	req.Header.Set("Authorization", "Bearer t0ken")

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -19,40 +21,85 @@ import (
 	"github.com/matcol/matcol/plan"
 )
 
-// Server serves /status, /metrics, /healthz and /readyz.
+// Server serves /status, /metrics, /healthz and /readyz. It starts before the daemon has applied
+// its config, so that /healthz answers while the database is unreachable or a first apply is
+// slow; until Attach, /readyz and /status answer 503 and /metrics has only what needs no
+// database.
 type Server struct {
 	// Addr is the listen address. Defaults to 127.0.0.1:9180.
 	Addr string
 	// Token, when set, is required as a bearer token on /status and /metrics.
 	Token string
-	DB    Querier
-	Plan  func() *plan.Plan
-	Opts  Options
-	// Live adds the daemon's in-memory figures to a report.
-	Live func(*Report)
-	// Ready returns nil while the database answers and the listener streams.
-	Ready func(context.Context) error
-	Log   hclog.Logger
+	// Version labels matcol_build_info.
+	Version string
+	Log     hclog.Logger
 
-	// Freshness observes source-commit-to-stamp latency; the materializer feeds it.
-	Freshness prometheus.Histogram
+	src atomic.Pointer[Source]
 
 	mu     sync.Mutex
 	cached *Report
 	at     time.Time
 }
 
+// Source is what a running daemon lends the server.
+type Source struct {
+	DB   Querier
+	Plan func() *plan.Plan
+	Opts Options
+	// Live adds the daemon's in-memory figures to a report.
+	Live func(*Report)
+	// Ready returns nil while the database answers and the listener streams.
+	Ready func(context.Context) error
+	// Reporter reports whether this instance exports the figures read from the database; nil
+	// means it does.
+	Reporter func() bool
+	// Process returns the figures of this process alone.
+	Process func() Process
+	// Freshness observes source-commit-to-stamp latency; the materializer feeds it.
+	Freshness prometheus.Histogram
+}
+
+// Process holds what one process counts, whichever instance reports the database's figures.
+type Process struct {
+	RowsMaterialized int64
+	LastBatchSeconds float64
+	Paused           bool
+	// ReplicaLagKnown is false while standbys exist whose replay lag matcol's role cannot read.
+	ReplicaLagKnown bool
+	// ThrottleLevel is the materializer's throttle level; Throttled counts its pauses.
+	ThrottleLevel int
+	Throttled     int64
+	// EntriesDropped counts queued invalidations that could not be applied as they were.
+	EntriesDropped int64
+}
+
+// Attach makes the server report on a running daemon; nil detaches it.
+func (s *Server) Attach(src *Source) {
+	s.src.Store(src)
+	s.mu.Lock()
+	s.cached = nil
+	s.mu.Unlock()
+}
+
+const freshnessHelp = "Latency from a source change's commit to its row being materialized by this process."
+
 // NewFreshnessHistogram returns the histogram Server exports as matcol_freshness_seconds.
 func NewFreshnessHistogram() prometheus.Histogram {
 	return prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "matcol_freshness_seconds",
-		Help:    "Latency from a source change's commit to its row being materialized.",
+		Help:    freshnessHelp,
 		Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300},
 	})
 }
 
+var errStarting = errors.New("matcol is starting (applying its config) or stopping")
+
 // report returns a report at most a second old, so /status and /metrics scrapes share one read.
 func (s *Server) report(ctx context.Context) (*Report, error) {
+	src := s.src.Load()
+	if src == nil {
+		return nil, errStarting
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cached != nil && time.Since(s.at) < time.Second {
@@ -60,12 +107,12 @@ func (s *Server) report(ctx context.Context) (*Report, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	r, err := Collect(ctx, s.DB, s.Plan(), s.Opts)
+	r, err := Collect(ctx, src.DB, src.Plan(), src.Opts)
 	if err != nil {
 		return nil, err
 	}
-	if s.Live != nil {
-		s.Live(r)
+	if src.Live != nil {
+		src.Live(r)
 	}
 	s.cached, s.at = r, time.Now()
 	return r, nil
@@ -76,18 +123,20 @@ func (s *Server) Handler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&collector{s: s})
-	if s.Freshness != nil {
-		reg.MustRegister(s.Freshness)
-	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		src := s.src.Load()
+		if src == nil {
+			http.Error(w, "not ready: "+errStarting.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
-		if s.Ready != nil {
-			if err := s.Ready(ctx); err != nil {
+		if src.Ready != nil {
+			if err := src.Ready(ctx); err != nil {
 				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 				return
 			}
@@ -127,57 +176,142 @@ func (s *Server) auth(next http.Handler) http.Handler {
 	})
 }
 
-// Run serves until ctx ends.
-func (s *Server) Run(ctx context.Context) error {
+// Listen binds the address, so that a taken port fails at once rather than in Serve.
+func (s *Server) Listen() (net.Listener, error) {
 	addr := s.Addr
 	if addr == "" {
 		addr = "127.0.0.1:9180"
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return errors.New("status server: " + err.Error())
+		return nil, errors.New("status server: " + err.Error())
 	}
+	return ln, nil
+}
+
+// Serve serves on ln until ctx ends.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	stopped := make(chan struct{})
 	go func() {
+		defer close(stopped)
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
 	s.Log.Info("status server listening", "address", ln.Addr().String())
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	err := srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		<-stopped
+		return nil
+	}
+	return err
+}
+
+// Run listens and serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := s.Listen()
+	if err != nil {
 		return err
 	}
-	return nil
+	return s.Serve(ctx, ln)
 }
 
 // collector turns a report into Prometheus metrics at scrape time.
 type collector struct{ s *Server }
 
+// Metric describes one metric family matcol exports, for docs/metrics.md and its test.
+type Metric struct {
+	Name   string
+	Type   string // gauge, counter or histogram
+	Labels []string
+	Help   string
+	// Reporter is true for the figures read from the database, which only the reporting
+	// instance (matcol_leader 1) exports.
+	Reporter bool
+}
+
+var metrics []Metric
+
+func newDesc(typ string, reporter bool, name, help string, labels ...string) *prometheus.Desc {
+	metrics = append(metrics, Metric{Name: name, Type: typ, Labels: labels, Help: help, Reporter: reporter})
+	return prometheus.NewDesc(name, help, labels, nil)
+}
+
+// Every instance exports these: they need no database, or count this process alone.
 var (
-	descStale    = prometheus.NewDesc("matcol_stale_rows", "Rows waiting to be materialized, including queued invalidations.", []string{"enrichment", "table"}, nil)
-	descExact    = prometheus.NewDesc("matcol_stale_rows_exact", "1 when matcol_stale_rows is an exact count, 0 when estimated.", []string{"enrichment", "table"}, nil)
-	descOldest   = prometheus.NewDesc("matcol_oldest_pending_seconds", "Age of the oldest invalidation not yet materialized.", []string{"enrichment", "table"}, nil)
-	descPending  = prometheus.NewDesc("matcol_pending_invalidations", "Queued invalidations not yet applied to the table.", []string{"enrichment", "table"}, nil)
-	descFailures = prometheus.NewDesc("matcol_failures", "Quarantined rows whose enrichment failed.", []string{"enrichment", "table"}, nil)
-	descRows     = prometheus.NewDesc("matcol_rows_materialized_total", "Rows materialized by this daemon.", nil, nil)
-	descBatch    = prometheus.NewDesc("matcol_last_batch_seconds", "Duration of the last batch.", nil, nil)
-	descWAL      = prometheus.NewDesc("matcol_replication_slot_retained_wal_bytes", "WAL the replication slot holds back.", []string{"slot"}, nil)
-	descWALState = prometheus.NewDesc("matcol_replication_slot_wal_status", "1 for the slot's current wal_status.", []string{"slot", "wal_status"}, nil)
-	descBackfill = prometheus.NewDesc("matcol_backfill_rows_done", "Rows done by a queued or running backfill.", []string{"backfill", "table", "status"}, nil)
-	descPaused   = prometheus.NewDesc("matcol_paused", "1 while materialization is paused.", nil, nil)
-	descLagKnown = prometheus.NewDesc("matcol_replica_lag_known", "0 while standbys exist whose replay lag matcol cannot read, so throttle.max_replica_lag is not enforced.", nil, nil)
-	descUp       = prometheus.NewDesc("matcol_status_up", "1 when the last status read from the database succeeded.", nil, nil)
+	descBuild     = newDesc("gauge", false, "matcol_build_info", "1, labelled with the running version.", "version", "go_version")
+	descUp        = newDesc("gauge", false, "matcol_status_up", "1 when this instance's last read of the database succeeded; 0 while it cannot read it, or is starting.")
+	descLeader    = newDesc("gauge", false, "matcol_leader", "1 on the one instance of a database that exports the figures read from the database.")
+	descRows      = newDesc("counter", false, "matcol_rows_materialized_total", "Rows this process materialized, across all tables.")
+	descBatch     = newDesc("gauge", false, "matcol_last_batch_seconds", "Duration of this process's most recent batch, of any table.")
+	descPaused    = newDesc("gauge", false, "matcol_paused", "1 while this process sees materialization paused (matcol pause).")
+	descLagKnown  = newDesc("gauge", false, "matcol_replica_lag_known", "0 while standbys exist whose replay lag matcol cannot read, so throttle.max_replica_lag is not enforced.")
+	descLevel     = newDesc("gauge", false, "matcol_throttle_level", "The throttle level: 0 runs flat out; at k one worker runs and pauses k times as long as each batch took.")
+	descThrottled = newDesc("counter", false, "matcol_throttled_total", "Pauses the throttle made after a batch.")
+	descDropped   = newDesc("counter", false, "matcol_invalidations_unreadable_total", "Queued invalidations that could not be applied as they were: values that are no key (dropped) or that mapping SQL failed on (the whole table invalidated).")
 )
 
+// Only the reporting instance exports these, read from the database, so that a sum over
+// instances counts each once.
+var (
+	descStale    = newDesc("gauge", true, "matcol_stale_rows", "Rows waiting to be materialized, including queued invalidations.", "enrichment", "table")
+	descExact    = newDesc("gauge", true, "matcol_stale_rows_exact", "1 when matcol_stale_rows is an exact count, 0 when estimated.", "enrichment", "table")
+	descOldest   = newDesc("gauge", true, "matcol_oldest_pending_seconds", "Age of the oldest invalidation not yet materialized.", "enrichment", "table")
+	descPending  = newDesc("gauge", true, "matcol_pending_invalidations", "Queued invalidations not yet applied to the table.", "enrichment", "table")
+	descFailures = newDesc("gauge", true, "matcol_failures", "Quarantined rows whose enrichment failed.", "enrichment", "table")
+	descWAL      = newDesc("gauge", true, "matcol_replication_slot_retained_wal_bytes", "WAL the replication slot holds back.", "slot")
+	descWALState = newDesc("gauge", true, "matcol_replication_slot_wal_status", "1 for the slot's current wal_status.", "slot", "wal_status")
+	descLag      = newDesc("gauge", true, "matcol_listener_lag_seconds", "How long the slot's reader takes to confirm the changes it is sent (replay_lag).", "slot")
+	descBackfill = newDesc("gauge", true, "matcol_backfill_rows_done", "Rows done by a queued or running backfill.", "backfill", "table", "status")
+)
+
+var descFreshness = NewFreshnessHistogram().Desc()
+
+// Metrics returns every metric family matcol exports, Go and process metrics aside.
+func Metrics() []Metric {
+	return append(append([]Metric{}, metrics...), Metric{Name: "matcol_freshness_seconds", Type: "histogram", Help: freshnessHelp})
+}
+
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descStale, descExact, descOldest, descPending, descFailures, descRows, descBatch,
-		descWAL, descWALState, descBackfill, descPaused, descLagKnown, descUp} {
+	for _, d := range []*prometheus.Desc{descBuild, descUp, descLeader, descRows, descBatch, descPaused, descLagKnown, descLevel, descThrottled, descDropped,
+		descStale, descExact, descOldest, descPending, descFailures, descWAL, descWALState, descLag, descBackfill, descFreshness} {
 		ch <- d
 	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, c.s.Version, runtime.Version())
+	src := c.s.src.Load()
+	if src == nil {
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 0)
+		ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, 0)
+		return
+	}
+	if src.Process != nil {
+		p := src.Process()
+		ch <- prometheus.MustNewConstMetric(descRows, prometheus.CounterValue, float64(p.RowsMaterialized))
+		ch <- prometheus.MustNewConstMetric(descBatch, prometheus.GaugeValue, p.LastBatchSeconds)
+		ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, b2f(p.Paused))
+		ch <- prometheus.MustNewConstMetric(descLagKnown, prometheus.GaugeValue, b2f(p.ReplicaLagKnown))
+		ch <- prometheus.MustNewConstMetric(descLevel, prometheus.GaugeValue, float64(p.ThrottleLevel))
+		ch <- prometheus.MustNewConstMetric(descThrottled, prometheus.CounterValue, float64(p.Throttled))
+		ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(p.EntriesDropped))
+	}
+	if src.Freshness != nil {
+		src.Freshness.Collect(ch)
+	}
+	reporter := src.Reporter == nil || src.Reporter()
+	ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, b2f(reporter))
+	if !reporter {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		var one int
+		err := src.DB.QueryRow(ctx, `SELECT 1`).Scan(&one)
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, b2f(err == nil))
+		return
+	}
 	r, err := c.s.report(context.Background())
 	if err != nil {
 		c.s.Log.Warn("status read failed", "error", err)
@@ -185,8 +319,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 1)
-	var rows int64
-	var last float64
 	for _, e := range aggregateTemplates(r.Enrichments) {
 		l := []string{e.Name, e.Table}
 		ch <- prometheus.MustNewConstMetric(descStale, prometheus.GaugeValue, float64(e.StaleRows), l...)
@@ -194,26 +326,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descOldest, prometheus.GaugeValue, e.OldestPendingSeconds, l...)
 		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(e.PendingInvalidations), l...)
 		ch <- prometheus.MustNewConstMetric(descFailures, prometheus.GaugeValue, float64(e.Failures), l...)
-		if e.RowsMaterializedTotal != nil {
-			rows = *e.RowsMaterializedTotal
-		}
-		if e.LastBatchSeconds != nil {
-			last = *e.LastBatchSeconds
-		}
 	}
-	ch <- prometheus.MustNewConstMetric(descRows, prometheus.CounterValue, float64(rows))
-	ch <- prometheus.MustNewConstMetric(descBatch, prometheus.GaugeValue, last)
 	if r.Listener.Mode == "logical" {
 		ch <- prometheus.MustNewConstMetric(descWAL, prometheus.GaugeValue, float64(r.Listener.RetainedWALBytes), r.Listener.Slot)
 		ch <- prometheus.MustNewConstMetric(descWALState, prometheus.GaugeValue, 1, r.Listener.Slot, r.Listener.WALStatus)
+		if r.Listener.LagSeconds != nil {
+			ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, *r.Listener.LagSeconds, r.Listener.Slot)
+		}
 	}
 	for _, b := range r.Backfills {
 		ch <- prometheus.MustNewConstMetric(descBackfill, prometheus.GaugeValue, float64(b.RowsDone),
 			strings.TrimSpace(itoa(b.ID)), b.Table, b.Status)
-	}
-	if r.Daemon != nil {
-		ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, b2f(r.Daemon.Paused))
-		ch <- prometheus.MustNewConstMetric(descLagKnown, prometheus.GaugeValue, b2f(r.Daemon.ReplicaLagKnown))
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
@@ -28,7 +27,10 @@ func newDemo(g *globals) *cobra.Command {
 		Short: "Run matcol on a throwaway local PostgreSQL with the cinema example",
 		Long: `demo starts a throwaway PostgreSQL cluster, loads the cinema schema, registers its
 enrichments and runs the daemon under a small write load, printing stale rows and rows
-materialized per second until Ctrl-C (or --duration). Everything is removed afterwards.`,
+materialized per second until Ctrl-C (or --duration). Everything is removed afterwards.
+
+It needs the PostgreSQL server binaries, and takes no -c/--config or --database-url: it never
+touches your database. --log-level (default warn here) and --log-format apply.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDemo(cmd, scale, writers, rate, duration)
@@ -38,17 +40,16 @@ materialized per second until Ctrl-C (or --duration). Everything is removed afte
 	f.IntVar(&scale, "scale", 1, "data size: 100 venues, 2,000 events and 1,000 seat snapshots per unit")
 	f.IntVar(&writers, "writers", 2, "concurrent writer connections")
 	f.IntVar(&rate, "rate", 100, "writes per second across all writers")
-	f.DurationVar(&duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
+	f.DurationVar(&duration, "duration", 0, "stop after running this long, setup aside (0: until Ctrl-C)")
 	return cmd
 }
 
 func runDemo(cmd *cobra.Command, scale, writers, rate int, duration time.Duration) error {
-	ctx := cmd.Context()
-	if duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, duration)
-		defer cancel()
+	cfg, err := demoConfig(cmd)
+	if err != nil {
+		return err
 	}
+	ctx := cmd.Context()
 	out := cmd.OutOrStdout()
 	fmt.Fprintln(out, "starting a throwaway PostgreSQL cluster…")
 	cl, err := pgcluster.Start(ctx, pgcluster.Options{})
@@ -72,34 +73,23 @@ func runDemo(cmd *cobra.Command, scale, writers, rate int, duration time.Duratio
 	if err := demo.Seed(ctx, conn, scale); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp("", "matcol-demo-*.yaml")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.WriteString(demo.Config); err != nil {
-		return err
-	}
-	_ = f.Close()
-	cfg, err := config.Load(f.Name(), nil)
-	if err != nil {
-		return err
-	}
 	cfg.DatabaseURL = dsn
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	log := hclog.New(&hclog.LoggerOptions{Name: "matcol", Level: hclog.Warn, Output: cmd.ErrOrStderr()})
+	log := logger(cfg)
 	fmt.Fprintln(out, "registering enrichments venue_counts, venue_cinema and seat_counts, and starting the daemon")
 	d, err := daemon.Start(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
+	if duration > 0 { // from here: the cluster's start does not count
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, duration)
+		defer cancel()
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := d.Wait(ctx); err != nil {
+		if err := d.Wait(ctx); err != nil && ctx.Err() == nil { // --duration ends it with a deadline
 			fmt.Fprintln(cmd.ErrOrStderr(), "daemon:", err)
 		}
 	}()
@@ -154,4 +144,37 @@ func runDemo(cmd *cobra.Command, scale, writers, rate int, duration time.Duratio
 		fmt.Fprintf(out, "%7.0fs  %11d  %15d  %8d  %9d  %15d\n", time.Since(start).Seconds(), sv, ss, q, w-lastWrites, rows-lastRows)
 		lastRows, lastWrites = rows, w
 	}
+}
+
+// demoConfig is the cinema example's config with the log flags applied, checked before anything
+// starts. The database flags are refused rather than ignored: demo never uses the caller's
+// database.
+func demoConfig(cmd *cobra.Command) (*config.Config, error) {
+	for _, name := range []string{"config", "database-url"} {
+		if f := cmd.Flags().Lookup(name); f != nil && f.Changed {
+			return nil, fmt.Errorf("demo runs on a throwaway PostgreSQL of its own and takes no --%s; "+
+				"to try matcol on your database, use install, apply and run (docs/getting-started.md)", name)
+		}
+	}
+	f, err := os.CreateTemp("", "matcol-demo-*.yaml")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.WriteString(demo.Config); err != nil {
+		return nil, err
+	}
+	_ = f.Close()
+	cfg, err := config.Load(f.Name(), cmd.Flags())
+	if err != nil {
+		return nil, err
+	}
+	if !cmd.Flags().Changed("log-level") && os.Getenv("MATCOL_LOG_LEVEL") == "" {
+		cfg.LogLevel = "warn" // the table is the demo's output
+	}
+	cfg.DatabaseURL = "postgres://127.0.0.1/demo" // replaced by the throwaway cluster's
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }

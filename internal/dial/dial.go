@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/url"
+	"regexp"
 	"strings"
 	"time"
 
@@ -22,7 +24,7 @@ import (
 func Config(dsn, role string) (*pgx.ConnConfig, error) {
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
-		return nil, errors.New("database_url is not a valid connection string: " + scrub(err.Error(), dsn))
+		return nil, parseError(err, dsn)
 	}
 	apply(cfg.RuntimeParams, role)
 	if cfg.ConnectTimeout == 0 {
@@ -87,7 +89,7 @@ type PoolOptions struct {
 func Pool(ctx context.Context, dsn, role string, opts PoolOptions) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
-		return nil, errors.New("database_url is not a valid connection string: " + scrub(err.Error(), dsn))
+		return nil, parseError(err, dsn)
 	}
 	apply(cfg.ConnConfig.RuntimeParams, role)
 	if cfg.ConnConfig.ConnectTimeout == 0 {
@@ -119,18 +121,16 @@ func Pool(ctx context.Context, dsn, role string, opts PoolOptions) (*pgxpool.Poo
 	return pool, nil
 }
 
-// Describe rewrites a connection error so it says where matcol tried to connect, without the
-// password.
+// Describe rewrites a connection error so it says where matcol tried to connect. pgconn's
+// connection errors name the user and database, never the password, so the text is kept as it
+// is: replacing the password wherever its text occurs would garble the rest (a password "p"
+// turns "tcp" into "tcxxxxx", and postgres/postgres hides the user and database).
 func Describe(err error, cfg *pgx.ConnConfig) error {
 	if err == nil {
 		return nil
 	}
 	where := fmt.Sprintf("%s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
-	msg := err.Error()
-	if cfg.Password != "" {
-		msg = strings.ReplaceAll(msg, cfg.Password, "xxxxx")
-	}
-	return &ConnectError{Where: where, Msg: msg, err: err}
+	return &ConnectError{Where: where, Msg: err.Error(), err: err}
 }
 
 // ConnectError is a failed connection attempt.
@@ -196,9 +196,42 @@ func Sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-func scrub(msg, dsn string) string {
-	if cfg, err := pgconn.ParseConfig(dsn); err == nil && cfg.Password != "" {
-		msg = strings.ReplaceAll(msg, cfg.Password, "xxxxx")
+// parseError reports a connection string that does not parse. pgconn already masks the password
+// fields of the string it quotes; should the string appear whole, it is masked by field too.
+func parseError(err error, dsn string) error {
+	msg := err.Error()
+	if dsn != "" {
+		msg = strings.ReplaceAll(msg, dsn, Redact(dsn))
 	}
-	return msg
+	return errors.New("database_url is not a valid connection string: " + msg)
+}
+
+var urlPassword = regexp.MustCompile(`^([a-z]+://[^:@/]*:)[^@]*@`)
+
+var keywordPassword = regexp.MustCompile(`(?i)\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+
+// Redact returns dsn with the values of its password fields masked: the password of a URL's
+// user info, and the password and sslpassword parameters of either form. Nothing else changes.
+func Redact(dsn string) string {
+	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		}
+		q, masked := u.Query(), false
+		for _, k := range []string{"password", "sslpassword"} {
+			if q.Has(k) {
+				q.Set(k, "xxxxx")
+				masked = true
+			}
+		}
+		if masked {
+			u.RawQuery = q.Encode()
+		}
+		return u.String()
+	}
+	if strings.Contains(dsn, "://") {
+		// A URL that does not parse: mask what stands where its user info's password would.
+		return urlPassword.ReplaceAllString(dsn, "${1}xxxxx@")
+	}
+	return keywordPassword.ReplaceAllString(dsn, "${1}xxxxx")
 }
