@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/matcol/matcol/discovery"
 	"github.com/matcol/matcol/internal/pgident"
 )
@@ -35,6 +37,9 @@ func (b *builder) checkReads(e *Enrichment) {
 					d.Source, describeRead(r), e.Target.Table, b.coverHint(e, r))
 			}
 		}
+	}
+	if e.Schema != "" {
+		b.checkTenantCode(e)
 	}
 	for _, c := range e.Calls {
 		b.warn(e, "calls "+c, fmt.Sprintf("its sql calls %s, whose body matcol cannot see: list in depends_on any table it reads", c))
@@ -356,4 +361,53 @@ func quoteList(cols []string) string {
 		out[i] = pgident.Quote(c)
 	}
 	return strings.Join(out, ", ")
+}
+
+// checkTenantCode refuses a template instance whose SQL, resolved with search_path set to the
+// tenant's schema, calls a function or operator of that schema named like a built-in: a tenant
+// could define one that matches better than the built-in (an = on varchar, a lower(varchar)) and
+// so run code of its choosing with matcol's rights. A tenant function the template names on
+// purpose (no built-in has its name) is the template author's choice, and only warned about.
+func (b *builder) checkTenantCode(e *Enrichment) {
+	calls := slices.Clone(e.Calls)
+	for _, d := range e.deps {
+		calls = append(calls, d.Calls...)
+	}
+	for _, c := range calls {
+		name, operator, ok := tenantCall(c, e.Schema)
+		if !ok {
+			continue
+		}
+		sql := `SELECT EXISTS (SELECT FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace AND proname = $1)`
+		if operator {
+			sql = `SELECT EXISTS (SELECT FROM pg_operator WHERE oprnamespace = 'pg_catalog'::regnamespace AND oprname = $1)`
+		}
+		var builtin bool
+		if err := b.conn.QueryRow(b.ctx, sql, name).Scan(&builtin); err != nil {
+			b.problems = append(b.problems, fmt.Sprintf("enrichment %s on %s: look up %s: %v", e.Name, e.Target.Table, c, err))
+			return
+		}
+		if builtin {
+			b.fail(&e.Enrichment, "its sql resolves to %s, which schema %s itself defines in place of the built-in %s, and which would run with matcol's rights; "+
+				"matcol skips this schema: drop or rename that function, or write the built-in with its schema (pg_catalog.%s)",
+				c, pgident.Quote(e.Schema), name, name)
+			return
+		}
+	}
+}
+
+// tenantCall returns the name of a call as the analysis lists it ("s.f(args)" or "operator
+// s.op(l, r)") when it lives in schema, and whether it is an operator.
+func tenantCall(c, schema string) (name string, operator, ok bool) {
+	rest, operator := strings.CutPrefix(c, "operator ")
+	for _, q := range []string{pgident.Quote(schema), pgx.Identifier{schema}.Sanitize()} {
+		if after, found := strings.CutPrefix(rest, q+"."); found {
+			name, _, _ = strings.Cut(after, "(")
+			if len(name) > 1 && name[0] == '"' {
+				name = strings.ReplaceAll(name[1:len(name)-1], `""`, `"`)
+			}
+			return name, operator, true
+		}
+	}
+	return "", false, false
 }

@@ -257,3 +257,24 @@ func must(all bool, cols []string) []string {
 	}
 	return cols
 }
+
+// A tenant that defines a function named like a built-in, which its schema's search_path makes
+// the template's SQL call instead, would run its code with matcol's rights: that schema is
+// skipped, naming the function; the other tenants go on.
+func TestTemplateSkipsTenantShadowingBuiltins(t *testing.T) {
+	var ddl strings.Builder
+	for _, s := range []string{"t1", "t2"} {
+		fmt.Fprintf(&ddl, `CREATE SCHEMA %[1]s;
+CREATE TABLE %[1]s.item (id int PRIMARY KEY, label varchar, total bigint, materialized_at timestamptz);
+`, s)
+	}
+	ddl.WriteString(`CREATE FUNCTION t2.lower(varchar) RETURNS text LANGUAGE sql AS 'SELECT ''owned''';`)
+	b := setup(t, ddl.String())
+	def := registry.Enrichment{Name: "item_label", Target: table("t*", "item"), Template: true, Columns: []string{"total"},
+		SQL: `SELECT i.id, length(lower(i.label))::bigint AS total FROM item i WHERE i.id = ANY($1)`}
+	p := b.mustBuild(t, def)
+	require.Len(t, p.Targets, 1)
+	require.Equal(t, "t1", p.Targets[0].Table.Schema)
+	require.Len(t, p.Skipped, 1)
+	require.Contains(t, p.Skipped[0], "enrichment item_label on t2.item: its sql resolves to t2.lower(character varying), which schema t2 itself defines in place of the built-in lower")
+}
