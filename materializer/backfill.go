@@ -295,7 +295,7 @@ func (b *Backfill) hold(ctx context.Context) error {
 			}
 		}
 		if lag < 0 && b.spec.MaxReplicaLag > 0 && !b.lagWarned {
-			b.log.Warn(lagUnknownMessage, "backfill", b.ID, "fix", lagFix)
+			b.log.Warn("cannot read the standbys' replay lag; throttle.max_replica_lag is not enforced", "backfill", b.ID, "fix", lagFix)
 			b.lagWarned = true
 		}
 		behind := b.spec.MaxReplicaLag > 0 && lag > b.spec.MaxReplicaLag.Seconds()

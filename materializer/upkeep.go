@@ -22,8 +22,7 @@ type upkeep struct {
 }
 
 const (
-	lagUnknownMessage = "cannot read the standbys' replay lag; throttle.max_replica_lag is not enforced"
-	lagFix            = "GRANT pg_read_all_stats (or pg_monitor) to matcol's role"
+	lagFix = "GRANT pg_read_all_stats (or pg_monitor) to matcol's role"
 )
 
 // noteLagKnown records whether the standbys' replay lag could be read. Standbys whose lag this
@@ -33,7 +32,7 @@ func (m *Materializer) noteLagKnown(known bool) {
 	was := !m.upkeep.lagUnknown.Swap(!known)
 	switch {
 	case !known && was && m.cfg.MaxReplicaLag > 0 && !m.upkeep.lagWarned.Swap(true):
-		m.log.Warn(lagUnknownMessage, "fix", lagFix)
+		m.log.Warn("cannot read the standbys' replay lag; throttle.max_replica_lag is not enforced", "fix", lagFix)
 	case known && !was && m.upkeep.lagWarned.Load():
 		m.log.Info("standbys' replay lag known again; throttle.max_replica_lag enforced")
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/matcol/matcol/daemon"
 	"github.com/matcol/matcol/internal/demo"
 	"github.com/matcol/matcol/internal/pgtest"
+	"github.com/matcol/matcol/plan"
 	"github.com/matcol/matcol/verify"
 )
 
@@ -115,9 +116,17 @@ func TestLogicalSurvivesKillAndImmediateRestart(t *testing.T) {
 	require.Greater(t, total, 100)
 
 	conn := pgtest.Connect(t, dsn)
-	p, _, err := daemon.LoadPlan(context.Background(), conn)
-	require.NoError(t, err)
 	deadline := time.Now().Add(90 * time.Second)
+	// A daemon killed before its first apply committed leaves no registry yet: the last one
+	// installs it.
+	var p *plan.Plan
+	var err error
+	for p == nil {
+		if p, _, err = daemon.LoadPlan(context.Background(), conn); err != nil {
+			require.True(t, time.Now().Before(deadline), "no registry: %v", err)
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
 	var stale, pending int
 	var drift []verify.Drift
 	for {
