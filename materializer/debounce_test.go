@@ -68,7 +68,7 @@ func TestMinIntervalDebouncesHotRow(t *testing.T) {
 			var minGap *float64
 			require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*), min(gap) FROM (
 				SELECT extract(epoch FROM at - lag(at) OVER (ORDER BY at))::float8 AS gap FROM stamps) s`).Scan(&n, &minGap))
-			t.Logf("%d recomputations of the hot row in %s; shortest gap %.3fs", n, hot, *minGap)
+			t.Logf("%d recomputations of the hot row in %s; shortest gap %.3fs; %d throttled", n, hot, *minGap, m.Stats.Throttled.Load())
 			bound := int(hot/700/time.Millisecond) + 2
 			if tc.interval == 0 {
 				require.Greater(t, n, bound, "without min_interval the hot row is recomputed more often than the bound")
