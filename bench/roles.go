@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/matcol/matcol/internal/pgcluster"
+)
+
+// The roles of the catch-up and tpcb scenarios. The application's tables belong to appRole,
+// which the application (pgbench) also writes as. matcol runs as one of two roles with exactly
+// the grants of docs/security.md: triggerRole for trigger mode, logicalRole for logical mode,
+// which adds REPLICATION and, for the publication and replica identities, membership in the
+// tables' owning role.
+const (
+	appRole     = "app"
+	triggerRole = "matcol"
+	logicalRole = "matcol_logical"
+)
+
+func createRoles(ctx context.Context, admin *pgx.Conn) error {
+	for _, stmt := range []string{
+		`CREATE ROLE ` + pgx.Identifier{appRole}.Sanitize() + ` LOGIN`,
+		`CREATE ROLE ` + pgx.Identifier{triggerRole}.Sanitize() + ` LOGIN`,
+		`CREATE ROLE ` + pgx.Identifier{logicalRole}.Sanitize() + ` LOGIN REPLICATION`,
+		`GRANT ` + pgx.Identifier{appRole}.Sanitize() + ` TO ` + pgx.Identifier{logicalRole}.Sanitize(),
+	} {
+		if _, err := admin.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("create roles: %w", err)
+		}
+	}
+	return nil
+}
+
+// grantMatcol gives role what docs/security.md lists for the mode, on database db (conn is a
+// superuser's connection to it). Logical mode's role already has REPLICATION and the owner's
+// rights; it needs no TRIGGER of its own beyond those.
+func grantMatcol(ctx context.Context, conn *pgx.Conn, db, role, mode string, targets, sources []string) error {
+	r := pgx.Identifier{role}.Sanitize()
+	list := func(tables []string) string {
+		q := make([]string, len(tables))
+		for i, t := range tables {
+			q[i] = pgx.Identifier{"public", t}.Sanitize()
+		}
+		return strings.Join(q, ", ")
+	}
+	trigger := ", TRIGGER"
+	if mode == "logical" {
+		trigger = ""
+	}
+	stmts := []string{
+		`GRANT CREATE ON DATABASE ` + pgx.Identifier{db}.Sanitize() + ` TO ` + r,
+		`GRANT USAGE ON SCHEMA public TO ` + r,
+		`GRANT SELECT, UPDATE` + trigger + ` ON ` + list(targets) + ` TO ` + r,
+	}
+	if len(sources) > 0 {
+		stmts = append(stmts, `GRANT SELECT`+trigger+` ON `+list(sources)+` TO `+r)
+	}
+	for _, stmt := range stmts {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("grant %s: %w", role, err)
+		}
+	}
+	return nil
+}
+
+// dsnAs is the DSN of database db for role (the cluster trusts 127.0.0.1).
+func dsnAs(cl *pgcluster.Cluster, role, db string) string {
+	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", role, cl.Port, db)
+}
+
+// connectAs connects to db as role, named so that matcol's figures never count it.
+func connectAs(ctx context.Context, cl *pgcluster.Cluster, role, db string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsnAs(cl, role, db))
+	if err != nil {
+		return nil, err
+	}
+	cfg.RuntimeParams["application_name"] = "bench"
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s as %s: %w", db, role, err)
+	}
+	return c, nil
+}
+
+// matcolInstance is matcol's default config for one database and mode, run as its own role.
+type matcolInstance struct {
+	bin, cfg, log string
+}
+
+// setUpMatcol writes the default config (database_url, the mode, the status server off, the
+// enrichments) and runs install and apply as the mode's role.
+func setUpMatcol(ctx context.Context, o liveOpts, db, mode, enrichments string) (*matcolInstance, error) {
+	role := triggerRole
+	if mode == "logical" {
+		role = logicalRole
+	}
+	path := filepath.Join(o.dir, db+"_"+mode+".yaml")
+	cfg := fmt.Sprintf("database_url: %q\ninvalidation: {mode: %s}\nstatus: {listen: \"\"}\nenrichments:\n%s",
+		dsnAs(o.cl, role, db), mode, enrichments)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	m := &matcolInstance{bin: o.bin, cfg: path, log: filepath.Join(o.dir, db+"_"+mode+".log")}
+	for _, args := range [][]string{{"install"}, {"apply"}} {
+		if _, err := m.cmd(ctx, args...); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// cmd runs one matcol command with this config and returns its output.
+func (m *matcolInstance) cmd(ctx context.Context, args ...string) (string, error) {
+	args = append(args, "-c", m.cfg)
+	out, err := exec.CommandContext(ctx, m.bin, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("matcol %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+func (m *matcolInstance) start() (*daemonProc, error) { return startDaemon(m.bin, m.cfg, m.log) }
+
+var verifiedRe = regexp.MustCompile(`(\d+) rows checked, (\d+) values differ`)
+
+// verifyAll runs `matcol verify --all` with no rate limit and fails unless it reports no drift.
+func (m *matcolInstance) verifyAll(ctx context.Context) (int, error) {
+	out, err := m.cmd(ctx, "verify", "--all", "--rate", "0")
+	if err != nil {
+		return 0, fmt.Errorf("verify found drift or failed: %w", err)
+	}
+	g := verifiedRe.FindStringSubmatch(out)
+	if g == nil {
+		return 0, fmt.Errorf("matcol verify printed no summary:\n%s", out)
+	}
+	if g[2] != "0" {
+		return 0, fmt.Errorf("matcol verify: %s values differ:\n%s", g[2], out)
+	}
+	rows, _ := strconv.Atoi(g[1])
+	return rows, nil
+}
+
+// logTail is the end of the daemon's log, for errors.
+func (m *matcolInstance) logTail() string {
+	b, _ := os.ReadFile(m.log)
+	if len(b) > 3000 {
+		b = b[len(b)-3000:]
+	}
+	return string(b)
+}
+
+// peakRSS is the process's peak resident set size (VmHWM), in bytes.
+func (p *daemonProc) peakRSS() int64 {
+	return procStatusKB(p.cmd.Process.Pid, "VmHWM:") * 1024
+}
+
+func procStatusKB(pid int, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, field); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb
+		}
+	}
+	return 0
+}
+
+// procCPU is a process's user+system CPU seconds, from /proc/PID/stat.
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	u, _ := strconv.ParseFloat(f[11], 64)
+	s, _ := strconv.ParseFloat(f[12], 64)
+	return (u + s) / 100 // USER_HZ is 100 on Linux
+}
+
+// caughtUp polls every 10 ms until table has no stale row and matcol.pending is empty (and, with
+// a slot, the slot has confirmed lsn), and returns the time since start at the poll that saw it.
+// With mustSee the clock stops only after a poll has seen work (stale rows or queued entries), so
+// it cannot stop before matcol has heard of the change; without work seen within grace, it fails.
+// It also fails as soon as the daemon d exits.
+func caughtUp(ctx context.Context, conn *pgx.Conn, d *daemonProc, table string, start time.Time, slot, lsn string,
+	mustSee bool, grace, limit time.Duration) (time.Duration, error) {
+	q := `SELECT EXISTS (SELECT 1 FROM ` + pgx.Identifier{"public", table}.Sanitize() + ` WHERE materialized_at IS NULL)
+		OR EXISTS (SELECT 1 FROM matcol.pending)`
+	if slot != "" {
+		q = `SELECT (` + q + `) OR NOT coalesce((SELECT active AND confirmed_flush_lsn >= $2::pg_lsn
+			FROM pg_replication_slots WHERE slot_name = $1), false)`
+	}
+	args := []any{}
+	if slot != "" {
+		args = append(args, slot, lsn)
+	}
+	seen := !mustSee
+	for {
+		at := time.Now()
+		var busy bool
+		if err := conn.QueryRow(ctx, q, args...).Scan(&busy); err != nil {
+			return 0, fmt.Errorf("poll: %w", err)
+		}
+		if busy {
+			seen = true
+		} else if seen {
+			return at.Sub(start), nil
+		}
+		if err := d.alive(); err != nil {
+			return 0, err
+		}
+		switch {
+		case !seen && time.Since(start) > grace:
+			return 0, fmt.Errorf("no stale row or queued entry in %s on %s: matcol never saw the change", grace, table)
+		case time.Since(start) > limit:
+			return 0, fmt.Errorf("%s still had stale rows or queued entries after %s", table, limit)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// dropSlot drops logical slot name once its walsender is gone.
+func dropSlot(ctx context.Context, admin *pgx.Conn, name string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := admin.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, name)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("drop slot %s: %w", name, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// dropDB drops a scenario's database, whatever is still connected.
+func dropDB(ctx context.Context, admin *pgx.Conn, db string) error {
+	_, err := admin.Exec(ctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{db}.Sanitize()+` WITH (FORCE)`)
+	if err != nil {
+		return fmt.Errorf("drop database %s: %w", db, err)
+	}
+	return nil
+}
