@@ -162,14 +162,18 @@ func loadTPCB(ctx context.Context, admin *pgx.Conn, o liveOpts) error {
 		conn.Close(ctx)
 		return err
 	}
-	_, err = conn.Exec(ctx, `ALTER TABLE pgbench_accounts ALTER materialized_at DROP DEFAULT;
-		CREATE INDEX pgbench_history_aid ON pgbench_history (aid);
-		CREATE INDEX pgbench_accounts_stale ON pgbench_accounts (aid) WHERE materialized_at IS NULL;
-		VACUUM ANALYZE pgbench_accounts; VACUUM ANALYZE pgbench_history`)
-	conn.Close(ctx)
-	if err != nil {
-		return err
+	for _, stmt := range []string{
+		`ALTER TABLE pgbench_accounts ALTER materialized_at DROP DEFAULT`,
+		`CREATE INDEX pgbench_history_aid ON pgbench_history (aid)`,
+		`CREATE INDEX pgbench_accounts_stale ON pgbench_accounts (aid) WHERE materialized_at IS NULL`,
+		`VACUUM ANALYZE pgbench_accounts`, `VACUUM ANALYZE pgbench_history`,
+	} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			conn.Close(ctx)
+			return err
+		}
 	}
+	conn.Close(ctx)
 	// pg_prewarm where the server has it, so that each variant starts with the tables cached.
 	su, err := connectAs(ctx, o.cl, o.cl.User, tpcbTemplate)
 	if err != nil {
