@@ -416,6 +416,7 @@ type liveOpts struct {
 	only      []string      // scenarios to run; none: all
 	catchup   catchupOpts
 	tpcb      tpcbOpts
+	limit     time.Duration // the longest catch-up the catchup and tpcb scenarios wait for
 }
 
 // freshnessBench measures source-commit-to-materialized latency in both modes, and the daemon's

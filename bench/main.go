@@ -39,12 +39,13 @@ func main() {
 	flag.StringVar(&c.pcts, "catchup-pcts", "0.1,1,10,30,100", "catch-up: percentages of target rows changed, one run each")
 	flag.IntVar(&c.resyncRows, "resync-rows", 500_000, "catch-up: rows of the logical first-start resync (development: 50000; 0 skips it)")
 	flag.IntVar(&c.resyncSeats, "resync-seats", 10, "catch-up: child rows per row of the resync table")
+	limit := flag.Duration("limit", 10*time.Minute, "catchup, tpcb: the longest wait for matcol to catch up; past it the figure reads \"not caught up\" and the scenario goes on")
 	var t tpcbOpts
 	flag.IntVar(&t.scale, "tpcb-scale", 10, "tpcb: pgbench -i scale (development: 1)")
 	flag.DurationVar(&t.runFor, "tpcb-for", 20*time.Second, "tpcb: how long each pgbench run lasts (development: 5s)")
 	flag.IntVar(&t.clients, "tpcb-clients", 8, "tpcb: pgbench clients (-c; -j is 2)")
 	flag.Parse()
-	o := liveOpts{loadFor: *loadFor, benchFor: *benchFor, scattered: *scattered, orders: *orders, catchup: c, tpcb: t}
+	o := liveOpts{loadFor: *loadFor, benchFor: *benchFor, scattered: *scattered, orders: *orders, catchup: c, tpcb: t, limit: *limit}
 	if *only != "" {
 		for _, name := range strings.Split(*only, ",") {
 			if !slices.Contains(scenarios, name) {

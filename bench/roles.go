@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -190,43 +191,67 @@ func procCPU(pid int) float64 {
 	return (u + s) / 100 // USER_HZ is 100 on Linux
 }
 
-// caughtUp polls every 10 ms until table has no stale row and matcol.pending is empty (and, with
-// a slot, the slot has confirmed lsn), and returns the time since start at the poll that saw it.
-// With mustSee the clock stops only after a poll has seen work (stale rows or queued entries), so
-// it cannot stop before matcol has heard of the change; without work seen within grace, it fails.
-// It also fails as soon as the daemon d exits.
-func caughtUp(ctx context.Context, conn *pgx.Conn, d *daemonProc, table string, start time.Time, slot, lsn string,
-	mustSee bool, grace, limit time.Duration) (time.Duration, error) {
-	q := `SELECT EXISTS (SELECT 1 FROM ` + pgx.Identifier{"public", table}.Sanitize() + ` WHERE materialized_at IS NULL)
-		OR EXISTS (SELECT 1 FROM matcol.pending)`
-	if slot != "" {
-		q = `SELECT (` + q + `) OR NOT coalesce((SELECT active AND confirmed_flush_lsn >= $2::pg_lsn
-			FROM pg_replication_slots WHERE slot_name = $1), false)`
+// wait says when caughtUp may stop the clock.
+type wait struct {
+	table string
+	// slot and lsn: in logical mode, also until the slot streams and has confirmed lsn.
+	slot, lsn string
+	// mustSee: stop only after a poll has seen work (stale rows or queued entries), so that the
+	// clock cannot stop before matcol has heard of the change; fail if none shows within grace.
+	mustSee bool
+	grace   time.Duration
+	// stampedSince: also until every row has been stamped at or after this server time, for a
+	// resync, which a worker may hold in memory between queue and table (checked at most twice
+	// a second, as it reads the whole table).
+	stampedSince *time.Time
+	limit        time.Duration
+}
+
+// caughtUp polls every 10 ms until w.table has no stale row and matcol.pending is empty, and
+// returns the time since start at the poll that saw it, or errBehind after w.limit. It fails as
+// soon as the daemon d exits.
+func caughtUp(ctx context.Context, conn *pgx.Conn, d *daemonProc, start time.Time, w wait) (time.Duration, error) {
+	table := pgx.Identifier{"public", w.table}.Sanitize()
+	q := `SELECT EXISTS (SELECT 1 FROM ` + table + ` WHERE materialized_at IS NULL) OR EXISTS (SELECT 1 FROM matcol.pending),
+		coalesce((SELECT active AND confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1), $1 = '')`
+	lsn := w.lsn
+	if lsn == "" {
+		lsn = "0/0"
 	}
-	args := []any{}
-	if slot != "" {
-		args = append(args, slot, lsn)
-	}
-	seen := !mustSee
+	seen := !w.mustSee
+	var lastFull time.Time
 	for {
 		at := time.Now()
-		var busy bool
-		if err := conn.QueryRow(ctx, q, args...).Scan(&busy); err != nil {
+		var busy, streamed bool
+		if err := conn.QueryRow(ctx, q, w.slot, lsn).Scan(&busy, &streamed); err != nil {
 			return 0, fmt.Errorf("poll: %w", err)
 		}
 		if busy {
 			seen = true
-		} else if seen {
-			return at.Sub(start), nil
+		} else if seen && streamed {
+			if w.stampedSince == nil {
+				return at.Sub(start), nil
+			}
+			if time.Since(lastFull) >= 500*time.Millisecond {
+				lastFull = time.Now()
+				var old bool
+				if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+table+` WHERE NOT materialized_at >= $1)`,
+					*w.stampedSince).Scan(&old); err != nil {
+					return 0, fmt.Errorf("poll: %w", err)
+				}
+				if !old {
+					return at.Sub(start), nil
+				}
+			}
 		}
 		if err := d.alive(); err != nil {
 			return 0, err
 		}
 		switch {
-		case !seen && time.Since(start) > grace:
-			return 0, fmt.Errorf("no stale row or queued entry in %s on %s: matcol never saw the change", grace, table)
-		case time.Since(start) > limit:
-			return 0, fmt.Errorf("%s still had stale rows or queued entries after %s", table, limit)
+		case !seen && time.Since(start) > w.grace:
+			return 0, fmt.Errorf("no stale row or queued entry in %s on %s: matcol never saw the change", w.grace, w.table)
+		case time.Since(start) > w.limit:
+			return time.Since(start), errBehind
 		}
 		select {
 		case <-ctx.Done():
@@ -234,6 +259,16 @@ func caughtUp(ctx context.Context, conn *pgx.Conn, d *daemonProc, table string, 
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// errBehind: matcol had not caught up within the bench's limit (-limit).
+var errBehind = errors.New("not caught up within the limit")
+
+// behind counts the rows still stale or queued entries: what matcol had left at the limit.
+func behind(ctx context.Context, conn *pgx.Conn, table string) (stale, queued int64, err error) {
+	err = conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM `+pgx.Identifier{"public", table}.Sanitize()+` WHERE materialized_at IS NULL),
+		(SELECT count(*) FROM matcol.pending)`).Scan(&stale, &queued)
+	return stale, queued, err
 }
 
 // dropSlot drops logical slot name once its walsender is gone.
