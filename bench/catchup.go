@@ -260,13 +260,13 @@ func catchUpBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) e
 			took = fmt.Sprintf("not caught up in %s (%d rows stale, %d entries queued)", o.limit, row.stale, row.queued)
 			lt, verified = "< ", fmt.Sprintf("%d fresh rows, 0 drift", row.verifiedRows)
 		}
-		r.add("| %g%% (%d rows) | %s | %s | %s | **%s%.2f×** | **%s%.1f×** | %.2f s | %.1f MB | %s |", row.pct, row.changed,
+		r.add("| %g%% (%d rows) | %s | %s | %s | **%s%s** | **%s%s** | %.2f s | %.1f MB | %s |", row.pct, row.changed,
 			took, row.setBased.Round(time.Millisecond), row.refresh.Round(time.Millisecond),
-			lt, speed, lt, vsRefresh, row.daemonCPU, float64(row.daemonPeakRSS)/1e6, verified)
-		r.target(fmt.Sprintf("catch-up after a %g%% change", row.pct), fmt.Sprintf("%s%.2f× the set-based UPDATE's speed", lt, speed),
+			lt, times(speed), lt, times(vsRefresh), row.daemonCPU, float64(row.daemonPeakRSS)/1e6, verified)
+		r.target(fmt.Sprintf("catch-up after a %g%% change", row.pct), fmt.Sprintf("%s%s the set-based UPDATE's speed", lt, times(speed)),
 			"≥ 0.5×", row.done && speed >= 0.5, whyCatchUp)
 		if row.pct == 0.1 {
-			r.target("catch-up after a 0.1% change against REFRESH", fmt.Sprintf("%s%.1f× faster", lt, vsRefresh), "≥ 40×", row.done && vsRefresh >= 40, whyCatchUp)
+			r.target("catch-up after a 0.1% change against REFRESH", lt+times(vsRefresh)+" faster", "≥ 40×", row.done && vsRefresh >= 40, whyCatchUp)
 		}
 	}
 	for _, pct := range pcts[len(rows):] {
@@ -373,14 +373,14 @@ func resyncBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) er
 	r.add("| method | time | rows/s | speed ÷ backfill | speed ÷ set-based |")
 	r.add("|---|---|---|---|---|")
 	r.add("| set-based `UPDATE … FROM (aggregate over all rows)` | %s | %.0f | | |", setBased.Round(time.Millisecond), rate(setBased))
-	r.add("| `matcol backfill --enrichment seat_counts` | %s | %.0f | | %.2f× |", backfill.Round(time.Millisecond), rate(backfill), setBased.Seconds()/backfill.Seconds())
+	r.add("| `matcol backfill --enrichment seat_counts` | %s | %.0f | | %s |", backfill.Round(time.Millisecond), rate(backfill), times(setBased.Seconds()/backfill.Seconds()))
 	if done {
-		r.add("| logical first start, until nothing is stale | %s | %.0f | **%.2f×** | %.2f× |", resync.Round(time.Millisecond), rate(resync),
-			backfill.Seconds()/resync.Seconds(), setBased.Seconds()/resync.Seconds())
+		r.add("| logical first start, until nothing is stale | %s | %.0f | **%s** | %s |", resync.Round(time.Millisecond), rate(resync),
+			times(backfill.Seconds()/resync.Seconds()), times(setBased.Seconds()/resync.Seconds()))
 	} else {
 		doneRows := float64(int64(c.resyncRows)-left) / resync.Seconds()
-		r.add("| logical first start: not done in %s, %d rows not yet recomputed | | %.0f so far | **%.2f×** so far | %.2f× so far |", o.limit, left, doneRows,
-			doneRows/rate(backfill), doneRows/rate(setBased))
+		r.add("| logical first start: not done in %s, %d rows not yet recomputed | | %.0f so far | **%s** so far | %s so far |", o.limit, left, doneRows,
+			times(doneRows/rate(backfill)), times(doneRows/rate(setBased)))
 	}
 	r.add("The daemon used %.1f s of CPU over the resync (its own process) and peaked at %.1f MB RSS; verify checked %d rows that were not stale.", cpu, float64(rss)/1e6, verified)
 	r.add("")

@@ -194,3 +194,15 @@ func merge(old, fresh []section, freshTargets []targetRow) ([]section, []targetR
 	}
 	return out, targets
 }
+
+// times formats a ratio with two significant digits however small it is: 0.0031×, 0.45×, 41×.
+func times(x float64) string {
+	switch {
+	case x >= 10:
+		return fmt.Sprintf("%.0f×", x)
+	case x >= 0.1:
+		return fmt.Sprintf("%.2f×", x)
+	default:
+		return fmt.Sprintf("%.2g×", x)
+	}
+}
