@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -95,33 +94,40 @@ func (p *daemonProc) stop() error {
 }
 
 // cpu returns the process's user+system CPU seconds.
-func (p *daemonProc) cpu() float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+func (p *daemonProc) cpu() float64 { return procCPU(p.cmd.Process.Pid) }
+
+// rss returns the resident set size in bytes.
+func (p *daemonProc) rss() int64 { return procStatusKB(p.cmd.Process.Pid, "VmRSS:") * 1024 }
+
+// peakRSS is the process's peak resident set size (VmHWM), in bytes.
+func (p *daemonProc) peakRSS() int64 {
+	return procStatusKB(p.cmd.Process.Pid, "VmHWM:") * 1024
+}
+
+func procStatusKB(pid int, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
-	// Fields after the parenthesised command name; utime and stime are the 14th and 15th fields.
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, field); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb
+		}
+	}
+	return 0
+}
+
+// procCPU is a process's user+system CPU seconds, from /proc/PID/stat.
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
 	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
 	u, _ := strconv.ParseFloat(f[11], 64)
 	s, _ := strconv.ParseFloat(f[12], 64)
 	return (u + s) / 100 // USER_HZ is 100 on Linux
-}
-
-// rss returns the resident set size in bytes.
-func (p *daemonProc) rss() int64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
 }
 
 // footprint samples a daemon's CPU share and peak RSS while f runs.
