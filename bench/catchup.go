@@ -181,7 +181,8 @@ func catchUpBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) e
 		row := catchupRow{pct: pct}
 		change := fmt.Sprintf(changeSQL, threshold(pct))
 		// Baselines: the same change, then the recomputation of exactly the changed snapshots,
-		// twice (the second change flips the same seats again), the better time kept; then REFRESH.
+		// twice (the second change flips the same seats again), the better time kept; then REFRESH,
+		// the better of two.
 		if _, err := bconn.Exec(ctx, fmt.Sprintf(`DROP TABLE IF EXISTS changed;
 			CREATE TABLE changed AS SELECT id FROM event_seat_state_change WHERE (id * 7919) %% 100000 < %d;
 			ANALYZE changed`, threshold(pct))); err != nil {
@@ -199,8 +200,14 @@ func catchUpBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) e
 				row.setBased = t
 			}
 		}
-		if row.refresh, err = timed(ctx, bconn, `REFRESH MATERIALIZED VIEW seat_counts`); err != nil {
-			return err
+		for i := 0; i < 2; i++ {
+			t, err := timed(ctx, bconn, `REFRESH MATERIALIZED VIEW seat_counts`)
+			if err != nil {
+				return err
+			}
+			if row.refresh == 0 || t < row.refresh {
+				row.refresh = t
+			}
 		}
 		// matcol: the same change, committed by the application; the clock runs from its commit.
 		if _, err := su.Exec(ctx, `CHECKPOINT`); err != nil {
@@ -248,7 +255,7 @@ func catchUpBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) e
 	r.heading("Catch-up after a change (%d snapshots × %d seats)", c.rows, c.seats)
 	r.add("The seat-state shape: each `event_seat_state_change` row keeps five counts over its %d `seat_state` rows (`count(*) FILTER (WHERE state = …)`: sold, reserved, empty, blocked, held); %d rows, trigger mode, `matcol run` as its own process with the default config, as the role `%s` with exactly the grants of docs/security.md; the application's writes come from the role `%s` that owns the tables.", c.seats, c.rows, triggerRole, appRole)
 	r.add("")
-	r.add("For each size, one committed UPDATE changes one seat of each of that share of snapshots, spread over the table. matcol's time runs from that commit until no row is stale and `matcol.pending` is empty (polled every 10 ms; the clock cannot stop before a poll has seen the change's stale rows or queued entries). The baselines run on a copy of the same data without matcol (`CREATE DATABASE … TEMPLATE`), which gets the same change: one set-based `UPDATE … FROM (aggregate over exactly the changed snapshots)` (the better of two runs, each after the change and a CHECKPOINT), and `REFRESH MATERIALIZED VIEW` of the whole equivalent view. `matcol verify --all` then checks every row (0 drift, or the bench fails).")
+	r.add("For each size, one committed UPDATE changes one seat of each of that share of snapshots, spread over the table. matcol's time runs from that commit until no row is stale and `matcol.pending` is empty (polled every 10 ms; the clock cannot stop before a poll has seen the change's stale rows or queued entries). The baselines run on a copy of the same data without matcol (`CREATE DATABASE … TEMPLATE`), which gets the same change: one set-based `UPDATE … FROM (aggregate over exactly the changed snapshots)` (the better of two runs, each after the change and a CHECKPOINT), and `REFRESH MATERIALIZED VIEW` of the whole equivalent view (also the better of two). `matcol verify --all` then checks every row (0 drift, or the bench fails).")
 	r.add("")
 	r.add("| changed | matcol catch-up | set-based UPDATE of those rows | REFRESH (whole view) | matcol ÷ set-based speed | faster than REFRESH | daemon CPU | daemon peak RSS | verify |")
 	r.add("|---|---|---|---|---|---|---|---|---|")
