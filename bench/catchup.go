@@ -385,10 +385,11 @@ func resyncBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) er
 		r.add("| logical first start, until nothing is stale | %s | %.0f | **%s** | %s |", resync.Round(time.Millisecond), rate(resync),
 			times(backfill.Seconds()/resync.Seconds()), times(setBased.Seconds()/resync.Seconds()))
 	} else {
-		doneRows := float64(int64(c.resyncRows)-left) / resync.Seconds()
-		r.add("| logical first start: not done in %s, %d rows not yet recomputed | | %.0f so far | **%s** so far | %s so far |", o.limit, left, doneRows,
-			times(doneRows/rate(backfill)), times(doneRows/rate(setBased)))
+		soFar := float64(int64(c.resyncRows)-left) / resync.Seconds()
+		r.add("| logical first start: not done in %s, %d rows not yet recomputed | | %.0f so far | **%s** so far | %s so far |", o.limit, left, soFar,
+			times(soFar/rate(backfill)), times(soFar/rate(setBased)))
 	}
+	r.add("")
 	r.add("The daemon used %.1f s of CPU over the resync (its own process) and peaked at %.1f MB RSS; verify checked %d rows that were not stale.", cpu, float64(rss)/1e6, verified)
 	r.add("")
 	return nil

@@ -203,6 +203,6 @@ func times(x float64) string {
 	case x >= 0.1:
 		return fmt.Sprintf("%.2f×", x)
 	default:
-		return fmt.Sprintf("%.2g×", x)
+		return fmt.Sprintf("%#.2g×", x)
 	}
 }
