@@ -207,8 +207,7 @@ func (lc loadedCase) run(ctx context.Context, r *report, admin *pgx.Conn, o live
 	if wrong > 0 {
 		return fmt.Errorf("%s backfill left %d wrong or stale rows", lc.db, wrong)
 	}
-	r.add("## %s", lc.title)
-	r.add("")
+	r.heading("%s", lc.title)
 	r.add("%s", lc.about)
 	r.add("")
 	bt.report(r, lc.def.Name, lc.rows)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -22,9 +21,10 @@ import (
 
 // daemonProc is `matcol run` in its own process, so that its CPU and memory are its own.
 type daemonProc struct {
-	cmd  *exec.Cmd
-	done chan error
-	log  string
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when the process ends
+	err    error         // its exit status, once exited is closed
+	log    string
 }
 
 func buildMatcol(ctx context.Context, dir string) (string, error) {
@@ -67,16 +67,26 @@ func startDaemon(bin, cfg, logPath string) (*daemonProc, error) {
 		lf.Close()
 		return nil, err
 	}
-	p := &daemonProc{cmd: cmd, done: make(chan error, 1), log: logPath}
-	go func() { p.done <- cmd.Wait(); lf.Close() }()
+	p := &daemonProc{cmd: cmd, exited: make(chan struct{}), log: logPath}
+	go func() { p.err = cmd.Wait(); lf.Close(); close(p.exited) }()
 	return p, nil
+}
+
+// alive fails once the daemon has exited.
+func (p *daemonProc) alive() error {
+	select {
+	case <-p.exited:
+		return fmt.Errorf("matcol run exited early (%v); log: %s", p.err, p.log)
+	default:
+		return nil
+	}
 }
 
 func (p *daemonProc) stop() error {
 	_ = p.cmd.Process.Signal(os.Interrupt)
 	select {
-	case err := <-p.done:
-		return err
+	case <-p.exited:
+		return p.err
 	case <-time.After(30 * time.Second):
 		_ = p.cmd.Process.Kill()
 		return errors.New("matcol run did not stop within 30s")
@@ -84,33 +94,40 @@ func (p *daemonProc) stop() error {
 }
 
 // cpu returns the process's user+system CPU seconds.
-func (p *daemonProc) cpu() float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+func (p *daemonProc) cpu() float64 { return procCPU(p.cmd.Process.Pid) }
+
+// rss returns the resident set size in bytes.
+func (p *daemonProc) rss() int64 { return procStatusKB(p.cmd.Process.Pid, "VmRSS:") * 1024 }
+
+// peakRSS is the process's peak resident set size (VmHWM), in bytes.
+func (p *daemonProc) peakRSS() int64 {
+	return procStatusKB(p.cmd.Process.Pid, "VmHWM:") * 1024
+}
+
+func procStatusKB(pid int, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
-	// Fields after the parenthesised command name; utime and stime are the 14th and 15th fields.
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, field); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb
+		}
+	}
+	return 0
+}
+
+// procCPU is a process's user+system CPU seconds, from /proc/PID/stat.
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
 	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
 	u, _ := strconv.ParseFloat(f[11], 64)
 	s, _ := strconv.ParseFloat(f[12], 64)
 	return (u + s) / 100 // USER_HZ is 100 on Linux
-}
-
-// rss returns the resident set size in bytes.
-func (p *daemonProc) rss() int64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
 }
 
 // footprint samples a daemon's CPU share and peak RSS while f runs.
@@ -402,7 +419,10 @@ type liveOpts struct {
 	benchFor  time.Duration // per pgbench run
 	scattered bool          // seat_state in seat order rather than snapshot order
 	orders    int           // orders rows of the light backfill
-	only      string        // "backfill": the backfill comparisons alone
+	only      []string      // scenarios to run; none: all
+	catchup   catchupOpts
+	tpcb      tpcbOpts
+	limit     time.Duration // the longest catch-up the catchup and tpcb scenarios wait for
 }
 
 // freshnessBench measures source-commit-to-materialized latency in both modes, and the daemon's
@@ -419,8 +439,7 @@ func freshnessBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts)
 		return err
 	}
 	defer pool.Close()
-	r.add("## Freshness latency")
-	r.add("")
+	r.heading("Freshness latency")
 	r.add("16 writers insert `item_line` rows (autocommit, `synchronous_commit = on`) at a fixed rate for %s, spread over 10,000 `item` rows whose `total` and `last_write` matcol maintains. A trigger on `item` logs when a materialized row first reflects each write; latency runs from the write's `clock_timestamp()` to that moment, both read on the server. \"max\" is 16 writers as fast as they go: the highest rate this machine sustains with matcol keeping up. Target: p99 ≤ 250 ms at 1,000 writes/s.", o.loadFor)
 	r.add("")
 	r.add("| mode | offered writes/s | achieved writes/s | p50 | p95 | p99 | max | daemon CPU | daemon peak RSS |")
@@ -476,8 +495,7 @@ func freshnessBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts)
 		}
 	}
 	r.add("")
-	r.add("## Daemon footprint when idle")
-	r.add("")
+	r.heading("Daemon footprint when idle")
 	r.add("`matcol run` as its own process, caught up, no writes, for %s (CPU from /proc/PID/stat, RSS from /proc/PID/status). Target: idle CPU about 0, RSS < 64 MB.", o.loadFor)
 	r.add("")
 	r.add("| mode | CPU | peak RSS |")
@@ -627,8 +645,7 @@ func writeOverhead(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts, 
 	if err := runAll("no matcol (again)"); err != nil {
 		return err
 	}
-	r.add("## Write overhead")
-	r.add("")
+	r.heading("Write overhead")
 	r.add("pgbench, %s per run, one transaction of two UPDATEs on `event` (the second moves two events to another venue), `synchronous_commit = on`; matcol maintains `venue.auditorium_count` and `venue.seat_count` from `event`, first with the daemon stopped (the write path alone: triggers, or replica identity and a publication with no slot yet), then with it running, when its recomputations and, in logical mode, the walsender's decoding share the machine's cores with pgbench. The baseline is the mean of the runs without matcol before and after. WAL is bytes per transaction, from `pg_current_wal_lsn()`. Targets: trigger mode ≥ 90%%, logical mode ≥ 97%% of the baseline.", o.benchFor)
 	r.add("")
 	r.add("| run | clients | TPS | TPS ÷ baseline | WAL bytes/xact |")

@@ -1,7 +1,7 @@
 // Command bench measures matcol against its alternatives on a throwaway local PostgreSQL and
 // writes docs/benchmarks.md. Every figure is a ratio against a baseline timed in the same run.
 //
-//	go run ./bench [-snapshots 300000] [-seats 50] [-scattered] [-load-for 15s] [-pgbench-for 10s] [-out docs/benchmarks.md]
+//	go run ./bench [-only catchup,tpcb] [-out docs/benchmarks.md] [scenario flags; see -h]
 package main
 
 import (
@@ -11,62 +11,60 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/matcol/matcol/config"
-	"github.com/matcol/matcol/daemon"
 	"github.com/matcol/matcol/internal/demo"
 	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/internal/pgcluster"
 	"github.com/matcol/matcol/registry"
 )
 
-type report struct {
-	lines   []string
-	targets []string
-	missed  map[string]bool
-}
-
-// target records one figure against its target for the summary.
-func (r *report) target(figure, measured, goal string, met bool, why string) {
-	verdict := "met"
-	if !met {
-		verdict = "**missed**"
-		if r.missed == nil {
-			r.missed = map[string]bool{}
-		}
-		r.missed[why] = true
-	}
-	r.targets = append(r.targets, fmt.Sprintf("| %s | %s | %s | %s |", figure, measured, goal, verdict))
-}
-
-func (r *report) add(format string, args ...any) {
-	line := fmt.Sprintf(format, args...)
-	fmt.Println(line)
-	r.lines = append(r.lines, line)
-}
-
 func main() {
-	snapshots := flag.Int("snapshots", 300_000, "event_seat_state_change rows")
-	seats := flag.Int("seats", 50, "seat_state rows per snapshot")
+	snapshots := flag.Int("snapshots", 300_000, "event_seat_state_change rows of the aggregate backfill")
+	seats := flag.Int("seats", 50, "seat_state rows per snapshot of the aggregate backfill")
 	out := flag.String("out", "docs/benchmarks.md", "where to write the results ('' for stdout only)")
 	loadFor := flag.Duration("load-for", 15*time.Second, "how long each freshness load level runs")
-	benchFor := flag.Duration("pgbench-for", 10*time.Second, "how long each pgbench run lasts")
+	benchFor := flag.Duration("pgbench-for", 10*time.Second, "how long each write-overhead pgbench run lasts")
 	scattered := flag.Bool("scattered", false, "load seat_state seat by seat, so each snapshot's seats lie on as many pages as it has seats")
 	orders := flag.Int("orders", 1_000_000, "orders rows of the light backfill")
-	only := flag.String("only", "", "'backfill' runs the backfill comparisons alone")
+	only := flag.String("only", "", "run only these scenarios, comma-separated: "+strings.Join(scenarios, ", ")+
+		"; their sections replace the same sections in -out")
+	var c catchupOpts
+	flag.IntVar(&c.rows, "catchup-rows", 200_000, "catch-up: target rows (development: 20000)")
+	flag.IntVar(&c.seats, "catchup-seats", 50, "catch-up: child rows per target row")
+	flag.StringVar(&c.pcts, "catchup-pcts", "0.1,1,10,30,100", "catch-up: percentages of target rows changed, one run each")
+	flag.IntVar(&c.resyncRows, "resync-rows", 500_000, "catch-up: rows of the logical first-start resync (development: 50000; 0 skips it)")
+	flag.IntVar(&c.resyncSeats, "resync-seats", 10, "catch-up: child rows per row of the resync table")
+	limit := flag.Duration("limit", 10*time.Minute, "catchup, tpcb: the longest wait for matcol to catch up; past it the figure reads \"not caught up\" and the scenario goes on")
+	var t tpcbOpts
+	flag.IntVar(&t.scale, "tpcb-scale", 10, "tpcb: pgbench -i scale (development: 1)")
+	flag.DurationVar(&t.runFor, "tpcb-for", 20*time.Second, "tpcb: how long each pgbench run lasts (development: 5s)")
+	flag.IntVar(&t.clients, "tpcb-clients", 8, "tpcb: pgbench clients (-c; -j is 2)")
 	flag.Parse()
+	o := liveOpts{loadFor: *loadFor, benchFor: *benchFor, scattered: *scattered, orders: *orders, catchup: c, tpcb: t, limit: *limit}
+	if *only != "" {
+		for _, name := range strings.Split(*only, ",") {
+			if !slices.Contains(scenarios, name) {
+				fmt.Fprintf(os.Stderr, "bench: -only %s: no such scenario; choose from %s\n", name, strings.Join(scenarios, ", "))
+				os.Exit(2)
+			}
+			o.only = append(o.only, name)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *snapshots, *seats, *out, liveOpts{loadFor: *loadFor, benchFor: *benchFor, scattered: *scattered, orders: *orders, only: *only}); err != nil {
+	if err := run(ctx, *snapshots, *seats, *out, o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
+
+// scenarios are what -only selects, in the order a full run takes them.
+var scenarios = []string{"backfill", "catchup", "tpcb", "freshness", "writes"}
 
 const seatSchema = `
 CREATE TABLE event_seat_state_change (
@@ -102,7 +100,6 @@ FROM seat_state GROUP BY change_id WITH NO DATA`
 
 func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) error {
 	began := time.Now()
-	r := &report{}
 	fmt.Println("starting a throwaway PostgreSQL cluster…")
 	cl, err := pgcluster.Start(ctx, pgcluster.Options{Settings: map[string]string{
 		"shared_buffers": "1GB", "max_wal_size": "8GB", "checkpoint_timeout": "30min",
@@ -129,6 +126,50 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 	if err := conn.QueryRow(ctx, `SHOW server_version`).Scan(&version); err != nil {
 		return err
 	}
+	r := &report{partial: len(o.only) > 0}
+	r.provenance = fmt.Sprintf("Produced by `%s` on %s, %s (%d cores, %s RAM), PostgreSQL %s, %s.",
+		strings.Join(append([]string{"go run ./bench"}, os.Args[1:]...), " "), cpuModel(), runtime.GOOS+"/"+runtime.GOARCH,
+		runtime.NumCPU(), memTotal(), version, time.Now().UTC().Format("2006-01-02"))
+	want := func(name string) bool { return len(o.only) == 0 || slices.Contains(o.only, name) }
+	if want("backfill") {
+		if err := backfills(ctx, r, conn, dsn, snapshots, seats, o); err != nil {
+			return err
+		}
+	}
+	if want("catchup") || want("tpcb") {
+		if err := createRoles(ctx, conn); err != nil {
+			return err
+		}
+	}
+	if want("catchup") {
+		fmt.Println("catch-up…")
+		if err := catchUpBench(ctx, r, conn, o); err != nil {
+			return err
+		}
+	}
+	if want("tpcb") {
+		fmt.Println("pgbench tpcb-like…")
+		if err := tpcbBench(ctx, r, conn, o); err != nil {
+			return err
+		}
+	}
+	if want("freshness") {
+		fmt.Println("freshness latency…")
+		if err := freshnessBench(ctx, r, conn, o); err != nil {
+			return err
+		}
+	}
+	if want("writes") {
+		fmt.Println("write overhead…")
+		if err := writeOverhead(ctx, r, conn, o, demo.Schema); err != nil {
+			return err
+		}
+	}
+	return r.finish(out, began)
+}
+
+// backfills compares matcol backfill with a set-based UPDATE on three shapes.
+func backfills(ctx context.Context, r *report, conn *pgx.Conn, dsn string, snapshots, seats int, o liveOpts) error {
 	// An application writes a snapshot's seats together, so they share pages; -scattered spreads
 	// them over as many pages as there are seats.
 	order, layout := "c, s", "each snapshot's seats written together, as an application writes them"
@@ -175,15 +216,7 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 		return fmt.Errorf("backfill left %d wrong rows", wrong)
 	}
 	rate := func(d time.Duration) float64 { return float64(snapshots) / d.Seconds() }
-	r.add("# Benchmarks")
-	r.add("")
-	r.add("Produced by `%s` on %s, %s (%d cores, %s RAM), PostgreSQL %s, %s.",
-		strings.Join(append([]string{"go run ./bench"}, os.Args[1:]...), " "), cpuModel(), runtime.GOOS+"/"+runtime.GOARCH,
-		runtime.NumCPU(), memTotal(), version, time.Now().UTC().Format("2006-01-02"))
-	r.add("Every ratio is against a baseline timed in the same run on the same data.")
-	r.add("")
-	r.add("## Full backfill of an aggregate (%d snapshots × %d seats)", snapshots, seats)
-	r.add("")
+	r.heading("Full backfill of an aggregate (%d snapshots × %d seats)", snapshots, seats)
 	r.add("`seat_state` layout: %s. `REFRESH MATERIALIZED VIEW` of the same aggregate took %s (%.0f rows/s).",
 		layout, refresh.Round(time.Millisecond), rate(refresh))
 	r.add("")
@@ -196,126 +229,6 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 			return err
 		}
 	}
-	if o.only == "backfill" {
-		return r.finish(out, began)
-	}
-	if err := catchUp(ctx, r, conn, dsn, snapshots); err != nil {
-		return err
-	}
-	fmt.Println("freshness latency…")
-	if err := freshnessBench(ctx, r, conn, o); err != nil {
-		return err
-	}
-	fmt.Println("write overhead…")
-	if err := writeOverhead(ctx, r, conn, o, demo.Schema); err != nil {
-		return err
-	}
-	return r.finish(out, began)
-}
-
-// finish adds the targets and writes the report to out.
-func (r *report) finish(out string, began time.Time) error {
-	r.add("## Against the targets")
-	r.add("")
-	r.add("| figure | measured | target | |")
-	r.add("|---|---|---|---|")
-	r.lines = append(r.lines, r.targets...)
-	r.add("")
-	for _, why := range []string{whyBackfill, whyCatchUp, whyFreshness, whyTrigger, whyLogical, whyFootprint} {
-		if r.missed[why] {
-			r.add("%s", why)
-			r.add("")
-		}
-	}
-	r.add("The whole run took %s.", time.Since(began).Round(time.Second))
-	if out != "" {
-		return os.WriteFile(out, []byte(strings.Join(r.lines, "\n")+"\n"), 0o644)
-	}
-	return nil
-}
-
-// catchUp changes 0.1% and 1% of the snapshots' seats under a running daemon and times how long
-// matcol takes to make every row fresh again, against REFRESH MATERIALIZED VIEW, plain and
-// CONCURRENTLY, over the same data.
-func catchUp(ctx context.Context, r *report, conn *pgx.Conn, dsn string, snapshots int) error {
-	if _, err := conn.Exec(ctx, `CREATE UNIQUE INDEX ON seat_counts (change_id)`); err != nil {
-		return err
-	}
-	if _, err := conn.Exec(ctx, `CREATE INDEX esc_stale ON event_seat_state_change (id) WHERE materialized_at IS NULL`); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp("", "matcol-bench-*.yaml")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	fmt.Fprintf(f, "database_url: %q\nstatus: {listen: \"\"}\nmaterializer: {workers: 2}\nenrichments:\n  - name: seat_counts\n    table: public.event_seat_state_change\n    columns: [sold_count, reserved_count, empty_count]\n    sql: %q\n    depends_on: [{table: public.seat_state, columns: [change_id]}]\n", dsn, seatEnrichment)
-	_ = f.Close()
-	cfg, err := config.Load(f.Name(), nil)
-	if err != nil {
-		return err
-	}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	// Stamp everything (the backfill filled the values) so the daemon starts idle.
-	if _, err := conn.Exec(ctx, `UPDATE event_seat_state_change SET materialized_at = now()`); err != nil {
-		return err
-	}
-	// As autovacuum would soon: statistics from the load say every row is stale, and with them
-	// the claim query scans the whole table for the few stale rows.
-	if _, err := conn.Exec(ctx, `VACUUM ANALYZE event_seat_state_change`); err != nil {
-		return err
-	}
-	dctx, stop := context.WithCancel(ctx)
-	defer stop()
-	d, err := daemon.Start(dctx, cfg, hclog.NewNullLogger())
-	if err != nil {
-		return err
-	}
-	go func() { _ = d.Wait(dctx) }()
-	if err := waitFresh(ctx, conn, "event_seat_state_change", 10*time.Minute); err != nil {
-		return err
-	}
-	refreshPlain, err := timed(ctx, conn, `REFRESH MATERIALIZED VIEW seat_counts`)
-	if err != nil {
-		return err
-	}
-	refreshConc, err := timed(ctx, conn, `REFRESH MATERIALIZED VIEW CONCURRENTLY seat_counts`)
-	if err != nil {
-		return err
-	}
-	r.add("## Incremental catch-up after a change")
-	r.add("")
-	r.add("A share of the snapshots gets one seat changed (one UPDATE statement, committed); matcol's time runs from that commit until no row is stale and the queue is empty, with the daemon running (2 workers). The REFRESH times are for the whole view, which is what a matview needs after any change.")
-	r.add("")
-	r.add("| change | matcol catch-up | REFRESH (plain) | REFRESH CONCURRENTLY | matcol vs plain | matcol vs concurrently | target (1%%) |")
-	r.add("|---|---|---|---|---|---|---|")
-	for _, pct := range []float64{0.1, 1} {
-		every := int(100 / pct)
-		if _, err := conn.Exec(ctx, fmt.Sprintf(`UPDATE seat_state SET state = CASE state WHEN 'SOLD' THEN 'EMPTY' ELSE 'SOLD' END
-			WHERE change_id %% %d = 0 AND seat_id = 1`, every)); err != nil {
-			return err
-		}
-		start := time.Now() // the commit: the statement's own scan of seat_state is not matcol's
-
-		if err := waitFresh(ctx, conn, "event_seat_state_change", 10*time.Minute); err != nil {
-			return err
-		}
-		took := time.Since(start)
-		target := ""
-		if pct == 1 {
-			target = "≥ 20× faster than REFRESH"
-		}
-		if pct == 1 {
-			x := min(refreshPlain.Seconds(), refreshConc.Seconds()) / took.Seconds()
-			r.target("catch-up after a 1% change", fmt.Sprintf("%.1f× faster than the faster REFRESH", x), "≥ 20×", x >= 20, whyCatchUp)
-		}
-		r.add("| %.1f%% (%d rows) | %s | %s | %s | **%.1f×** | **%.1f×** | %s |", pct, snapshots/every, took.Round(time.Millisecond),
-			refreshPlain.Round(time.Millisecond), refreshConc.Round(time.Millisecond),
-			refreshPlain.Seconds()/took.Seconds(), refreshConc.Seconds()/took.Seconds(), target)
-	}
-	r.add("")
 	return nil
 }
 

@@ -1,0 +1,404 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+type tpcbOpts struct {
+	scale   int
+	runFor  time.Duration
+	clients int
+}
+
+const tpcbTemplate = "tpcb_template"
+
+// Each account's history_count and history_delta: the count and the sum of delta over all of its
+// pgbench_history rows.
+const tpcbConfig = `  - name: history_totals
+    table: public.pgbench_accounts
+    columns: [history_count, history_delta]
+    sql: "SELECT a.aid, count(h.aid)::bigint AS history_count, coalesce(sum(h.delta), 0)::bigint AS history_delta FROM pgbench_accounts a LEFT JOIN pgbench_history h ON h.aid = a.aid WHERE a.aid = ANY($1) GROUP BY a.aid"
+    depends_on:
+      - table: public.pgbench_history
+        columns: [aid]
+`
+
+// The synchronous trigger a developer would write by hand.
+const handTrigger = `
+CREATE FUNCTION history_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE pgbench_accounts SET history_count = history_count + 1, history_delta = history_delta + NEW.delta
+  WHERE aid = NEW.aid;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER history_totals AFTER INSERT ON pgbench_history FOR EACH ROW EXECUTE FUNCTION history_totals();
+`
+
+const tpcbWrong = `SELECT count(*) FROM pgbench_accounts a
+LEFT JOIN (SELECT aid, count(*) AS n, sum(delta) AS d FROM pgbench_history GROUP BY aid) h ON h.aid = a.aid
+WHERE (a.history_count, a.history_delta) IS DISTINCT FROM (coalesce(h.n, 0), coalesce(h.d, 0))`
+
+type tpcbRun struct {
+	label         string
+	tps           float64
+	xacts         int64
+	aborted       string // pgbench's complaint when clients aborted
+	walRun        float64
+	walAll        float64       // bytes per transaction including the catch-up
+	catchUp       time.Duration // the limit when behind
+	behind        bool
+	stale, queued int64 // what was left when behind
+	daemon        bool
+	cpuRun        float64 // daemon CPU seconds while pgbench ran
+	cpuCatchUp    float64
+	peakRSS       int64
+	walsenderCPU  float64
+	verified      int
+	maintained    bool
+	stampedBefore bool // the daemon found work before the run
+}
+
+// tpcbBench runs pgbench's built-in tpcb-like script against the same database without matcol,
+// with a hand-written synchronous trigger, with matcol in trigger and in logical mode (default
+// config, daemon running), and without matcol again; each on a fresh copy of one template.
+func tpcbBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) error {
+	t := o.tpcb
+	if err := loadTPCB(ctx, admin, o); err != nil {
+		return err
+	}
+	defer dropDB(context.WithoutCancel(ctx), admin, tpcbTemplate)
+	var runs []tpcbRun
+	for i, v := range []struct{ label, kind string }{
+		{"no matcol (before)", "none"},
+		{"hand-written synchronous row trigger", "hand"},
+		{"matcol trigger mode, default config", "trigger"},
+		{"matcol logical mode, default config", "logical"},
+		{"no matcol (after)", "none"},
+	} {
+		fmt.Printf("  %s…\n", v.label)
+		run, err := tpcbVariant(ctx, admin, o, fmt.Sprintf("tpcb_%d", i), v.kind)
+		if err != nil {
+			return fmt.Errorf("tpcb, %s: %w", v.label, err)
+		}
+		run.label = v.label
+		fmt.Printf("  %s: %.0f tps, %.0f WAL bytes/xact, catch-up %s\n", v.label, run.tps, run.walRun, run.catchUp.Round(time.Millisecond))
+		runs = append(runs, run)
+	}
+	base := (runs[0].tps + runs[len(runs)-1].tps) / 2
+
+	r.heading("Writers under pgbench tpcb-like (scale %d, %d clients, %s)", t.scale, t.clients, t.runFor)
+	r.add("pgbench's built-in `tpcb-like` script (`pgbench -i -s %d`, then `pgbench -n -b tpcb-like -c %d -j 2 -T %d`, `synchronous_commit = on`), as the role `%s` that owns the tables. Maintained: each account's `history_count` and `history_delta`, the count and `sum(delta)` of all of its `pgbench_history` rows (index on `pgbench_history (aid)`; `pgbench_accounts` gains the two columns and `materialized_at`, every row fresh at the start, with the partial index on stale rows). Every variant runs on a fresh copy of one template database (`CREATE DATABASE … TEMPLATE`), prewarmed, after a CHECKPOINT.",
+		t.scale, t.clients, int(t.runFor.Seconds()), appRole)
+	r.add("")
+	r.add("matcol runs as its own process with the default config (`database_url`, the mode, the status server off) as a role with exactly docs/security.md's grants: `%s` in trigger mode; `%s` in logical mode (REPLICATION, membership in the owning role for the publication, and `pgbench_history` given `REPLICA IDENTITY FULL` by its owner, as `apply` asks). In logical mode the slot is created just before the daemon starts, so that its first start has nothing to resync and the table starts as in every other variant.", triggerRole, logicalRole)
+	r.add("")
+	r.add("| variant | TPS | TPS ÷ baseline | WAL bytes/xact | WAL bytes/xact with catch-up | catch-up after pgbench | daemon CPU (run / catch-up) | daemon CPU per 1,000 xacts | daemon peak RSS | exact |")
+	r.add("|---|---|---|---|---|---|---|---|---|---|")
+	for _, run := range runs {
+		ratio := run.tps / base
+		catch, cpu, per, rss, exact := "", "", "", "", ""
+		if run.daemon {
+			catch = run.catchUp.Round(time.Millisecond).String()
+			if run.behind {
+				catch = fmt.Sprintf("not caught up in %s (%d accounts stale, %d entries queued)", o.limit, run.stale, run.queued)
+			}
+			cpu = fmt.Sprintf("%.1f s / %.1f s (%.0f%% of a core while pgbench ran)", run.cpuRun, run.cpuCatchUp, 100*run.cpuRun/t.runFor.Seconds())
+			per = fmt.Sprintf("%.0f ms", 1000*(run.cpuRun+run.cpuCatchUp)/float64(run.xacts)*1000)
+			rss = fmt.Sprintf("%.1f MB", float64(run.peakRSS)/1e6)
+			exact = fmt.Sprintf("verify --all: %d rows, 0 drift", run.verified)
+			if run.behind {
+				exact = fmt.Sprintf("verify --all: %d fresh rows, 0 drift", run.verified)
+			}
+		} else if run.maintained {
+			exact = "every row exact"
+		}
+		label := run.label
+		if run.aborted != "" {
+			label += " (" + run.aborted + ")"
+		}
+		r.add("| %s | %.0f | **%.2f×** | %.0f | %.0f | %s | %s | %s | %s | %s |", label, run.tps, ratio, run.walRun, run.walAll, catch, cpu, per, rss, exact)
+		if run.daemon {
+			mode := strings.TrimSuffix(strings.TrimPrefix(run.label, "matcol "), ", default config")
+			r.target("tpcb-like TPS, "+mode, fmt.Sprintf("%.2f× the baseline", ratio), "≥ 0.85×", ratio >= 0.85, whyTPCB)
+			caught := fmt.Sprintf("caught up in %s, verify: 0 drift", run.catchUp.Round(time.Millisecond))
+			if run.behind {
+				caught = fmt.Sprintf("%d accounts still stale after %s", run.stale, o.limit)
+			}
+			r.target("tpcb-like, "+mode+", every value exact after pgbench", caught, "exact", !run.behind, whyTPCB)
+		}
+	}
+	r.add("")
+	for _, run := range runs {
+		if run.walsenderCPU > 0 {
+			r.add("In logical mode the walsender that decodes for matcol used %.1f s of CPU over the run and the catch-up, on the same cores.", run.walsenderCPU)
+			r.add("")
+		}
+		if run.stampedBefore {
+			r.add("Note: in %s the daemon found stale rows or queued entries before pgbench started, so that variant did not start from the same state.", run.label)
+			r.add("")
+		}
+	}
+	r.add("The baseline is the mean of the two runs without matcol (%.0f and %.0f TPS). WAL is `pg_current_wal_lsn()` before and after pgbench over the transactions pgbench processed; \"with catch-up\" extends it to the moment matcol caught up. Catch-up runs from pgbench's exit until no account is stale and `matcol.pending` is empty (in logical mode also until the slot confirmed the WAL position at pgbench's exit). The daemon's CPU is its own process's user+system time from /proc/PID/stat (the backends it drives are not in it), its peak RSS the process's high-water mark (VmHWM). The machine has 2 cores shared by PostgreSQL, pgbench and matcol, and is shared with other work: a single 20 s run varies by 10–20%%.", runs[0].tps, runs[len(runs)-1].tps)
+	r.add("")
+	return nil
+}
+
+// loadTPCB builds the template: pgbench's tables with the maintained columns, filled by pgbench.
+func loadTPCB(ctx context.Context, admin *pgx.Conn, o liveOpts) error {
+	fmt.Printf("loading pgbench scale %d…\n", o.tpcb.scale)
+	if _, err := admin.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{tpcbTemplate}.Sanitize()+` OWNER `+pgx.Identifier{appRole}.Sanitize()); err != nil {
+		return err
+	}
+	// The columns come before the data so that every row carries them, as after a rewrite.
+	if _, err := pgbenchCmd(ctx, o, tpcbTemplate, "-i", "-I", "dt", "-s", strconv.Itoa(o.tpcb.scale)); err != nil {
+		return err
+	}
+	conn, err := connectAs(ctx, o.cl, appRole, tpcbTemplate)
+	if err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, `ALTER TABLE pgbench_accounts ADD history_count bigint DEFAULT 0,
+		ADD history_delta bigint DEFAULT 0, ADD materialized_at timestamptz DEFAULT now()`); err != nil {
+		conn.Close(ctx)
+		return err
+	}
+	if _, err := pgbenchCmd(ctx, o, tpcbTemplate, "-i", "-I", "Gvp", "-s", strconv.Itoa(o.tpcb.scale)); err != nil {
+		conn.Close(ctx)
+		return err
+	}
+	for _, stmt := range []string{
+		`ALTER TABLE pgbench_accounts ALTER materialized_at DROP DEFAULT`,
+		`CREATE INDEX pgbench_history_aid ON pgbench_history (aid)`,
+		`CREATE INDEX pgbench_accounts_stale ON pgbench_accounts (aid) WHERE materialized_at IS NULL`,
+		`VACUUM ANALYZE pgbench_accounts`, `VACUUM ANALYZE pgbench_history`,
+	} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			conn.Close(ctx)
+			return err
+		}
+	}
+	conn.Close(ctx)
+	// pg_prewarm where the server has it, so that each variant starts with the tables cached.
+	su, err := connectAs(ctx, o.cl, o.cl.User, tpcbTemplate)
+	if err != nil {
+		return err
+	}
+	_, _ = su.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_prewarm`)
+	return su.Close(ctx)
+}
+
+// pgbenchCmd runs pgbench against db as the application role.
+func pgbenchCmd(ctx context.Context, o liveOpts, db string, args ...string) (string, error) {
+	args = append(append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(o.cl.Port), "-U", appRole}, args...), db)
+	out, err := exec.CommandContext(ctx, filepath.Join(o.cl.BinDir, "pgbench"), args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("pgbench %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// tpcbVariant runs one variant on database db, a fresh copy of the template.
+func tpcbVariant(ctx context.Context, admin *pgx.Conn, o liveOpts, db, kind string) (tpcbRun, error) {
+	run := tpcbRun{daemon: kind == "trigger" || kind == "logical", maintained: kind != "none"}
+	if _, err := admin.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{db}.Sanitize()+` TEMPLATE `+pgx.Identifier{tpcbTemplate}.Sanitize()+
+		` OWNER `+pgx.Identifier{appRole}.Sanitize()); err != nil {
+		return run, err
+	}
+	defer dropDB(context.WithoutCancel(ctx), admin, db)
+	su, err := connectAs(ctx, o.cl, o.cl.User, db)
+	if err != nil {
+		return run, err
+	}
+	defer su.Close(context.Background())
+	app, err := connectAs(ctx, o.cl, appRole, db)
+	if err != nil {
+		return run, err
+	}
+	defer app.Close(context.Background())
+
+	var m *matcolInstance
+	var d *daemonProc
+	slot := ""
+	switch kind {
+	case "hand":
+		if _, err := app.Exec(ctx, handTrigger); err != nil {
+			return run, err
+		}
+	case "trigger", "logical":
+		role := triggerRole
+		if kind == "logical" {
+			role, slot = logicalRole, "matcol"
+			if _, err := app.Exec(ctx, `ALTER TABLE pgbench_history REPLICA IDENTITY FULL`); err != nil {
+				return run, err
+			}
+		}
+		if err := grantMatcol(ctx, su, db, role, kind, []string{"pgbench_accounts"}, []string{"pgbench_history"}); err != nil {
+			return run, err
+		}
+		if m, err = setUpMatcol(ctx, o, db, kind, tpcbConfig); err != nil {
+			return run, err
+		}
+		if slot != "" {
+			if _, err := su.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot); err != nil {
+				return run, err
+			}
+			defer dropSlot(context.WithoutCancel(ctx), admin, slot)
+		}
+		if d, err = m.start(); err != nil {
+			return run, err
+		}
+		defer d.stop()
+		if err := tpcbReady(ctx, su, d, slot); err != nil {
+			return run, fmt.Errorf("%w\ndaemon log:\n%s", err, m.logTail())
+		}
+		// Anything stale or queued now means the daemon did not start from the template's state.
+		var work bool
+		if err := su.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pgbench_accounts WHERE materialized_at IS DISTINCT FROM
+			(SELECT min(materialized_at) FROM pgbench_accounts))`).Scan(&work); err != nil {
+			return run, err
+		}
+		run.stampedBefore = work
+	}
+
+	if _, err := su.Exec(ctx, `SELECT pg_prewarm(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = 'public' AND c.relname LIKE 'pgbench%' AND c.relkind IN ('r', 'i')`); err != nil {
+		_, _ = su.Exec(ctx, `SELECT count(*) FROM pgbench_accounts`) // no pg_prewarm: read the table at least
+	}
+	if _, err := su.Exec(ctx, `CHECKPOINT`); err != nil {
+		return run, err
+	}
+	lsn := func() (string, error) {
+		var l string
+		err := su.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&l)
+		return l, err
+	}
+	lsn0, err := lsn()
+	if err != nil {
+		return run, err
+	}
+	var cpu0, ws0 float64
+	wsPID := 0
+	if d != nil {
+		cpu0 = procCPU(d.cmd.Process.Pid)
+	}
+	if slot != "" {
+		if err := su.QueryRow(ctx, `SELECT coalesce(active_pid, 0) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&wsPID); err != nil {
+			return run, err
+		}
+		ws0 = procCPU(wsPID)
+	}
+	t := o.tpcb
+	out, err := pgbenchCmd(ctx, o, db, "-n", "-b", "tpcb-like", "-c", strconv.Itoa(t.clients), "-j", "2",
+		"-T", strconv.Itoa(int(t.runFor.Seconds())))
+	ended := time.Now()
+	if err != nil && !strings.Contains(out, "aborted") {
+		return run, err
+	}
+	if err != nil {
+		run.aborted = "some clients aborted: " + firstLine(out, "aborted")
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, "number of transactions actually processed: "); ok {
+			run.xacts, _ = strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+		}
+		if v, ok := strings.CutPrefix(line, "tps = "); ok && run.tps == 0 {
+			run.tps, _ = strconv.ParseFloat(strings.Fields(v)[0], 64)
+		}
+	}
+	if run.xacts == 0 || run.tps == 0 {
+		return run, fmt.Errorf("pgbench printed no figures:\n%s", out)
+	}
+	lsn1, err := lsn()
+	if err != nil {
+		return run, err
+	}
+	var cpu1 float64
+	if d != nil {
+		cpu1 = procCPU(d.cmd.Process.Pid)
+		run.cpuRun = cpu1 - cpu0
+		run.catchUp, err = caughtUp(ctx, su, d, ended, wait{table: "pgbench_accounts", slot: slot, lsn: lsn1, limit: o.limit})
+		if errors.Is(err, errBehind) {
+			run.behind = true
+			run.stale, run.queued, err = behind(ctx, su, "pgbench_accounts")
+		}
+		if err != nil {
+			return run, fmt.Errorf("catch-up: %w\ndaemon log:\n%s", err, m.logTail())
+		}
+		run.cpuCatchUp = procCPU(d.cmd.Process.Pid) - cpu1
+		run.peakRSS = d.peakRSS()
+	}
+	if wsPID != 0 {
+		run.walsenderCPU = procCPU(wsPID) - ws0
+	}
+	lsn2, err := lsn()
+	if err != nil {
+		return run, err
+	}
+	var wal1, wal2 float64
+	if err := su.QueryRow(ctx, `SELECT pg_wal_lsn_diff($2::pg_lsn, $1::pg_lsn), pg_wal_lsn_diff($3::pg_lsn, $1::pg_lsn)`,
+		lsn0, lsn1, lsn2).Scan(&wal1, &wal2); err != nil {
+		return run, err
+	}
+	run.walRun, run.walAll = wal1/float64(run.xacts), wal2/float64(run.xacts)
+	if m != nil {
+		if run.verified, err = m.verifyAll(ctx); err != nil {
+			return run, err
+		}
+		if err := d.stop(); err != nil {
+			return run, fmt.Errorf("matcol run: %w\ndaemon log:\n%s", err, m.logTail())
+		}
+	}
+	if run.maintained && !run.behind {
+		var wrong int64
+		if err := su.QueryRow(ctx, tpcbWrong).Scan(&wrong); err != nil {
+			return run, err
+		}
+		if wrong > 0 {
+			return run, fmt.Errorf("%d accounts have a wrong history_count or history_delta", wrong)
+		}
+	}
+	return run, nil
+}
+
+// tpcbReady waits until the daemon is up: in logical mode until it streams from the slot, then
+// until nothing is stale or queued.
+func tpcbReady(ctx context.Context, su *pgx.Conn, d *daemonProc, slot string) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for slot != "" {
+		var active bool
+		if err := su.QueryRow(ctx, `SELECT coalesce((SELECT active FROM pg_replication_slots WHERE slot_name = $1), false)`, slot).Scan(&active); err != nil {
+			return err
+		}
+		if active {
+			break
+		}
+		if err := d.alive(); err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the daemon did not stream from its slot within 2 minutes")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second) // the first drain and sweep
+	_, err := caughtUp(ctx, su, d, time.Now(), wait{table: "pgbench_accounts", limit: 2 * time.Minute})
+	return err
+}
+
+func firstLine(out, containing string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, containing) {
+			return strings.TrimSpace(l)
+		}
+	}
+	return ""
+}
