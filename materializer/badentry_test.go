@@ -17,6 +17,12 @@ import (
 // A queued value that cannot be a key (text 'abc' for an int key) is set aside; the other
 // invalidations taken with it land, and the queue empties.
 func TestBadQueueEntryStaysLocal(t *testing.T) {
+	for _, path := range []string{"drainer", "workers"} {
+		t.Run(path, func(t *testing.T) { testBadQueueEntry(t, path == "drainer") })
+	}
+}
+
+func testBadQueueEntry(t *testing.T, drainer bool) {
 	ctx := context.Background()
 	dsn := pgtest.NewDB(t)
 	conn := pgtest.Connect(t, dsn)
@@ -37,6 +43,9 @@ func TestBadQueueEntryStaysLocal(t *testing.T) {
 	p, _, err := daemon.LoadPlan(ctx, pool)
 	require.NoError(t, err)
 	m := materializer.New(pool, p, materializer.Config{Workers: 1}, hclog.NewNullLogger())
+	if drainer {
+		m.DirectToDrainer()
+	}
 	_, err = m.MaterializeAll(ctx)
 	require.NoError(t, err)
 
@@ -44,6 +53,14 @@ func TestBadQueueEntryStaysLocal(t *testing.T) {
 	pgtest.Exec(t, conn, `INSERT INTO tag (account_ref) SELECT g::text FROM generate_series(1, 15) g`)
 	pgtest.Exec(t, conn, `INSERT INTO tag (account_ref) VALUES ('abc')`)
 	pgtest.Exec(t, conn, `INSERT INTO tag (account_ref) SELECT g::text FROM generate_series(16, 30) g`)
+	if !drainer {
+		// A worker's batch of queued keys fails on the bad one and hands the table's keys to the
+		// drainer, which isolates it.
+		_, err := m.Drain(ctx)
+		require.NoError(t, err)
+		_, err = m.MaterializeAll(ctx)
+		require.NoError(t, err)
+	}
 	res, err := m.Drain(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1, res.Dropped)

@@ -83,14 +83,20 @@ func (m *Materializer) batch(ctx context.Context, t *target) (n int, full bool, 
 	}
 	m.noteMaterialized(t, keys)
 	m.done(t, claimed, time.Since(start))
+	m.log.Trace("batch", "table", t.plan.Table.String(), "rows", claimed, "size", size, "elapsed", time.Since(start))
 	return claimed, full, nil
 }
 
 // write computes and stamps the claimed keys and clears their failure records.
 func (m *Materializer) write(ctx context.Context, tx pgx.Tx, t *target, keys [][]*string) error {
+	return m.writeWith(ctx, tx, t, keys, t.writeSQL)
+}
+
+// writeWith is write with another write statement, such as a pass's (plan.PassWriteSQL).
+func (m *Materializer) writeWith(ctx context.Context, tx pgx.Tx, t *target, keys [][]*string, sql string) error {
 	args := keyArgs(keys)
 	b := &pgx.Batch{}
-	b.Queue(t.writeSQL, args...)
+	b.Queue(sql, args...)
 	// In the same round trip; probing the small failure table costs less than tracking which keys
 	// were quarantined.
 	b.Queue(plan.ClearFailuresSQL(t.plan), append([]any{t.plan.ID}, args...)...)

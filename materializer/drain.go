@@ -190,17 +190,27 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 		// long the queue is. Entries of more than drainTargets tables stay for the next drain.
 		size := m.drainSizeNow()
 		started := time.Now()
+		// Direct entries (target keys) are the workers' (see queue.go), unless their table's
+		// are handed back here.
 		rows, err := tx.Query(ctx, `
-			WITH c AS (SELECT id, target_id FROM matcol.pending WHERE vals IS NOT NULL AND target_id = ANY($2)
+			WITH m AS (SELECT id, target_id FROM matcol.pending
+			           WHERE (dependency_id IS NOT NULL OR vals = '[]'::jsonb) AND target_id = ANY($2)
 			           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
+			     k AS (SELECT id, target_id FROM matcol.pending
+			           WHERE target_id = ANY($4) AND dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb
+			           ORDER BY target_id, id LIMIT $1 FOR UPDATE SKIP LOCKED),
+			     c AS (SELECT * FROM m UNION ALL SELECT * FROM k),
 			     t AS (SELECT target_id FROM c GROUP BY target_id ORDER BY min(id) LIMIT $3)
 			DELETE FROM matcol.pending p USING c
 			WHERE p.id = c.id AND c.target_id IN (SELECT target_id FROM t)
-			RETURNING p.target_id, p.dependency_id, p.vals::text, p.enqueued_at`, size, ids, drainTargets)
+			RETURNING p.target_id, p.dependency_id, p.vals::text, p.enqueued_at`, size, ids, drainTargets, m.directOffIDs())
 		if err != nil {
 			return fmt.Errorf("take queued invalidations: %w", err)
 		}
-		defer func() { m.drainSized(size, res.Taken, time.Since(started)) }()
+		defer func() {
+			m.drainSized(size, res.Taken, time.Since(started))
+			m.log.Trace("drain", "taken", res.Taken, "size", size, "elapsed", time.Since(started))
+		}()
 		groups := map[int]*group{}
 		for rows.Next() {
 			var tid int
@@ -301,7 +311,21 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 		}
 	}
 	m.mu.Unlock()
-	return res, nil
+	return res, m.noteDirect(ctx)
+}
+
+// directOffIDs lists the tables whose direct entries the drainer takes for now.
+func (m *Materializer) directOffIDs() []int32 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	ids := []int32{}
+	for id, t := range m.byID {
+		if !m.directOnLocked(t, now) {
+			ids = append(ids, int32(id))
+		}
+	}
+	return ids
 }
 
 // applyGroup sets stale the rows one target's queue entries name, under a savepoint, and returns

@@ -147,6 +147,7 @@ func interleave(t *testing.T, b *bundle, form string) {
 
 func TestInvariant2ClaimThenWrite(t *testing.T) {
 	b := setup(t)
+	b.mat.DirectToDrainer() // the invalidation lands by setting the row stale
 	b.catchUp(t)
 	require.Empty(t, b.drift(t))
 	pgtest.Exec(t, b.conn, `UPDATE venue SET materialized_at = NULL WHERE id = 1`)
@@ -163,6 +164,7 @@ func TestInvariant2ClaimThenWrite(t *testing.T) {
 // to fail.
 func TestInvariant2OneStatementFormIsCaught(t *testing.T) {
 	b := setup(t)
+	b.mat.DirectToDrainer() // the invalidation lands by setting the row stale
 	b.catchUp(t)
 	pgtest.Exec(t, b.conn, `UPDATE venue SET materialized_at = NULL WHERE id = 1`)
 
@@ -179,6 +181,7 @@ func TestInvariant2OneStatementFormIsCaught(t *testing.T) {
 // stale again instead of being stamped with what the batch computed.
 func TestInvalidationDuringBatchLandsAfterIt(t *testing.T) {
 	b := setup(t)
+	b.mat.DirectToDrainer() // the invalidation lands by setting the row stale
 	b.catchUp(t)
 	ctx := context.Background()
 	target := b.plan.Targets[0]

@@ -104,6 +104,7 @@ type Materializer struct {
 
 	sweepNext     int // the target id the next sweep starts at
 	drainSize     int // entries the next drain takes
+	directOffAll  bool // tests: the drainer takes every direct entry, setting rows stale
 	paused        atomic.Bool
 	replicaBehind atomic.Bool
 	harm          harm         // owned by watchLoad
@@ -165,10 +166,18 @@ type target struct {
 
 	entryWarnedAt time.Time // the last warning about a bad queued entry
 
-	walk       *walk  // a pass over every row, after a whole-table invalidation
-	expireDue  int    // expired rows this sweep's round still recomputes
-	expiring   bool   // a worker recomputes expired rows
-	expiredSQL string // claims expired rows
+	walk        *walk       // a pass over every row, after a whole-table invalidation
+	expireDue   int         // expired rows this sweep's round still recomputes
+	expiring    bool        // a worker recomputes expired rows
+	expiredSQL  string      // claims expired rows
+	passSQL     string      // writes a pass's chunk of locked rows
+	passStep    string      // a pass's chunk in one statement, locking nothing; "" when the SQL cannot take it
+	passStepOff atomic.Bool // set when passStep does not plan
+	takeSQL     string      // takes direct entries (plan.QueueTakeSQL)
+	// direct is true while direct entries may wait for a queue batch; until directOffUntil the
+	// drainer takes them instead.
+	direct         bool
+	directOffUntil time.Time
 
 	rows      atomic.Int64 // materialized by this process
 	lastBatch atomic.Int64 // nanoseconds
@@ -206,6 +215,11 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 		}
 		if expiry(pt) > 0 {
 			t.expiredSQL = plan.ExpiredClaimSQL(pt)
+		}
+		t.passSQL = plan.PassWriteSQL(pt)
+		t.takeSQL = plan.QueueTakeSQL(pt)
+		if step, err := plan.PassStepSQL(pt); err == nil {
+			t.passStep = step
 		}
 		if o := old[pt.ID]; o != nil && o.plan.Table == pt.Table {
 			t.batchSize = o.batchSize
@@ -454,7 +468,14 @@ func (m *Materializer) logBatchError(t *target, err error) {
 // work runs one unit of work on t: a batch of stale rows and, when that finds no backlog, a
 // chunk of a pass over every row or of expired rows. more says t has work left.
 func (m *Materializer) work(ctx context.Context, t *target) (n int, more bool, err error) {
-	n, more, err = m.batch(ctx, t)
+	if m.takeDirect(t) {
+		if n, more, err = m.queueBatch(ctx, t); err != nil || more {
+			return n, more, err
+		}
+	}
+	var claimed int
+	claimed, more, err = m.batch(ctx, t)
+	n += claimed
 	if err != nil || more {
 		return n, more, err
 	}

@@ -3,10 +3,13 @@ package materializer
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/matcol/matcol/plan"
 )
@@ -69,12 +72,40 @@ func (m *Materializer) walkChunk(ctx context.Context, t *target, w *walk) (n int
 		}
 	}()
 	width := len(t.plan.Key)
+	start := time.Now()
+	if t.passStep != "" && !t.passStepOff.Load() {
+		var last []*string
+		n, more, last, err = m.stepChunk(ctx, t, cursor, size, maxID)
+		switch {
+		case err == nil:
+			if n > 0 {
+				cursor = last
+				m.done(t, n, time.Since(start))
+				m.mu.Lock()
+				w.rows += int64(n)
+				m.mu.Unlock()
+			}
+			if !more {
+				m.log.Info("recomputed every row after a whole-table invalidation", "table", t.plan.Table.String(),
+					"rows", w.rows, "elapsed", time.Since(w.start).Round(time.Millisecond))
+			}
+			return n, more, nil
+		case isSyntaxError(err):
+			// The enrichment's SQL does not take its keys as a subquery: chunks lock their rows.
+			t.passStepOff.Store(true)
+			m.log.Info("a pass locks each chunk's rows", "table", t.plan.Table.String(), "reason", err)
+		case !isRowError(err) && !isBusy(err):
+			return 0, false, err
+		}
+		// A row of the chunk fails, or rows are busy: this chunk locks its rows and hands failing
+		// ones to the ordinary path.
+		start = time.Now()
+	}
 	args := make([]any, width+2)
 	for i := range cursor {
 		args[i] = cursor[i]
 	}
 	args[width], args[width+1] = cursor != nil, size
-	start := time.Now()
 	var keys [][]*string
 	var requeue []string
 	err = m.inBatch(ctx, t, func(tx pgx.Tx) error {
@@ -92,7 +123,7 @@ func (m *Materializer) walkChunk(ctx context.Context, t *target, w *walk) (n int
 			return err
 		}
 		if n > 0 {
-			if err := m.write(ctx, tx, t, keys); err != nil {
+			if err := m.writeWith(ctx, tx, t, keys, t.passSQL); err != nil {
 				return err
 			}
 		}
@@ -257,4 +288,43 @@ func keyJSON(keys [][]*string) []string {
 		out[i] = string(b)
 	}
 	return out
+}
+
+// stepChunk runs the next chunk of a pass as one statement that locks nothing (plan.PassStepSQL)
+// and queues the stale rows it read, whose batch may hold an older snapshot. It returns the rows
+// read, whether the pass goes on, and the last key read.
+func (m *Materializer) stepChunk(ctx context.Context, t *target, cursor []*string, size int, maxID int64) (n int, more bool, last []*string, err error) {
+	width := len(t.plan.Key)
+	err = m.inBatch(ctx, t, func(tx pgx.Tx) error {
+		// As a backfill step (see backfill_step.go): the planner takes the keys' array for ten rows.
+		if _, err := tx.Exec(ctx, `SELECT set_config('enable_material', 'off', true)`); err != nil {
+			return err
+		}
+		var written int
+		last = make([]*string, width)
+		dest := []any{&n, &written}
+		for i := range last {
+			dest = append(dest, &last[i])
+		}
+		if err := tx.QueryRow(ctx, t.passStep, span{lo: cursor, limit: size}.args(width)...).Scan(dest...); err != nil {
+			return err
+		}
+		more = n >= size
+		hi := last
+		if !more {
+			hi = nil
+		}
+		stale, err := claim(ctx, tx, plan.RangeStaleKeysSQL(t.plan), width, span{lo: cursor, hi: hi}.args(width)[:2*width+2]...)
+		if err != nil {
+			return fmt.Errorf("read stale rows of %s: %w", t.plan.Table, err)
+		}
+		return m.finishChunk(ctx, tx, t, keyJSON(stale), !more, maxID)
+	})
+	return n, more, last, err
+}
+
+// isSyntaxError reports a statement that does not plan (class 42, not a missing privilege).
+func isSyntaxError(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && strings.HasPrefix(pe.Code, "42") && pe.Code != "42501"
 }

@@ -161,9 +161,24 @@ func (b *builder) build(defs []registry.Enrichment) error {
 			}
 		}
 	}
+	comparable := map[string]bool{} // by type
 	for _, t := range targets {
-		if len(t.Enrichments) > 0 {
-			b.p.Targets = append(b.p.Targets, t)
+		if len(t.Enrichments) == 0 {
+			continue
+		}
+		b.p.Targets = append(b.p.Targets, t)
+		t.Comparable = true
+		for _, c := range t.Columns {
+			if !slices.Contains(t.Owned, c.Name) {
+				continue
+			}
+			ok, seen := comparable[c.Type]
+			if !seen {
+				_, err := b.prepare(fmt.Sprintf("SELECT NULL::%s OPERATOR(pg_catalog.=) NULL::%s", c.Type, c.Type))
+				ok = err == nil
+				comparable[c.Type] = ok
+			}
+			t.Comparable = t.Comparable && ok
 		}
 	}
 	sort.Slice(b.p.Targets, func(i, j int) bool { return b.p.Targets[i].Table.String() < b.p.Targets[j].Table.String() })

@@ -54,6 +54,9 @@ type Target struct {
 	// SearchPath is the quoted schema that a template instance's SQL runs in (search_path set
 	// locally for each statement that runs it); empty for other targets.
 	SearchPath string
+	// Comparable is true when every enrichment column's type has an equality operator in
+	// pg_catalog, so that a pass can leave rows whose values did not change (PassWriteSQL).
+	Comparable bool
 }
 
 // Enrichment is a registered enrichment bound to its target.

@@ -198,6 +198,19 @@ func BackfillWriteSQL(t *Target, es []*Enrichment) string {
 	return writeSQL(t, es, false, true)
 }
 
+// PassWriteSQL is WriteSQL for a pass over every row (a whole-table invalidation): a row that
+// was fresh and whose computed values equal its stored ones is left as it is, stamp included,
+// which spares a write per unchanged row; its stamp then claims less freshness than it could,
+// never more. Where a column's type has no equality operator in pg_catalog (Target.Comparable
+// is false) every row is written.
+func PassWriteSQL(t *Target) string {
+	sql := writeSQL(t, t.Enrichments, true, false)
+	if !t.Comparable {
+		return sql
+	}
+	return sql + fmt.Sprintf("\n  AND (%s.materialized_at IS NULL OR NOT (%s))", aliasTarget, sameValues(t.Enrichments))
+}
+
 func writeSQL(t *Target, es []*Enrichment, stamp, checkStamp bool) string {
 	params, names := keyArrayParams(t.Key, 1), keyList(t.Key, "")
 	if checkStamp {
@@ -412,6 +425,17 @@ func NotWrittenSQL(t *Target, where string) string {
 // meanwhile, as BackfillWriteSQL does. Keys never travel to matcol and back. It returns how many
 // keys it read, how many rows it wrote, and the last key as text.
 func BackfillStepSQL(t *Target, es []*Enrichment, where string) (string, error) {
+	return stepSQL(t, es, where, false)
+}
+
+// PassStepSQL is a chunk of a pass over every row (a whole-table invalidation) in one
+// statement, as BackfillStepSQL is a backfill batch, over every enrichment of t. It locks
+// nothing: it writes, and stamps, only rows that were fresh when read, whose stamp has not
+// changed since (an invalidation that lands meanwhile wins), and whose values differ from the
+// fresh computation (where Target.Comparable). Rows read stale are the caller's to queue.
+func PassStepSQL(t *Target) (string, error) { return stepSQL(t, t.Enrichments, "", true) }
+
+func stepSQL(t *Target, es []*Enrichment, where string, pass bool) (string, error) {
 	order := keyList(t.Key, aliasKeys+".")
 	arrays := make([]string, len(t.Key))
 	for i, k := range t.Key {
@@ -426,7 +450,13 @@ func BackfillStepSQL(t *Target, es []*Enrichment, where string) (string, error) 
 		sqls[i] = sql
 	}
 	count := "(SELECT count(*) FROM " + aliasKeys + ")"
-	cte, update := joinAndUpdate(t, es, sqls, aliasKeys, count, false, true)
+	cte, update := joinAndUpdate(t, es, sqls, aliasKeys, count, pass, true)
+	if pass {
+		update += fmt.Sprintf("\n  AND %s.%s IS NOT NULL", aliasSource, aliasSeen)
+		if t.Comparable {
+			update += fmt.Sprintf("\n  AND NOT (%s)", sameValues(es))
+		}
+	}
 	return fmt.Sprintf(`WITH %s AS MATERIALIZED (
 SELECT %s, %s.materialized_at AS %s FROM %s AS %s WHERE %s ORDER BY %s LIMIT $%d
 ),
@@ -441,10 +471,60 @@ FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT %s FROM %s ORDER BY %s LIMIT 1)
 		count, keyTexts(t.Key, `"matcol last"`), order, aliasKeys, keyListDesc(t.Key, aliasKeys+".")), nil
 }
 
+// sameValues is true when every column of es holds, in the target row, what the fresh
+// computation gives (NULLs equal), compared with pg_catalog's equality operators.
+func sameValues(es []*Enrichment) string {
+	var same []string
+	for _, e := range es {
+		for _, c := range e.Columns {
+			a, b := aliasTarget+"."+ident(c), aliasSource+"."+ident(c)
+			same = append(same, fmt.Sprintf("coalesce(%s OPERATOR(pg_catalog.=) %s, %s IS NULL AND %s IS NULL)", a, b, a, b))
+		}
+	}
+	return strings.Join(same, " AND ")
+}
+
+// RangeStaleKeysSQL returns, as text, the keys of the stale rows in the range (see rangeCond).
+func RangeStaleKeysSQL(t *Target) string {
+	return fmt.Sprintf("SELECT %s FROM %s AS %s WHERE %s AND %s.materialized_at IS NULL",
+		keyTexts(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, rangeCond(t, aliasTarget, ""), aliasTarget)
+}
+
 func keyListDesc(key []discovery.Column, prefix string) string {
 	parts := make([]string, len(key))
 	for i, k := range key {
 		parts[i] = prefix + ident(k.Name) + " DESC"
 	}
 	return strings.Join(parts, ", ")
+}
+
+// QueueTakeSQL takes up to $2 direct invalidations (target keys) of target $1 from the queue,
+// locks the rows they name without waiting, and returns one row per distinct key: "l" for a row
+// it locked, with the earliest enqueued_at of its entries, and "r" for a row that exists but
+// someone else holds, to queue again. The write comes in a later statement, whose snapshot sees
+// every change committed before the locks were taken, including the changes the taken entries
+// announce (committed before this statement's snapshot).
+func QueueTakeSQL(t *Target) string {
+	casts := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		casts[i] = fmt.Sprintf("(e.vals->>%d)::%s AS %s", i, k.Type, ident(k.Name))
+	}
+	return fmt.Sprintf(`WITH e AS (
+  DELETE FROM matcol.pending WHERE id IN (
+    SELECT id FROM matcol.pending
+    WHERE target_id = $1 AND dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb
+    ORDER BY target_id, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+  RETURNING vals, enqueued_at),
+%s AS (SELECT %s, min(e.enqueued_at) AS at FROM e GROUP BY %s),
+%s AS (SELECT %s FROM %s AS %s JOIN %s ON %s ORDER BY %s FOR NO KEY UPDATE OF %s SKIP LOCKED)
+SELECT 'l', %s.at, %s FROM %s JOIN %s ON %s
+UNION ALL
+SELECT 'r', %s.at, %s FROM %s
+WHERE NOT EXISTS (SELECT FROM %s WHERE %s) AND EXISTS (SELECT FROM %s AS %s WHERE %s)`,
+		aliasKeys, strings.Join(casts, ", "), keyList(t.Key, ""),
+		aliasLocked, keyCols(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, aliasKeys,
+		keyMatch(t.Key, aliasTarget, aliasKeys), keyCols(t.Key, aliasTarget), aliasTarget,
+		aliasKeys, keyTexts(t.Key, aliasKeys), aliasLocked, aliasKeys, keyMatch(t.Key, aliasLocked, aliasKeys),
+		aliasKeys, keyTexts(t.Key, aliasKeys), aliasKeys,
+		aliasLocked, keyMatch(t.Key, aliasLocked, aliasKeys), t.Table.Sanitize(), aliasTarget, keyMatch(t.Key, aliasTarget, aliasKeys))
 }

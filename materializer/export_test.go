@@ -1,0 +1,9 @@
+package materializer
+
+// DirectToDrainer makes the drainer take every direct entry and set its row stale, as it does for
+// mapped ones: tests of how invalidations land against batches in flight use it.
+func (m *Materializer) DirectToDrainer() {
+	m.mu.Lock()
+	m.directOffAll = true
+	m.mu.Unlock()
+}

@@ -1,0 +1,159 @@
+package materializer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/matcol/matcol/plan"
+)
+
+// Direct invalidations, entries whose values are target keys, are the workers' own: a queue batch
+// takes a table's entries, locks their rows, computes and stamps them in the next statement, and
+// deletes the entries in the same transaction, so a row is written once and never set stale
+// first. The drainer takes the rest (mapped entries, markers), and tells the workers which tables
+// have direct entries waiting.
+
+// directTargetsSQL lists the tables that have direct entries waiting, one index probe each (a
+// loose scan of pending_direct), however many entries wait.
+const directTargetsSQL = `WITH RECURSIVE d AS (
+	(SELECT target_id FROM matcol.pending WHERE dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb
+	 ORDER BY target_id LIMIT 1)
+	UNION ALL
+	SELECT (SELECT p.target_id FROM matcol.pending p
+	        WHERE p.dependency_id IS NULL AND p.vals IS NOT NULL AND p.vals <> '[]'::jsonb AND p.target_id > d.target_id
+	        ORDER BY p.target_id LIMIT 1)
+	FROM d WHERE d.target_id IS NOT NULL)
+SELECT target_id FROM d WHERE target_id IS NOT NULL`
+
+// noteDirect marks the tables with direct entries waiting, for the workers.
+func (m *Materializer) noteDirect(ctx context.Context) error {
+	rows, err := m.pool.Query(ctx, directTargetsSQL)
+	if err != nil {
+		return fmt.Errorf("read tables with queued keys: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return fmt.Errorf("read tables with queued keys: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	for _, id := range ids {
+		if t := m.byID[int(id)]; t != nil && m.directOnLocked(t, now) {
+			t.direct = true
+			m.markLocked(t)
+		}
+	}
+	return nil
+}
+
+// takeDirect reports whether t has direct entries for a worker.
+func (m *Materializer) takeDirect(t *target) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return t.direct && m.directOnLocked(t, time.Now())
+}
+
+// directOnLocked reports whether workers take t's direct entries: not while they are handed to
+// the drainer, nor with min_interval, whose holds only the claim of stale rows honours.
+func (m *Materializer) directOnLocked(t *target, now time.Time) bool {
+	return !m.directOffAll && t.minInterval == 0 && !now.Before(t.directOffUntil)
+}
+
+// directOff hands t's direct entries to the drainer for a while: an entry or a row failed, and
+// the drainer's path isolates it (a bad entry alone, a failing row by quarantine).
+func (m *Materializer) directOff(t *target, err error) {
+	m.mu.Lock()
+	t.direct = false
+	t.directOffUntil = time.Now().Add(time.Minute)
+	m.mu.Unlock()
+	m.log.Info("queued keys of a table go through the drainer for a minute, which isolates the failing ones",
+		"table", t.plan.Table.String(), "error", err)
+	m.QueueFilled()
+}
+
+// queueBatch takes up to a batch of t's direct entries, computes and stamps their rows, and queues
+// again the keys of rows someone else holds. It reports the rows written and whether more entries
+// may wait.
+func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more bool, err error) {
+	m.mu.Lock()
+	size := t.batchSize
+	m.mu.Unlock()
+	start := time.Now()
+	width := len(t.plan.Key)
+	var locked [][]*string
+	var ats []time.Time
+	err = m.inBatch(ctx, t, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, t.takeSQL, t.plan.ID, size)
+		if err != nil {
+			return err
+		}
+		locked = make([][]*string, width)
+		held := make([][]*string, width)
+		taken := 0
+		for rows.Next() {
+			var kind string
+			var at time.Time
+			vals := make([]*string, width)
+			dest := []any{&kind, &at}
+			for i := range vals {
+				dest = append(dest, &vals[i])
+			}
+			if err := rows.Scan(dest...); err != nil {
+				rows.Close()
+				return err
+			}
+			taken++
+			cols := held
+			if kind == "l" {
+				cols = locked
+				ats = append(ats, at)
+			}
+			for i, v := range vals {
+				cols[i] = append(cols[i], v)
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		// Entries of one key fold into one row: go on while entries come and rows are written.
+		// Rows all held by others wait for the drainer's next look (see noteDirect).
+		more = taken > 0 && len(locked[0]) > 0
+		if len(held[0]) > 0 {
+			if _, err := tx.Exec(ctx, plan.RequeueKeysSQL, t.plan.ID, keyJSON(held)); err != nil {
+				return fmt.Errorf("queue held rows of %s: %w", t.plan.Table, err)
+			}
+		}
+		if len(locked[0]) == 0 {
+			return nil
+		}
+		return m.write(ctx, tx, t, locked)
+	})
+	if err != nil {
+		if isEntryError(err) || isRowError(err) {
+			m.directOff(t, err)
+			return 0, false, nil
+		}
+		return 0, false, err
+	}
+	m.mu.Lock()
+	if !more {
+		t.direct = false
+	}
+	m.mu.Unlock()
+	if n = len(locked[0]); n > 0 {
+		m.done(t, n, time.Since(start))
+		if m.OnFresh != nil {
+			now := time.Now()
+			for _, at := range ats {
+				m.OnFresh(now.Sub(at))
+			}
+		}
+	}
+	m.log.Trace("queue batch", "table", t.plan.Table.String(), "rows", n, "size", size, "elapsed", time.Since(start))
+	return n, more, nil
+}
