@@ -503,7 +503,8 @@ func keyListDesc(key []discovery.Column, prefix string) string {
 // it locked, with the earliest enqueued_at of its entries, and "r" for a row that exists but
 // someone else holds, to queue again. The write comes in a later statement, whose snapshot sees
 // every change committed before the locks were taken, including the changes the taken entries
-// announce (committed before this statement's snapshot).
+// announce (committed before this statement's snapshot). The queue's statistics say little about
+// how many entries wait: nothing here joins two of its CTEs by a nested loop.
 func QueueTakeSQL(t *Target) string {
 	casts := make([]string, len(t.Key))
 	for i, k := range t.Key {
@@ -516,15 +517,15 @@ func QueueTakeSQL(t *Target) string {
     ORDER BY target_id, id LIMIT $2 FOR UPDATE SKIP LOCKED)
   RETURNING vals, enqueued_at),
 %s AS (SELECT %s, min(e.enqueued_at) AS at FROM e GROUP BY %s),
-%s AS (SELECT %s FROM %s AS %s JOIN %s ON %s ORDER BY %s FOR NO KEY UPDATE OF %s SKIP LOCKED)
-SELECT 'l', %s.at, %s FROM %s JOIN %s ON %s
+%s AS (SELECT %s, %s.at FROM %s AS %s JOIN %s ON %s ORDER BY %s FOR NO KEY UPDATE OF %s SKIP LOCKED)
+SELECT 'l', %s.at, %s FROM %s
 UNION ALL
 SELECT 'r', %s.at, %s FROM %s
-WHERE NOT EXISTS (SELECT FROM %s WHERE %s) AND EXISTS (SELECT FROM %s AS %s WHERE %s)`,
+WHERE (%s) NOT IN (SELECT %s FROM %s) AND EXISTS (SELECT FROM %s AS %s WHERE %s)`,
 		aliasKeys, strings.Join(casts, ", "), keyList(t.Key, ""),
-		aliasLocked, keyCols(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, aliasKeys,
+		aliasLocked, keyCols(t.Key, aliasTarget), aliasKeys, t.Table.Sanitize(), aliasTarget, aliasKeys,
 		keyMatch(t.Key, aliasTarget, aliasKeys), keyCols(t.Key, aliasTarget), aliasTarget,
-		aliasKeys, keyTexts(t.Key, aliasKeys), aliasLocked, aliasKeys, keyMatch(t.Key, aliasLocked, aliasKeys),
+		aliasLocked, keyTexts(t.Key, aliasLocked), aliasLocked,
 		aliasKeys, keyTexts(t.Key, aliasKeys), aliasKeys,
-		aliasLocked, keyMatch(t.Key, aliasLocked, aliasKeys), t.Table.Sanitize(), aliasTarget, keyMatch(t.Key, aliasTarget, aliasKeys))
+		keyCols(t.Key, aliasKeys), keyList(t.Key, ""), aliasLocked, t.Table.Sanitize(), aliasTarget, keyMatch(t.Key, aliasTarget, aliasKeys))
 }
