@@ -143,3 +143,12 @@ func modelOptionsFor(mode string) (modelOptions, string, error) {
 func (o modelOptions) repro(mode string) string {
 	return fmt.Sprintf("make test/model SEED=%d DURATION=%s MODE=%s FEATURES=%s", o.seed, o.duration, mode, o.features)
 }
+
+// rounds splits a run into rounds of 30 to 60 s, each ending in a verification: only the
+// last changes of a round can show a lost invalidation, so a long run checks many times.
+func (o modelOptions) rounds() int { return max(1, int(o.duration/(30*time.Second))) }
+
+// tail is how long writers write slowly at the end of a round of d: a fifth, from 3 to 10 s.
+func (o modelOptions) tail(d time.Duration) time.Duration {
+	return min(max(d/5, 3*time.Second), 10*time.Second, d)
+}

@@ -14,8 +14,9 @@ import (
 // settings; features switch its parts on and off:
 //
 //	top ◄─(top_id)── parent ◄─(p_region?, p_id)── child ◄─(c_id)── grand
-//	                   ▲  ▲ ◄──────────────────── part (partitioned by list)
-//	                   │  └────────────────────── extra
+//	                   ▲  ▲                          ▲
+//	                   │  │                          └──(c_id)── extra
+//	                   │  └──(p_region?, p_id)── part (partitioned by list)
 //	                   └──(ref_region?, ref_id as text)── note
 //
 // parent, child and top are targets. Every enrichment lists every table it reads in depends_on,
@@ -88,7 +89,7 @@ func newModelSchema(r *rand.Rand, f modelFeatures) *modelSchema {
 	s.grand = table("grand", []string{"GrandChild", "grand child"}, "id", "c_id", "amount")
 	s.part = table("part", []string{"Part Log", "part-log"}, "id", "part", "p_region", "p_id", "v")
 	s.note = table("note", []string{"Note", "nöte"}, "id", "ref_region", "ref_id", "body")
-	s.extra = table("extra", []string{"Extra Info", "EXTRA"}, "id", "p_region", "p_id", "val")
+	s.extra = table("extra", []string{"Extra Info", "EXTRA"}, "id", "c_id", "val")
 	for v := 0; v < 4; v++ {
 		p := modelPartition{name: fmt.Sprintf("%s_%d", s.part.name, v), value: v}
 		if v < 2 {
@@ -247,8 +248,8 @@ func (s *modelSchema) ddl() string {
 		note := append([]string{col(s.note, "id", "int PRIMARY KEY")}, refDefs(s.note, "ref_", "text")...)
 		w("CREATE TABLE %s (%s, %s)", s.q(s.note), strings.Join(note, ", "), col(s.note, "body", "text"))
 	}
-	extra := append([]string{col(s.extra, "id", "int PRIMARY KEY")}, refDefs(s.extra, "p_", "int")...)
-	w("CREATE TABLE %s (%s, %s)", s.q(s.extra), strings.Join(extra, ", "), col(s.extra, "val", "int"))
+	w("CREATE TABLE %s (%s, %s, %s)", s.q(s.extra), col(s.extra, "id", "int PRIMARY KEY"), col(s.extra, "c_id", "int"), col(s.extra, "val", "int"))
+	w("CREATE INDEX ON %s (%s)", s.q(s.extra), s.extra.c("c_id"))
 	for _, t := range s.targets() {
 		w("CREATE INDEX ON %s (materialized_at) WHERE materialized_at IS NULL", s.q(t))
 	}
@@ -286,8 +287,8 @@ func (s *modelSchema) seedSQL() string {
 		w("INSERT INTO %s (%s, %s) SELECT g, %s, 'body ' || g FROM generate_series(1, 50) g",
 			s.q(s.note), s.note.c("id"), s.note.list(append(s.refs("ref_"), "body")...), refVals("::text"))
 	}
-	w("INSERT INTO %s (%s, %s) SELECT g, %s, g %% 9 FROM generate_series(1, 50) g",
-		s.q(s.extra), s.extra.c("id"), s.extra.list(append(s.refs("p_"), "val")...), refVals(""))
+	w("INSERT INTO %s (%s) SELECT g, 1 + g %% 100, g %% 9 FROM generate_series(1, 100) g",
+		s.q(s.extra), s.extra.list("id", "c_id", "val"))
 	return b.String()
 }
 
@@ -359,7 +360,10 @@ func (s *modelSchema) enrichments(v modelVersion) []modelEnrichment {
 			pk, s.part.c("v"), p.c("s_total"), s.q(p), s.q(s.part), s.join(s.part, "s", "p_", ""), filter, pk),
 		deps: []modelDep{{table: s.part, columns: s.refCols(s.part, "p_")}},
 	}}
+	// Through child, like grand; which shows that an added mapped dependency is heard at once.
 	x := s.extra
+	throughChild := modelDep{table: x, columns: []string{x.col["c_id"]},
+		sql: fmt.Sprintf("SELECT %s FROM %s c WHERE c.%s = ANY($1)", c.listAs("c", s.refs("p_")...), s.q(c), c.c("id"))}
 	switch v.extra {
 	case 0:
 		out = append(out, modelEnrichment{name: "extra", table: p, columns: []string{"x_total"},
@@ -370,9 +374,9 @@ func (s *modelSchema) enrichments(v modelVersion) []modelEnrichment {
 			expr = fmt.Sprintf("(count(x.%s) * 100 + coalesce(max(x.%s), 0) - p.%s)::bigint", x.c("id"), x.c("val"), p.c("w"))
 		}
 		out = append(out, modelEnrichment{name: "extra", table: p, columns: []string{"x_total"},
-			sql: fmt.Sprintf("SELECT %s, %s AS %s\nFROM %s p LEFT JOIN %s x ON %s\nWHERE %s\nGROUP BY %s, p.%s",
-				pk, expr, p.c("x_total"), s.q(p), s.q(x), s.join(x, "x", "p_", ""), filter, pk, p.c("w")),
-			deps: []modelDep{{table: x, columns: s.refCols(x, "p_")}}})
+			sql: fmt.Sprintf("SELECT %s, %s AS %s\nFROM %s p LEFT JOIN %s c ON %s LEFT JOIN %s x ON x.%s = c.%s\nWHERE %s\nGROUP BY %s, p.%s",
+				pk, expr, p.c("x_total"), s.q(p), s.q(c), s.join(c, "c", "p_", ""), s.q(x), x.c("c_id"), c.c("id"), filter, pk, p.c("w")),
+			deps: []modelDep{childDep, throughChild}})
 	}
 	if s.f["mapped"] {
 		g := s.grand
@@ -382,8 +386,7 @@ func (s *modelSchema) enrichments(v modelVersion) []modelEnrichment {
 			name: "grand_total", table: p, columns: []string{"g_total"},
 			sql: fmt.Sprintf("SELECT %s, coalesce(sum(g.%s), 0)::bigint AS %s\nFROM %s p LEFT JOIN %s c ON %s LEFT JOIN %s g ON g.%s = c.%s\nWHERE %s\nGROUP BY %s",
 				pk, g.c("amount"), p.c("g_total"), s.q(p), s.q(c), s.join(c, "c", "p_", ""), s.q(g), g.c("c_id"), c.c("id"), filter, pk),
-			deps: []modelDep{childDep, {table: g, columns: []string{g.col["c_id"]},
-				sql: fmt.Sprintf("SELECT %s FROM %s c WHERE c.%s = ANY($1)", c.listAs("c", s.refs("p_")...), s.q(c), c.c("id"))}},
+			deps: []modelDep{childDep, {table: g, columns: []string{g.col["c_id"]}, sql: throughChild.sql}},
 		}, modelEnrichment{
 			name: "child_grand", table: c, columns: []string{"g_sum"},
 			sql: fmt.Sprintf("SELECT c.%s, coalesce(sum(g.%s), 0)::bigint AS %s\nFROM %s c LEFT JOIN %s g ON g.%s = c.%s\nWHERE c.%s = ANY($1)\nGROUP BY c.%s",

@@ -115,20 +115,34 @@ func (m *modelRun) run() {
 		return
 	}
 
+	rounds := m.o.rounds()
+	for round := 1; round <= rounds; round++ {
+		if !m.round(round, rounds) {
+			break
+		}
+	}
+	m.report()
+}
+
+// round runs writers and events for the round's share of the run, then waits for matcol to
+// catch up and verifies. It reports whether the run may go on.
+func (m *modelRun) round(round, rounds int) bool {
+	d := m.o.duration / time.Duration(rounds)
 	m.stats = newModelStats()
-	ctx, stop := context.WithTimeout(context.Background(), m.o.duration)
+	ctx, stop := context.WithTimeout(context.Background(), d)
 	defer stop()
 	var wg sync.WaitGroup
 	var truncated atomic.Int64
+	tail := time.Now().Add(d - m.o.tail(d))
 	for i := 0; i < m.o.writers; i++ {
-		w := newModelWriter(m.s, m.appDSN, m.o.seed, i+1, m.stats, &truncated)
+		w := newModelWriter(m.s, m.appDSN, m.o.seed+uint64(round)<<32, i+1, m.stats, &truncated)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w.run(ctx)
+			w.run(ctx, tail)
 		}()
 	}
-	m.note("%d writers started", m.o.writers)
+	m.note("round %d of %d: %d writers for %s, the last %s slowly", round, rounds, m.o.writers, d, m.o.tail(d))
 	m.events(ctx)
 	wg.Wait()
 	summary, clean := m.stats.summary()
@@ -137,10 +151,11 @@ func (m *modelRun) run() {
 		m.problem("WRITER ERRORS", "application writes failed in ways that concurrency does not explain (see the writer summary)")
 	}
 	if m.stats.committed() < 100 {
-		t.Fatalf("the model wrote only %d times: a harness problem, not matcol's\n%s", m.stats.committed(), summary)
+		m.t.Fatalf("the model wrote only %d times: a harness problem, not matcol's\n%s", m.stats.committed(), summary)
 	}
 
 	if !m.daemon.running() {
+		m.problem("DAEMON EXITED", "matcol run exited by itself (%v); restarted", m.daemon.exitErr())
 		m.daemon = m.startDaemon()
 	}
 	var lsn string
@@ -149,12 +164,12 @@ func (m *modelRun) run() {
 			return c.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&lsn)
 		})
 	}
-	if m.waitCaughtUp("after the last write", lsn) {
-		m.verify()
-	} else {
-		m.verify() // still worth showing: drift among the rows matcol calls fresh
-	}
-	m.report()
+	// Verify even when matcol has not caught up: drift among the rows it calls fresh shows too.
+	caught := m.waitCaughtUp(fmt.Sprintf("after the last write of round %d", round), lsn)
+	m.verify()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return caught && len(m.problems) == 0
 }
 
 // setup creates the database, the roles with the leastpriv feature, the schema and its rows.
@@ -397,7 +412,11 @@ func (m *modelRun) report() {
 	fmt.Fprintf(&b, "\n--- schema\n%s\n--- config (last applied version %+v)\n%s\n--- timeline\n%s\n",
 		m.s.setupSQL, m.version, m.s.config(m.version, m.mode, m.slot), strings.Join(m.timeline, "\n"))
 	if m.verified != "" {
-		fmt.Fprintf(&b, "\n--- matcol verify --all\n%s\n", m.verified)
+		lines := strings.Split(m.verified, "\n")
+		if len(lines) > 60 {
+			lines = append(append(lines[:50:50], fmt.Sprintf("… %d more lines …", len(lines)-55)), lines[len(lines)-5:]...)
+		}
+		fmt.Fprintf(&b, "\n--- matcol verify --all\n%s\n", strings.Join(lines, "\n"))
 	}
 	fmt.Fprintf(&b, "\n--- daemon log (last lines, warnings and errors)\n%s\n", m.logs.tail(60))
 	m.t.Fatal(b.String())

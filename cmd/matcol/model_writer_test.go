@@ -35,7 +35,9 @@ type execer interface {
 type modelOp struct {
 	name   string
 	weight int
-	run    func(ctx context.Context, x execer) error
+	// broad operations change rows of many parents at once; the quiet tail leaves them out.
+	broad bool
+	run   func(ctx context.Context, x execer) error
 }
 
 func newModelWriter(s *modelSchema, dsn string, seed uint64, i int, stats *modelStats, truncated *atomic.Int64) *modelWriter {
@@ -47,7 +49,10 @@ func newModelWriter(s *modelSchema, dsn string, seed uint64, i int, stats *model
 	return w
 }
 
-func (w *modelWriter) run(ctx context.Context) {
+// run writes until ctx ends. From tail on it writes slowly, one narrow statement at a time:
+// then the last change to each row is as likely to be of one kind as of another, where a
+// flood of writes would hide a lost invalidation behind a later one for the same row.
+func (w *modelWriter) run(ctx context.Context, tail time.Time) {
 	var conn *pgx.Conn
 	defer func() {
 		if conn != nil {
@@ -64,15 +69,20 @@ func (w *modelWriter) run(ctx context.Context) {
 			}
 			conn = c
 		}
-		n := 1
-		if w.r.IntN(4) == 0 {
-			n = 2 + w.r.IntN(3)
-		}
-		if n == 1 {
+		quiet := time.Now().After(tail)
+		switch {
+		case quiet:
+			op := w.pick()
+			for op.broad {
+				op = w.pick()
+			}
+			w.stats.add(op.name, op.run(ctx, conn))
+			sleepCtx(ctx, time.Duration(20+w.r.IntN(80))*time.Millisecond)
+		case w.r.IntN(4) == 0:
+			w.stats.add("transaction", w.transaction(ctx, conn, 2+w.r.IntN(3)))
+		default:
 			op := w.pick()
 			w.stats.add(op.name, op.run(ctx, conn))
-		} else {
-			w.stats.add("transaction", w.transaction(ctx, conn, n))
 		}
 		sleepCtx(ctx, time.Duration(w.r.IntN(8))*time.Millisecond)
 	}
@@ -199,6 +209,7 @@ func (w *modelWriter) buildOps() []modelOp {
 	add := func(name string, weight int, run func(ctx context.Context, x execer) error) {
 		ops = append(ops, modelOp{name: name, weight: weight, run: run})
 	}
+	broad := func() { ops[len(ops)-1].broad = true }
 	exec := func(ctx context.Context, x execer, sql string, args ...any) error {
 		_, err := x.Exec(ctx, sql, args...)
 		return err
@@ -226,6 +237,7 @@ func (w *modelWriter) buildOps() []modelOp {
 		lo := int32(1 + w.r.IntN(300))
 		return exec(ctx, x, fmt.Sprintf("UPDATE %s SET %s WHERE %s BETWEEN $1 AND $1 + 15", s.q(c), set, c.c("id")), lo)
 	})
+	broad()
 	add("child qty by parent", 4, func(ctx context.Context, x execer) error {
 		return exec(ctx, x, fmt.Sprintf("UPDATE %s SET %s = %s + $1 WHERE %s", s.q(c), c.c("qty"), c.c("qty"), w.whereRefs(c, "p_", 2)),
 			append([]any{int32(w.r.IntN(7) - 3)}, w.parentRef()...)...)
@@ -271,6 +283,7 @@ func (w *modelWriter) buildOps() []modelOp {
 		return exec(ctx, x, fmt.Sprintf("UPDATE %s SET %s = %s + $1 WHERE %s <= $2", s.q(p), p.c("w"), p.c("w"), p.c("id")),
 			int32(w.r.IntN(5)-2), int32(1+w.r.IntN(modelParents)))
 	})
+	broad()
 	add("parent move", 3, func(ctx context.Context, x execer) error {
 		return exec(ctx, x, fmt.Sprintf("UPDATE %s SET %s = $%d WHERE %s", s.q(p), p.c("top_id"), nref+1, pkWhere),
 			append(w.parentRef(), int32(1+w.r.IntN(modelTops+1)))...)
@@ -401,19 +414,16 @@ func (w *modelWriter) buildOps() []modelOp {
 
 	// extra: read only after an apply event adds it as a dependency.
 	xt := s.extra
-	extraCols := append(append([]string{"id"}, s.refs("p_")...), "val")
-	extraTypes := append(append([]string{"int"}, refTypes(s, "int")...), "int")
 	add("extra insert", 2, func(ctx context.Context, x execer) error {
-		return w.insertRows(ctx, x, s.q(xt), xt, extraCols, extraTypes, func() []any {
-			return append(append([]any{int32(1 + w.r.IntN(150))}, w.parentRef()...), int32(w.r.IntN(20)))
+		return w.insertRows(ctx, x, s.q(xt), xt, []string{"id", "c_id", "val"}, []string{"int", "int", "int"}, func() []any {
+			return []any{int32(1 + w.r.IntN(150)), int32(1 + w.r.IntN(310)), int32(w.r.IntN(20))}
 		})
 	})
 	add("extra val", 2, func(ctx context.Context, x execer) error {
 		return exec(ctx, x, fmt.Sprintf("UPDATE %s SET %s = $1 WHERE %s = ANY($2)", s.q(xt), xt.c("val"), xt.c("id")), int32(w.r.IntN(20)), w.ids(150))
 	})
 	add("extra move", 2, func(ctx context.Context, x execer) error {
-		return exec(ctx, x, fmt.Sprintf("UPDATE %s SET %s WHERE %s = ANY($%d)", s.q(xt), w.setRefs(xt, "p_", 1), xt.c("id"), nref+1),
-			append(w.parentRef(), w.ids(150))...)
+		return exec(ctx, x, fmt.Sprintf("UPDATE %s SET %s = $1 WHERE %s = ANY($2)", s.q(xt), xt.c("c_id"), xt.c("id")), int32(1+w.r.IntN(310)), w.ids(150))
 	})
 	add("extra delete", 1, func(ctx context.Context, x execer) error {
 		return exec(ctx, x, fmt.Sprintf("DELETE FROM %s WHERE %s = ANY($1)", s.q(xt), xt.c("id")), w.ids(150))
@@ -440,6 +450,7 @@ func (w *modelWriter) buildOps() []modelOp {
 			}
 			return exec(ctx, x, "TRUNCATE "+table)
 		})
+		broad()
 	}
 	return ops
 }
