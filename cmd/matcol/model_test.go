@@ -164,9 +164,9 @@ func (m *modelRun) round(round, rounds int) bool {
 			return c.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&lsn)
 		})
 	}
-	// Verify even when matcol has not caught up: drift among the rows it calls fresh shows too.
+	// Verify even when matcol has not caught up: what it shows then may be work still queued.
 	caught := m.waitCaughtUp(fmt.Sprintf("after the last write of round %d", round), lsn)
-	m.verify()
+	m.verify(caught)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return caught && len(m.problems) == 0
@@ -376,18 +376,44 @@ func (m *modelRun) waitCaughtUp(what, lsn string) bool {
 }
 
 // verify runs matcol verify --all; drift it finds is run again 5 s later, to tell drift that
-// stays from work that was still under way.
-func (m *modelRun) verify() {
+// stays from work that was still under way. Drift is only called drift once matcol says it
+// has caught up; before, it is shown as what was found meanwhile.
+func (m *modelRun) verify(caughtUp bool) {
 	r := matcol(m.t, m.env, "verify", "-c", m.cfgPath, "--all", "--rate", "0")
 	m.verified = strings.TrimSpace(r.stdout + r.stderr)
 	if r.code == 0 && strings.Contains(r.stdout, " checked, 0 values differ") {
 		m.note("verify --all: %s", lastLine(r.stdout))
 		return
 	}
+	if !caughtUp {
+		m.note("verify --all while not caught up: %s", lastLine(r.stdout+r.stderr))
+		return
+	}
 	time.Sleep(5 * time.Second)
 	again := matcol(m.t, m.env, "verify", "-c", m.cfgPath, "--all", "--rate", "0")
 	stays := "and 5 s later: " + lastLine(again.stdout+again.stderr)
-	m.problem("DRIFT", "matcol verify --all exited %d: %s; %s", r.code, lastLine(r.stdout+r.stderr), stays)
+	m.problem("DRIFT", "matcol verify --all exited %d: %s (%s); %s", r.code, lastLine(r.stdout+r.stderr), driftByEnrichment(r.stdout), stays)
+}
+
+// driftByEnrichment counts verify's drift lines per enrichment, which names the feature at fault.
+func driftByEnrichment(out string) string {
+	counts := map[string]int{}
+	var names []string
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 || f[0] != "drift:" {
+			continue
+		}
+		if counts[f[1]] == 0 {
+			names = append(names, f[1])
+		}
+		counts[f[1]]++
+	}
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = fmt.Sprintf("%s %d", n, counts[n])
+	}
+	return "by enrichment: " + strings.Join(parts, ", ")
 }
 
 func lastLine(s string) string {
