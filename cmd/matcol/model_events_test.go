@@ -15,10 +15,10 @@ import (
 // events runs operator events and failures until ctx ends, one every 1.5–4 s: every enabled
 // kind once in random order, then at random.
 func (m *modelRun) events(ctx context.Context) {
-	weights := map[string]int{"kill": 3, "apply": 3, "pause": 2, "attach": 1, "restart": 1}
+	weights := map[string]int{"kill": 3, "apply": 3, "pause": 2, "attach": 1, "restart": 1, "slotloss": 1}
 	var kinds []string
-	for _, k := range []string{"kill", "apply", "pause", "attach", "restart"} {
-		if m.o.features[k] {
+	for _, k := range []string{"kill", "apply", "pause", "attach", "restart", "slotloss"} {
+		if m.o.features[k] && (k != "slotloss" || m.mode == "logical") {
 			kinds = append(kinds, k)
 		}
 	}
@@ -62,6 +62,8 @@ func (m *modelRun) events(ctx context.Context) {
 			m.pauseResume()
 		case "attach":
 			m.attachPartition()
+		case "slotloss":
+			m.loseSlot()
 		case "restart":
 			require.NoError(m.t, m.cluster.Restart(context.Background(), "immediate"))
 			m.note("PostgreSQL restarted with -m immediate")
@@ -76,6 +78,24 @@ func (m *modelRun) killAndRestart() {
 	time.Sleep(down)
 	m.daemon = m.startDaemon()
 	m.note("SIGKILL of the daemon (pid %d); a new one %s later", pid, down.Round(time.Millisecond))
+}
+
+// loseSlot drops the slot while the daemon is down, as a failover or an operator would: the
+// changes it held are gone, and the daemon must recreate it and resync every target.
+func (m *modelRun) loseSlot() {
+	pid := m.daemon.cmd.Process.Pid
+	m.daemon.kill()
+	dropSlot(m.suDSN, m.slot)
+	var left bool
+	m.withConn(func(c *pgx.Conn) error {
+		return c.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, m.slot).Scan(&left)
+	})
+	m.daemon = m.startDaemon()
+	if left {
+		m.note("SIGKILL of the daemon (pid %d); its slot stayed active and was not dropped; a new daemon", pid)
+		return
+	}
+	m.note("SIGKILL of the daemon (pid %d), its slot dropped, and a new daemon", pid)
 }
 
 // refusal tells a validation error, which names an enrichment, from a passing failure such as

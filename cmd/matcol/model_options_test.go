@@ -26,6 +26,7 @@ var modelFeatureList = []struct{ name, what string }{
 	{"truncate", "writers truncate sources, targets and partitions"},
 	{"kill", "SIGKILL of the daemon, and a restart"},
 	{"restart", "PostgreSQL restarts with -m immediate"},
+	{"slotloss", "logical mode: the slot is dropped while the daemon is down, so it must resync"},
 	{"apply", "matcol apply of a changed enrichment (new sql, an added dependency), then matcol backfill"},
 	{"pause", "matcol pause, and matcol resume a moment later"},
 	{"leastpriv", "matcol runs as a role with only the grants of docs/security.md"},
