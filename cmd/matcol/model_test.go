@@ -184,11 +184,10 @@ func (m *modelRun) setup() {
 	m.slot = "model_" + suffix
 	matcolDSN := m.suDSN
 	m.appDSN = m.suDSN
-	ddl := m.s.ddl()
+	script := m.s.ddl() + m.s.seedSQL()
 	if m.o.features["leastpriv"] {
 		app, mc := "model_app_"+suffix, "model_matcol_"+suffix
 		m.matcolRole = mc
-		pgtest.Exec(t, su, fmt.Sprintf(`CREATE ROLE %s LOGIN; CREATE ROLE %s LOGIN`, app, mc))
 		t.Cleanup(func() {
 			c, err := pgx.Connect(context.Background(), m.suDSN)
 			if err != nil {
@@ -198,32 +197,35 @@ func (m *modelRun) setup() {
 			_, _ = c.Exec(context.Background(), fmt.Sprintf(`DROP OWNED BY %s, %s CASCADE`, app, mc))
 			_, _ = c.Exec(context.Background(), fmt.Sprintf(`DROP ROLE IF EXISTS %s, %s`, mc, app))
 		})
-		// The application's role owns its tables; matcol gets docs/security.md's grants. In
-		// logical mode it also needs REPLICATION, and table ownership for the publication.
-		grants := fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s;\n", qident(db), mc)
-		if m.s.ns == "public" {
-			pgtest.Exec(t, su, fmt.Sprintf(`GRANT CREATE ON SCHEMA public TO %s`, app))
-		} else {
-			pgtest.Exec(t, su, fmt.Sprintf(`CREATE SCHEMA %s AUTHORIZATION %s`, qident(m.s.ns), app))
-			ddl = strings.TrimPrefix(ddl, fmt.Sprintf("CREATE SCHEMA %s;\n", qident(m.s.ns)))
-		}
+		// The application's role owns its schema and tables, and matcol gets the grants of
+		// docs/security.md. In logical mode it also needs REPLICATION, and ownership of the
+		// tables (membership in their owner's role) to add them to its publication.
+		pre := fmt.Sprintf("CREATE ROLE %s LOGIN;\nCREATE ROLE %s LOGIN;\nGRANT CREATE ON DATABASE %s TO %s;\n", app, mc, qident(db), mc)
 		if m.mode == "logical" {
-			grants += fmt.Sprintf("ALTER ROLE %s REPLICATION;\nGRANT %s TO %s;\n", mc, app, mc)
+			pre += fmt.Sprintf("ALTER ROLE %s REPLICATION;\nGRANT %s TO %s;\n", mc, app, mc)
 		}
-		pgtest.Exec(t, su, "SET ROLE "+app+";\n"+ddl+m.s.seedSQL()+m.s.grants(mc)+"RESET ROLE;\n"+grants)
+		if m.s.ns == "public" {
+			pre += fmt.Sprintf("GRANT CREATE ON SCHEMA public TO %s;\n", app)
+		} else {
+			pre += fmt.Sprintf("CREATE SCHEMA %s AUTHORIZATION %s;\n", qident(m.s.ns), app)
+			script = strings.TrimPrefix(script, fmt.Sprintf("CREATE SCHEMA %s;\n", qident(m.s.ns)))
+		}
+		script = pre + "SET ROLE " + app + ";\n" + script + m.s.grants(mc) + "RESET ROLE;\n"
 		m.appDSN = withUser(t, m.suDSN, app)
 		matcolDSN = withUser(t, m.suDSN, mc)
-		ddl += m.s.grants(mc) + grants
-	} else {
-		pgtest.Exec(t, su, ddl+m.s.seedSQL())
 	}
-	m.s.setupSQL = ddl
+	pgtest.Exec(t, su, script)
+	m.s.setupSQL = script
 	if m.mode == "logical" {
 		t.Cleanup(func() { dropSlot(m.suDSN, m.slot) })
 	}
 	m.env = []string{"MATCOL_DATABASE_URL=" + matcolDSN, "MATCOL_STATUS_LISTEN="}
 	m.cfgPath = writeConfig(t, m.s.config(m.version, m.mode, m.slot))
-	m.note("schema created in %s (%s)", db, map[bool]string{true: "matcol as role " + m.matcolRole, false: "matcol as superuser"}[m.matcolRole != ""])
+	who := "a superuser"
+	if m.matcolRole != "" {
+		who = "role " + m.matcolRole
+	}
+	m.note("schema created in database %s; matcol runs as %s", db, who)
 }
 
 func withUser(t *testing.T, dsn, user string) string {
