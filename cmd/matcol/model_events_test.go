@@ -99,8 +99,14 @@ func (m *modelRun) loseSlot() {
 }
 
 // refusal tells a validation error, which names an enrichment, from a passing failure such as
-// a lock timeout.
-var refusal = regexp.MustCompile(`invalid enrichments|enrichment [^ ]+( on [^ ]+)?: `)
+// a lock timeout. apply runs each enrichment on existing rows, so under writers a validation
+// message can carry a deadlock or a timeout: that is passing too, and retried.
+var (
+	refusal   = regexp.MustCompile(`invalid enrichments|enrichment [^ ]+( on [^ ]+)?: `)
+	transient = regexp.MustCompile(`deadlock detected|lock timeout|canceling statement|could not serialize|SQLSTATE (40P01|40001|55P03|57014|57P0[1-3])|connection`)
+)
+
+func refused(stderr string) bool { return refusal.MatchString(stderr) && !transient.MatchString(stderr) }
 
 // applyChange moves the config one version on, applies it while the daemon runs, and then
 // backfills the changed enrichment, as docs/operations.md says to.
@@ -124,11 +130,11 @@ func (m *modelRun) applyChange() {
 		if r.code == 0 {
 			break
 		}
-		refused := refusal.MatchString(r.stderr)
-		if refused || attempt == 3 {
+		validation := refused(r.stderr)
+		if validation || attempt == 3 {
 			// A daemon restarted later applies the file: it must say what is registered.
 			require.NoError(m.t, os.WriteFile(m.cfgPath, old, 0o600))
-			if refused {
+			if validation {
 				m.problem("REFUSED", "matcol apply refused a generated change (%s; not drift): %s", what, strings.TrimSpace(r.stderr))
 			} else {
 				m.problem("COMMAND FAILED", "matcol apply (%s) failed 3 times: %s", what, strings.TrimSpace(r.stderr))

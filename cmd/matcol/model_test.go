@@ -255,7 +255,7 @@ func (m *modelRun) applyInitial() bool {
 		return false
 	}
 	r = matcol(m.t, m.env, "apply", "-c", m.cfgPath)
-	if r.code != 0 && refusal.MatchString(r.stderr) {
+	if r.code != 0 && refused(r.stderr) {
 		m.problem("REFUSED", "matcol apply refused the generated configuration (not drift; either matcol rejects what it should support, or the generator must stop producing this): %s",
 			strings.TrimSpace(r.stderr))
 		return false
