@@ -106,7 +106,9 @@ var (
 	transient = regexp.MustCompile(`deadlock detected|lock timeout|canceling statement|could not serialize|SQLSTATE (40P01|40001|55P03|57014|57P0[1-3])|connection`)
 )
 
-func refused(stderr string) bool { return refusal.MatchString(stderr) && !transient.MatchString(stderr) }
+func refused(stderr string) bool {
+	return refusal.MatchString(stderr) && !transient.MatchString(stderr)
+}
 
 // applyChange moves the config one version on, applies it while the daemon runs, and then
 // backfills the changed enrichment, as docs/operations.md says to.
