@@ -114,7 +114,6 @@ func (t modelTable) c(logical string) string {
 	return qident(name)
 }
 
-// pkey is the parent's key; refs the columns of another table that point at a parent, in key order.
 // list quotes logical columns of t for a column list.
 func (t modelTable) list(logical ...string) string {
 	out := make([]string, len(logical))
@@ -133,6 +132,7 @@ func (t modelTable) listAs(alias string, logical ...string) string {
 	return strings.Join(out, ", ")
 }
 
+// pkey is the parent's key; refs the columns of another table that point at a parent, in key order.
 func (s *modelSchema) pkey() []string {
 	if s.composite {
 		return []string{"region", "id"}
