@@ -196,6 +196,7 @@ func catchUpBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) e
 			if err != nil {
 				return err
 			}
+			fmt.Printf("  %.1f%%: set-based run %d: %s\n", pct, i+1, t.Round(time.Millisecond))
 			if row.setBased == 0 || t < row.setBased {
 				row.setBased = t
 			}
