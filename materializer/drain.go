@@ -74,7 +74,9 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 			continue
 		}
 		attempt = 0
-		if res.Taken > 0 {
+		// Keys waiting for the workers are work too: a drainer that slept meanwhile would have
+		// every writer send NOTIFY, which serializes their commits.
+		if res.Taken > 0 || res.Direct > 0 {
 			lastWork = time.Now()
 			if asleep {
 				if err := m.setSleeping(ctx, false); err == nil {
@@ -135,6 +137,8 @@ type DrainResult struct {
 	Requeued int  // keys whose rows were locked, put back for later
 	Dropped  int  // entries that name no possible row (values that are no key), dropped
 	Full     bool // as many entries were taken as asked for: more may wait
+	// Direct is how many tables have direct entries (target keys) waiting for the workers.
+	Direct int
 }
 
 type group struct {
@@ -311,7 +315,8 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 		}
 	}
 	m.mu.Unlock()
-	return res, m.noteDirect(ctx)
+	res.Direct, err = m.noteDirect(ctx)
+	return res, err
 }
 
 // directOffIDs lists the tables whose direct entries the drainer takes for now.

@@ -28,15 +28,16 @@ const directTargetsSQL = `WITH RECURSIVE d AS (
 	FROM d WHERE d.target_id IS NOT NULL)
 SELECT target_id FROM d WHERE target_id IS NOT NULL`
 
-// noteDirect marks the tables with direct entries waiting, for the workers.
-func (m *Materializer) noteDirect(ctx context.Context) error {
+// noteDirect marks the tables with direct entries waiting, for the workers, and returns how many
+// tables have some.
+func (m *Materializer) noteDirect(ctx context.Context) (int, error) {
 	rows, err := m.pool.Query(ctx, directTargetsSQL)
 	if err != nil {
-		return fmt.Errorf("read tables with queued keys: %w", err)
+		return 0, fmt.Errorf("read tables with queued keys: %w", err)
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
 	if err != nil {
-		return fmt.Errorf("read tables with queued keys: %w", err)
+		return 0, fmt.Errorf("read tables with queued keys: %w", err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -47,7 +48,7 @@ func (m *Materializer) noteDirect(ctx context.Context) error {
 			m.markLocked(t)
 		}
 	}
-	return nil
+	return len(ids), nil
 }
 
 // takeDirect reports whether t has direct entries for a worker.
