@@ -490,6 +490,18 @@ func (b *Backfill) retryChanged(ctx context.Context, keys [][]*string) error {
 			keys, _, err = b.write(ctx, tx, rows)
 			return err
 		})
+		if isBusy(err) {
+			// Contended with the application (a lock timeout, a deadlock): a row that changed
+			// went stale or was stamped by a batch, which computes every enrichment, so the
+			// daemon has it either way. Try again, gently.
+			b.log.Info("rows are busy; retrying the changed rows", "backfill", b.ID, "error", err)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(round+1) * 200 * time.Millisecond):
+			}
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("backfill %d: retry changed rows: %w", b.ID, err)
 		}

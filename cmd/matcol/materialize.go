@@ -107,7 +107,7 @@ and it resumes (--restart starts over). materialized_at is left alone.`,
 			}
 			fmt.Fprintf(out, "backfill %d done: %d rows in %s (%.0f rows/s)", b.ID, final.Done, final.Elapsed.Round(time.Millisecond), final.Rate)
 			if final.Throttled > 0 {
-				fmt.Fprintf(out, "; paused %d times after slow batches (throttle.latency_factor)", final.Throttled)
+				fmt.Fprintf(out, "; paused %d times while the application was busy (throttle)", final.Throttled)
 			}
 			if final.Failed > 0 {
 				fmt.Fprintf(out, "; %d rows failed and were left stale for the daemon (see matcol failures)", final.Failed)
