@@ -469,7 +469,10 @@ func TestDocsMentionOnlyExportedMetrics(t *testing.T) {
 }
 
 var (
-	logCall      = regexp.MustCompile(`\.(?:Trace|Debug|Info|Warn|Error)\(\s*"((?:[^"\\]|\\.)*)"`)
+	logCall  = regexp.MustCompile(`\.(?:Trace|Debug|Info|Warn|Error)\(\s*((?:"(?:[^"\\]|\\.)*"\s*\+\s*)*"(?:[^"\\]|\\.)*")`)
+	goString = regexp.MustCompile(`"((?:[^"\\]|\\.)*)"`)
+	// Helpers that log the message they are given (warnEntry(t, "…", …)).
+	helperCall   = regexp.MustCompile(`\.(?:warn|log)[A-Z][A-Za-z]*\([^"\n]*"((?:[^"\\]|\\.)*)"`)
 	loggedProse  = regexp.MustCompile("(?i)\\blog(?:s|ged| line| message)?:? \\(?`([^`]+)`")
 	formatString = regexp.MustCompile(`Sprintf\(\s*"((?:[^"\\]|\\.)*%(?:[^"\\]|\\.)*)"`)
 	verb         = regexp.MustCompile(`%[-+# 0-9.]*[a-zA-Z]`)
@@ -481,6 +484,14 @@ func TestDocsQuoteOnlyExistingLogMessages(t *testing.T) {
 	messages := map[string]bool{}
 	for _, src := range sources(t, false) {
 		for _, m := range logCall.FindAllStringSubmatch(src, -1) {
+			// A message may be split over a concatenation of literals.
+			msg := ""
+			for _, part := range goString.FindAllStringSubmatch(m[1], -1) {
+				msg += part[1]
+			}
+			messages[msg] = true
+		}
+		for _, m := range helperCall.FindAllStringSubmatch(src, -1) {
 			messages[m[1]] = true
 		}
 	}
