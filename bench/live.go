@@ -638,7 +638,13 @@ func writeOverhead(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts, 
 	// Undo what logical mode set up so the last baseline writes what the first one did.
 	if _, err := conn.Exec(ctx, `DROP PUBLICATION IF EXISTS writes_logical;
 		SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'writes_logical';
-		DROP TRIGGER IF EXISTS matcol_self ON venue;
+		DO $$DECLARE r record;
+		BEGIN
+			FOR r IN SELECT tgname, tgrelid::regclass AS rel FROM pg_trigger
+				WHERE tgrelid IN ('venue'::regclass, 'event'::regclass) AND tgname LIKE 'matcol\_%' LOOP
+				EXECUTE format('DROP TRIGGER %I ON %s', r.tgname, r.rel);
+			END LOOP;
+		END$$;
 		ALTER TABLE event REPLICA IDENTITY DEFAULT; ALTER TABLE venue REPLICA IDENTITY DEFAULT`); err != nil {
 		return err
 	}

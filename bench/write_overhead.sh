@@ -88,8 +88,13 @@ run "matcol triggers, daemon on"
 # The alternative: invalidate in place, inside the writer's transaction (the daemon keeps running
 # and re-stamps the rows, as it would).
 psql <<'SQL'
-DROP TRIGGER matcol_inv_ins ON event; DROP TRIGGER matcol_inv_upd ON event;
-DROP TRIGGER matcol_inv_del ON event; DROP TRIGGER matcol_inv_trunc ON event;
+-- matcol's trigger names carry a hash of their definition, so drop whatever it created on event.
+DO $$DECLARE t name;
+BEGIN
+  FOR t IN SELECT tgname FROM pg_trigger WHERE tgrelid = 'event'::regclass AND tgname LIKE 'matcol\_%' LOOP
+    EXECUTE format('DROP TRIGGER %I ON event', t);
+  END LOOP;
+END$$;
 CREATE FUNCTION direct_inv() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   UPDATE venue SET materialized_at = NULL
