@@ -162,7 +162,8 @@ func apply(ctx context.Context, cfg *config.Config, log hclog.Logger, explain bo
 				rep.Unregistered = append(rep.Unregistered, t.Name)
 			}
 		}
-		if rep.DDLTrigger, err = trigger.SyncDDLTrigger(ctx, tx, len(rep.Plan.Templates) > 0); err != nil {
+		// New tenants of a template, and new partitions of a partitioned source, are heard at once.
+		if rep.DDLTrigger, err = trigger.SyncDDLTrigger(ctx, tx, len(rep.Plan.Templates) > 0 || partitionedSource(rep.Plan)); err != nil {
 			return err
 		}
 		if cfg.Invalidation.Mode == "logical" {
@@ -264,3 +265,12 @@ func LoadPlan(ctx context.Context, db interface {
 }
 
 func retryDelay(attempt int) time.Duration { return dial.Backoff(attempt, 30*time.Second) }
+
+func partitionedSource(p *plan.Plan) bool {
+	for _, s := range p.Sources {
+		if s.Relation.Kind == 'p' {
+			return true
+		}
+	}
+	return false
+}

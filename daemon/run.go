@@ -255,8 +255,9 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 	}
 }
 
-// rescanState is what the last rescan saw: the catalog probe and the plan's fingerprint.
-type rescanState struct{ probe, fingerprint string }
+// rescanState is what the last rescan saw: the catalog probe, the plan's fingerprint and the
+// partitions of its partitioned sources.
+type rescanState struct{ probe, fingerprint, partitions string }
 
 // rescan reads the registry and the catalog and applies a changed plan. Catalog reads over
 // thousands of tables leave a backend big: it runs on a connection of its own, closed after.
@@ -281,24 +282,48 @@ func (d *Daemon) rescan(ctx context.Context, forced bool, st *rescanState) error
 	}
 	st.probe = probe
 	fp := fingerprint(p)
-	if fp == st.fingerprint {
+	parts, err := partitionsFingerprint(ctx, conn, p)
+	if err != nil {
+		return err
+	}
+	if fp == st.fingerprint && parts == st.partitions {
 		return nil
 	}
-	d.log.Info("registry or catalog changed; reloading", "targets", len(p.Targets), "skipped", len(p.Skipped))
-	for _, s := range p.Skipped {
-		d.log.Warn("template instance skipped", "problem", s)
-	}
-	if d.cfg.Invalidation.Mode == "trigger" {
-		// Enrichments registered in SQL, and new tenants of a template, need triggers too.
-		if err := syncTriggers(ctx, conn, p, d.log); err != nil {
-			d.log.Warn("regenerating triggers failed; retrying at the next rescan", "error", err)
-			st.probe = ""
-			return nil
+	if fp != st.fingerprint {
+		d.log.Info("registry or catalog changed; reloading", "targets", len(p.Targets), "skipped", len(p.Skipped))
+		for _, s := range p.Skipped {
+			d.log.Warn("template instance skipped", "problem", s)
 		}
 	}
-	d.Mat.SetPlan(p)
-	st.fingerprint = fp
+	// Enrichments registered in SQL, new tenants of a template and new partitions of a source
+	// (TRUNCATE has no row triggers to clone) need triggers too.
+	if err := syncTriggers(ctx, conn, p, d.cfg.Invalidation.Mode == "trigger", d.log); err != nil {
+		d.log.Warn("regenerating triggers failed; retrying at the next rescan", "error", err)
+		st.probe = ""
+		return nil
+	}
+	st.partitions = parts
+	if fp != st.fingerprint {
+		d.Mat.SetPlan(p)
+		st.fingerprint = fp
+	}
 	return nil
+}
+
+// partitionsFingerprint identifies the partitions of p's partitioned sources.
+func partitionsFingerprint(ctx context.Context, q discovery.Querier, p *plan.Plan) (string, error) {
+	h := sha256.New()
+	for _, s := range p.Sources {
+		if s.Relation.Kind != 'p' {
+			continue
+		}
+		parts, err := discovery.Partitions(ctx, q, s.OID)
+		if err != nil {
+			return "", err
+		}
+		_ = json.NewEncoder(h).Encode(parts)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // loadPlanOnce builds the plan on a connection of its own, closed afterwards.
@@ -343,7 +368,13 @@ func (d *Daemon) probe(ctx context.Context, conn *pgx.Conn) (string, error) {
 		if err != nil {
 			return err
 		}
+		// Without the DDL event trigger, a new partition of a source shows only here.
+		parts, err := partitionsFingerprint(ctx, tx, d.Mat.Plan())
+		if err != nil {
+			return err
+		}
 		_ = json.NewEncoder(h).Encode(defs)
+		_ = json.NewEncoder(h).Encode(parts)
 		return json.NewEncoder(h).Encode(tables)
 	})
 	return hex.EncodeToString(h.Sum(nil)), err
@@ -351,8 +382,8 @@ func (d *Daemon) probe(ctx context.Context, conn *pgx.Conn) (string, error) {
 
 // syncTriggers regenerates the triggers of p, in transactions of at most trigger.ChunkTables
 // tables each.
-func syncTriggers(ctx context.Context, conn *pgx.Conn, p *plan.Plan, log hclog.Logger) error {
-	changes, err := trigger.SyncAll(ctx, conn, p, true)
+func syncTriggers(ctx context.Context, conn *pgx.Conn, p *plan.Plan, stale bool, log hclog.Logger) error {
+	changes, err := trigger.SyncAll(ctx, conn, p, stale)
 	logChanges(log, changes)
 	return err
 }

@@ -70,14 +70,13 @@ func SyncAll(ctx context.Context, db interface {
 	}
 }
 
-// SyncSelf keeps only the BEFORE ROW self trigger of each target, for logical mode: it nulls
+// SyncSelf keeps, for logical mode, the BEFORE ROW self trigger of each target (it nulls
 // materialized_at in the application's own write, costs no extra write, and is how the decoded
-// stream tells a stale row from matcol's own. Source and statement triggers are dropped.
+// stream tells a stale row from matcol's own) and the TRUNCATE triggers of partitioned sources'
+// partitions, whose TRUNCATE the stream does not carry. Other source and statement triggers are
+// dropped.
 func SyncSelf(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]Change, bool, error) {
-	if p == nil {
-		return syncTriggers(ctx, tx, nil, false)
-	}
-	return syncTriggers(ctx, tx, &plan.Plan{Targets: p.Targets}, false)
+	return syncTriggers(ctx, tx, p, false)
 }
 
 // work is what one table needs: functions to (re)create, triggers to create and to drop.
@@ -115,7 +114,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 	bodies := map[string]string{} // md5 of each function's body
 	frows, err := tx.Query(ctx, `
 		SELECT p.proname, md5(p.prosrc) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-		WHERE n.nspname = 'matcol' AND p.proname ~ '^(inv|invrow|invroot|invw|self|selfw|stale)_[0-9a-f]{16}$'`)
+		WHERE n.nspname = 'matcol' AND p.proname ~ '^(inv|invrow|invroot|invtrunc|invw|self|selfw|stale)_[0-9a-f]{16}$'`)
 	if err != nil {
 		return nil, false, fmt.Errorf("read trigger functions: %w", err)
 	}
@@ -160,7 +159,22 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 			at(t).functions = append(at(t).functions, sql)
 		}
 	}
-	if p != nil {
+	if p != nil && !stale {
+		for _, s := range p.Sources {
+			if s.Relation.Kind != 'p' {
+				continue
+			}
+			function(s.Table, TruncFunction(s), TruncFunctionSQL(s))
+			parts, err := discovery.Partitions(ctx, tx, s.OID)
+			if err != nil {
+				return nil, false, err
+			}
+			for _, part := range parts {
+				want(part.Name, PartitionTriggersSQL(part.Name.Sanitize(), TruncFunction(s)))
+			}
+		}
+	}
+	if p != nil && stale {
 		for _, s := range p.Sources {
 			function(s.Table, SourceFunction(s), SourceFunctionSQL(s))
 			want(s.Table, SourceTriggersSQL(s))
@@ -175,9 +189,11 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 				return nil, false, err
 			}
 			for _, part := range parts {
-				want(part.Name, PartitionTriggersSQL(s, part.Name.Sanitize()))
+				want(part.Name, PartitionTriggersSQL(part.Name.Sanitize(), SourceFunction(s)))
 			}
 		}
+	}
+	if p != nil {
 		for _, t := range p.Targets {
 			function(t.Table, SelfFunction(t), SelfFunctionSQL(t))
 			function(t.Table, SelfWatchFunction(t), SelfWatchFunctionSQL(t))
