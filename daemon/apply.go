@@ -129,6 +129,15 @@ func apply(ctx context.Context, cfg *config.Config, log hclog.Logger, explain bo
 				return err
 			}
 			log.Debug("validated the config", "elapsed", time.Since(start).Round(time.Millisecond))
+			if explain {
+				// The registry stays untouched: syncing it would hold the plan lock, and stop
+				// running daemons' batches, until the rollback.
+				rep.Plan = p
+				if err := plan.Sample(ctx, tx, rep.Plan, 100); err != nil {
+					return err
+				}
+				return errExplained
+			}
 			if rep.Changes, err = registry.Sync(ctx, tx, p.Definitions()); err != nil {
 				return err
 			}

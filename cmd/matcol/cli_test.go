@@ -17,6 +17,7 @@ import (
 
 	"github.com/matcol/matcol/internal/demo"
 	"github.com/matcol/matcol/internal/pgtest"
+	"github.com/matcol/matcol/registry"
 )
 
 var binary string
@@ -270,4 +271,35 @@ func TestApplyExplainWritesNothing(t *testing.T) {
 	var installed bool
 	require.NoError(t, conn.QueryRow(context.Background(), `SELECT to_regclass('matcol.enrichment') IS NOT NULL`).Scan(&installed))
 	require.False(t, installed, "--explain must write nothing")
+}
+
+// --explain of a changed config must not take the plan lock: running daemons' batches hold it
+// shared, and an exclusive wait would stall them (or fail after the lock timeout).
+func TestApplyExplainTakesNoPlanLock(t *testing.T) {
+	dsn := cinemaDB(t)
+	env := []string{"MATCOL_DATABASE_URL=" + dsn, "MATCOL_STATUS_LISTEN="}
+	r := matcol(t, env, "apply", "-c", writeConfig(t, demo.Config))
+	require.Zero(t, r.code, r.stderr)
+	conn := pgtest.Connect(t, dsn)
+	ctx := context.Background()
+	var before int64
+	require.NoError(t, conn.QueryRow(ctx, `SELECT version FROM matcol.registry_version`).Scan(&before))
+	// A batch in progress.
+	tx, err := conn.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, registry.LockPlan)
+	require.NoError(t, err)
+
+	changed := strings.Replace(demo.Config, "c.name AS cinema_name", "upper(c.name) AS cinema_name", 1)
+	require.NotEqual(t, demo.Config, changed)
+	began := time.Now()
+	r = matcol(t, env, "apply", "--explain", "-c", writeConfig(t, changed))
+	require.Zero(t, r.code, r.stderr)
+	require.Less(t, time.Since(began), 8*time.Second, "--explain waited for the plan lock")
+	require.Contains(t, r.stdout, "enrichment venue_cinema: public.venue (cinema_name)")
+	require.NoError(t, tx.Rollback(ctx))
+	var after int64
+	require.NoError(t, conn.QueryRow(ctx, `SELECT version FROM matcol.registry_version`).Scan(&after))
+	require.Equal(t, before, after)
 }
