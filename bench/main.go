@@ -112,7 +112,11 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 	if o.dir, err = os.MkdirTemp("", "matcol-bench-"); err != nil {
 		return err
 	}
-	defer os.RemoveAll(o.dir)
+	if os.Getenv("MATCOL_BENCH_KEEP") == "" {
+		defer os.RemoveAll(o.dir)
+	} else {
+		fmt.Println("keeping daemon logs in", o.dir)
+	}
 	if o.bin, err = buildMatcol(ctx, o.dir); err != nil {
 		return err
 	}
