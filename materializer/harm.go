@@ -33,6 +33,11 @@ const harmSQL = `SELECT
 	 WHERE l.locktype = 'virtualxid' AND l.granted AND a.usesysid IS NOT NULL
 	   AND coalesce(a.application_name, '') NOT LIKE 'matcol%')::int`
 
+// probeSQL is the timed statement. (A statement of a millisecond of CPU instead of SELECT 1
+// was tried against pgbench tpcb-like, whose clients wait on WAL flushes rather than CPU: neither
+// rose above twice its quiet level there.)
+const probeSQL = `SELECT 1`
+
 // maxLevel bounds the throttle: at worst matcol takes a ninth of the time it would.
 const maxLevel = 8
 
@@ -54,6 +59,8 @@ type harm struct {
 	// Counts since the last update: samples, application transactions seen in flight, lock
 	// waits seen.
 	samples, appTx, lockWaits int
+	lastBusy                  float64 // for the trace log
+	lastLatency               time.Duration
 }
 
 // sample is one reading of the probe; latency is 0 when not timed.
@@ -63,7 +70,7 @@ type sample struct {
 	latency   time.Duration
 }
 
-// probe reads the signals on q, and times the trivial statement when timed.
+// probe reads the signals on q, and times probeSQL when timed.
 func probe(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
 }, timed bool) (sample, error) {
@@ -77,7 +84,7 @@ func probe(ctx context.Context, q interface {
 	// The best of three, so that one unlucky scheduling does not count as load.
 	for i := 0; i < 3; i++ {
 		start := time.Now()
-		if err := q.QueryRow(ctx, `SELECT 1`).Scan(nil); err != nil {
+		if err := q.QueryRow(ctx, probeSQL).Scan(nil); err != nil {
 			return s, fmt.Errorf("probe latency: %w", err)
 		}
 		if d := time.Since(start); i == 0 || d < s.latency {
@@ -106,6 +113,7 @@ func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
 		h.quiet, h.quietAt = latency, now
 	}
 	busy := float64(h.appTx) / float64(max(h.samples, 1))
+	h.lastBusy, h.lastLatency = busy, latency
 	reason := ""
 	switch {
 	case h.lockWaits > 0:
@@ -137,6 +145,9 @@ func (m *Materializer) checkHarm(ctx context.Context, timed bool) {
 	was := int(m.level.Load())
 	level, reason := m.harm.add(s, time.Now())
 	m.level.Store(int32(level))
+	if timed {
+		m.log.Trace("throttle probe", "latency", m.harm.lastLatency, "quiet", m.harm.quiet, "busy", m.harm.lastBusy, "level", level)
+	}
 	switch {
 	case was == 0 && level > 0:
 		m.log.Info("throttling: the application is busy", "reason", reason)

@@ -121,9 +121,12 @@ func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more b
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		// Entries of one key fold into one row: go on while entries come and rows are written.
-		// Rows all held by others wait for the drainer's next look (see noteDirect).
-		more = taken > 0 && len(locked[0]) > 0
+		// Go on while batches come near full (entries of one key fold into one row). A batch that
+		// found the queue nearly empty ends the run: under a steady trickle the next keys come
+		// with the drainer's next look (noteDirect, every poll_interval), many to a batch, rather
+		// than one key per batch and a batch per application transaction. Rows all held by
+		// others also wait for that look.
+		more = taken > 0 && taken*2 >= size && len(locked[0]) > 0
 		if len(held[0]) > 0 {
 			if _, err := tx.Exec(ctx, plan.RequeueKeysSQL, t.plan.ID, keyJSON(held)); err != nil {
 				return fmt.Errorf("queue held rows of %s: %w", t.plan.Table, err)
