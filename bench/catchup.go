@@ -332,6 +332,12 @@ func resyncBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) er
 		return err
 	}
 	backfill := time.Since(start)
+	// A pass writes only rows whose values differ: make every row's differ, so that the resync
+	// writes as many rows as the backfill did. The enrichment does not read sold_count, so the
+	// UPDATE leaves the rows stamped fresh, as drifted rows would be.
+	if _, err := su.Exec(ctx, `UPDATE event_seat_state_change SET sold_count = -1`); err != nil {
+		return err
+	}
 	if _, err := su.Exec(ctx, `VACUUM ANALYZE event_seat_state_change`); err != nil {
 		return err
 	}
@@ -340,8 +346,7 @@ func resyncBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) er
 	}
 	fmt.Println("  logical first start…")
 	var lsn string
-	var since time.Time
-	if err := su.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text, now()`).Scan(&lsn, &since); err != nil {
+	if err := su.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
 		return err
 	}
 	start = time.Now()
@@ -351,11 +356,11 @@ func resyncBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) er
 	}
 	defer d.stop()
 	resync, err := caughtUp(ctx, su, d, start, wait{table: "event_seat_state_change", slot: "matcol", lsn: lsn,
-		mustSee: true, grace: 2 * time.Minute, stampedSince: &since, limit: o.limit})
+		mustSee: true, grace: 2 * time.Minute, logged: `"recomputed every row after a whole-table invalidation"`, limit: o.limit})
 	done := err == nil
 	var left int64
 	if errors.Is(err, errBehind) {
-		err = su.QueryRow(ctx, `SELECT count(*) FROM event_seat_state_change WHERE NOT coalesce(materialized_at >= $1, false)`, since).Scan(&left)
+		err = su.QueryRow(ctx, `SELECT count(*) FROM event_seat_state_change WHERE sold_count = -1`).Scan(&left)
 	}
 	if err != nil {
 		return fmt.Errorf("logical first start: %w\ndaemon log:\n%s", err, m.logTail())
@@ -376,7 +381,7 @@ func resyncBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) er
 	}
 	rate := func(t time.Duration) float64 { return float64(c.resyncRows) / t.Seconds() }
 	r.heading("Logical first-start resync (%d snapshots × %d seats)", c.resyncRows, c.resyncSeats)
-	r.add("The same five-count shape, %d rows, every row fresh. `matcol run` starts in logical mode with the default config and no slot, as the role `%s` (docs/security.md's logical-mode grants: REPLICATION, and membership in the tables' owning role for the publication); a first start queues every row of the target, and the time runs from the process's start until every row has been recomputed (stamped since the start), none is stale, the queue is empty and the new slot streams. `matcol backfill --enrichment seat_counts` (default 2 jobs) recomputes the same rows on the same state before it, and the set-based UPDATE of every row (the better of two) before matcol is installed. `matcol verify --all` then checks the rows (0 drift, or the bench fails).", c.resyncRows, logicalRole)
+	r.add("The same five-count shape, %d rows, every row fresh. `matcol run` starts in logical mode with the default config and no slot, as the role `%s` (docs/security.md's logical-mode grants: REPLICATION, and membership in the tables' owning role for the publication); a first start invalidates every row of the target, which a pass answers, and the time runs from the process's start until the daemon logs the pass's end, no row is stale, the queue is empty and the new slot streams. `matcol backfill --enrichment seat_counts` (default 2 jobs) recomputes the same rows on the same state before it; then an UPDATE of a column the enrichment does not read gives every row a wrong `sold_count`, so that the pass, which writes only rows whose values differ, writes every row as the backfill did, and the set-based UPDATE of every row (the better of two) before matcol is installed. `matcol verify --all` then checks the rows (0 drift, or the bench fails).", c.resyncRows, logicalRole)
 	r.add("")
 	r.add("| method | time | rows/s | speed ÷ backfill | speed ÷ set-based |")
 	r.add("|---|---|---|---|---|")

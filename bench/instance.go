@@ -91,11 +91,10 @@ type wait struct {
 	// clock cannot stop before matcol has heard of the change; fail if none shows within grace.
 	mustSee bool
 	grace   time.Duration
-	// stampedSince: also until every row has been stamped at or after this server time, for a
-	// resync, which a worker may hold in memory between queue and table (checked at most twice
-	// a second, as it reads the whole table).
-	stampedSince *time.Time
-	limit        time.Duration
+	// logged: also until the daemon's log has this message (a pass's end, for a resync, whose
+	// rows are neither stale nor queued while the pass runs).
+	logged string
+	limit  time.Duration
 }
 
 // caughtUp polls every 10 ms until w.table has no stale row and matcol.pending is empty, and
@@ -110,7 +109,7 @@ func caughtUp(ctx context.Context, conn *pgx.Conn, d *daemonProc, start time.Tim
 		lsn = "0/0"
 	}
 	seen := !w.mustSee
-	var lastFull time.Time
+	var lastLog time.Time
 	for {
 		at := time.Now()
 		var busy, streamed bool
@@ -120,17 +119,12 @@ func caughtUp(ctx context.Context, conn *pgx.Conn, d *daemonProc, start time.Tim
 		if busy {
 			seen = true
 		} else if seen && streamed {
-			if w.stampedSince == nil {
+			if w.logged == "" {
 				return at.Sub(start), nil
 			}
-			if time.Since(lastFull) >= 500*time.Millisecond {
-				lastFull = time.Now()
-				var old bool
-				if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+table+` WHERE NOT materialized_at >= $1)`,
-					*w.stampedSince).Scan(&old); err != nil {
-					return 0, fmt.Errorf("poll: %w", err)
-				}
-				if !old {
+			if time.Since(lastLog) >= 100*time.Millisecond {
+				lastLog = time.Now()
+				if b, err := os.ReadFile(d.log); err == nil && strings.Contains(string(b), w.logged) {
 					return at.Sub(start), nil
 				}
 			}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -101,13 +102,26 @@ FROM seat_state GROUP BY change_id WITH NO DATA`
 func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) error {
 	began := time.Now()
 	fmt.Println("starting a throwaway PostgreSQL cluster…")
-	cl, err := pgcluster.Start(ctx, pgcluster.Options{Settings: map[string]string{
+	settings := map[string]string{
 		"shared_buffers": "1GB", "max_wal_size": "8GB", "checkpoint_timeout": "30min",
-		"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}})
+		"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+	// MATCOL_BENCH_PGCONF="name=value;…" adds settings, for a look inside (auto_explain, say).
+	for _, kv := range strings.Split(os.Getenv("MATCOL_BENCH_PGCONF"), ";") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			settings[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	cl, err := pgcluster.Start(ctx, pgcluster.Options{Settings: settings})
 	if err != nil {
 		return err
 	}
 	defer cl.Stop()
+	if os.Getenv("MATCOL_BENCH_KEEP") != "" {
+		defer func() {
+			b, _ := os.ReadFile(filepath.Join(filepath.Dir(cl.DataDir), "server.log"))
+			_ = os.WriteFile(filepath.Join(o.dir, "server.log"), b, 0o644)
+		}()
+	}
 	o.cl = cl
 	if o.dir, err = os.MkdirTemp("", "matcol-bench-"); err != nil {
 		return err

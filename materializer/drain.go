@@ -197,16 +197,18 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 		// Direct entries (target keys) are the workers' (see queue.go), unless their table's
 		// are handed back here.
 		rows, err := tx.Query(ctx, `
-			WITH m AS (SELECT id, target_id FROM matcol.pending
+			WITH m AS (SELECT id, target_id, ctid FROM matcol.pending
 			           WHERE (dependency_id IS NOT NULL OR vals = '[]'::jsonb) AND target_id = ANY($2)
 			           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
-			     k AS (SELECT id, target_id FROM matcol.pending
+			     k AS (SELECT id, target_id, ctid FROM matcol.pending
 			           WHERE target_id = ANY($4) AND dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb
 			           ORDER BY target_id, id LIMIT $1 FOR UPDATE SKIP LOCKED),
-			     c AS (SELECT * FROM m UNION ALL SELECT * FROM k),
+			     c AS MATERIALIZED (SELECT * FROM m UNION ALL SELECT * FROM k),
 			     t AS (SELECT target_id FROM c GROUP BY target_id ORDER BY min(id) LIMIT $3)
-			DELETE FROM matcol.pending p USING c
-			WHERE p.id = c.id AND c.target_id IN (SELECT target_id FROM t)
+			-- By ctid (a TID scan): a join to the queue followed the queue's statistics, often an
+			-- empty queue's, and scanned every entry (see plan.QueueTakeSQL).
+			DELETE FROM matcol.pending p
+			WHERE p.ctid = ANY (ARRAY(SELECT ctid FROM c WHERE target_id IN (SELECT target_id FROM t)))
 			RETURNING p.target_id, p.dependency_id, p.vals::text, p.enqueued_at`, size, ids, drainTargets, m.directOffIDs())
 		if err != nil {
 			return fmt.Errorf("take queued invalidations: %w", err)

@@ -510,12 +510,17 @@ func QueueTakeSQL(t *Target) string {
 	for i, k := range t.Key {
 		casts[i] = fmt.Sprintf("(e.vals->>%d)::%s AS %s", i, k.Type, ident(k.Name))
 	}
-	return fmt.Sprintf(`WITH e AS (
-  DELETE FROM matcol.pending WHERE id IN (
-    SELECT id FROM matcol.pending
-    WHERE target_id = $1 AND dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb
-    ORDER BY target_id, id LIMIT $2 FOR UPDATE SKIP LOCKED)
-  RETURNING vals, enqueued_at),
+	// The entries are picked once, in a CTE of their own, and deleted by ctid: the queue's
+	// statistics are often those of an empty queue (autovacuum ran after it drained), and with
+	// them the planner joined the picked ids to the whole queue, a scan of every entry per batch.
+	// A TID scan does not depend on them. The picked rows are locked, so their ctids hold.
+	return fmt.Sprintf(`WITH p AS MATERIALIZED (
+  SELECT ctid FROM matcol.pending
+  WHERE target_id = $1 AND dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb
+  ORDER BY target_id, id LIMIT $2 FOR UPDATE SKIP LOCKED),
+e AS (
+  DELETE FROM matcol.pending d WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM p))
+  RETURNING d.vals, d.enqueued_at),
 %s AS (SELECT %s, min(e.enqueued_at) AS at FROM e GROUP BY %s),
 %s AS (SELECT %s, %s.at FROM %s AS %s JOIN %s ON %s ORDER BY %s FOR NO KEY UPDATE OF %s SKIP LOCKED)
 SELECT 'l', %s.at, %s FROM %s
