@@ -54,6 +54,11 @@ func TestPartitionedSource(t *testing.T) {
 				`INSERT INTO event SELECT g, 11, 1 FROM generate_series(2100, 2109) g`,
 				`TRUNCATE event_3`,
 				`TRUNCATE event_2`,
+				// Rows that arrive or leave with a partition fire no trigger and decode to nothing.
+				`CREATE TABLE event_4 (LIKE event INCLUDING ALL);
+				 INSERT INTO event_4 SELECT g, 12, 7 FROM generate_series(3000, 3009) g;
+				 ALTER TABLE event ATTACH PARTITION event_4 FOR VALUES FROM (3000) TO (4000)`,
+				`ALTER TABLE event DETACH PARTITION event_1`,
 			} {
 				if mode == "trigger" && step == `TRUNCATE event_3` {
 					// TRUNCATE has no row triggers to clone: the daemon adds the new partition's.
