@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/matcol/matcol/internal/pgtest"
 	"github.com/matcol/matcol/plan"
 	"github.com/matcol/matcol/registry"
 )
@@ -277,4 +278,26 @@ CREATE TABLE %[1]s.item (id int PRIMARY KEY, label varchar, total bigint, materi
 	require.Equal(t, "t1", p.Targets[0].Table.Schema)
 	require.Len(t, p.Skipped, 1)
 	require.Contains(t, p.Skipped[0], "enrichment item_label on t2.item: its sql resolves to t2.lower(character varying), which schema t2 itself defines in place of the built-in lower")
+}
+
+// The sample writes rows (and rolls them back): one the application holds must not fail apply.
+func TestSampleSkipsRowsTheApplicationHolds(t *testing.T) {
+	b := setup(t, `INSERT INTO venue (id, name) VALUES (1, 'a'), (2, 'b')`)
+	ctx := context.Background()
+	other := pgtest.Connect(t, b.dsn)
+	tx2, err := other.Begin(ctx)
+	require.NoError(t, err)
+	defer tx2.Rollback(ctx)
+	_, err = tx2.Exec(ctx, `SELECT * FROM venue WHERE id = 1 FOR UPDATE`)
+	require.NoError(t, err)
+
+	tx, err := b.conn.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx)
+	_, err = tx.Exec(ctx, `SET LOCAL lock_timeout = '200ms'`)
+	require.NoError(t, err)
+	p, err := plan.Build(ctx, tx, []registry.Enrichment{seats(registry.Dependency{Source: table("", "event"), Columns: []string{"venue_id"}})})
+	require.NoError(t, err)
+	require.NoError(t, plan.Sample(ctx, tx, p, 100))
+	require.Contains(t, strings.Join(p.Warnings, "\n"), "enrichment venue_seats: not sampled on rows of public.venue, which the application held")
 }

@@ -27,15 +27,17 @@ CREATE TABLE "Ünï ""q"""."Line item" ("Item Id" int, "Qty" int, "prix €" num
 
 type bundle struct {
 	conn *pgx.Conn
+	dsn  string
 }
 
 func setup(t *testing.T, ddl string) bundle {
 	t.Helper()
-	conn := pgtest.Connect(t, pgtest.NewDB(t))
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
 	_, err := registry.Install(context.Background(), conn)
 	require.NoError(t, err)
 	pgtest.Exec(t, conn, readsSchema+ddl)
-	return bundle{conn: conn}
+	return bundle{conn: conn, dsn: dsn}
 }
 
 // build builds a plan of defs inside a transaction that is rolled back.

@@ -2,9 +2,11 @@ package plan
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // SampleInstances is how many schemas of each template Sample runs in.
@@ -56,6 +58,13 @@ func Sample(ctx context.Context, tx pgx.Tx, p *Plan, rows int) error {
 				if err == nil {
 					continue
 				}
+				if contention(err) {
+					// The sample writes (and rolls back) rows the application may be writing:
+					// a deadlock or a lock wait says nothing about the definition.
+					p.Warnings = append(p.Warnings, fmt.Sprintf("enrichment %s: not sampled on rows of %s, which the application held: %s",
+						e.Name, t.Table, pgMessage(err)))
+					continue
+				}
 				msg := fmt.Sprintf("enrichment %s: fails on existing rows of %s: %s", e.Name, t.Table, pgMessage(err))
 				if e.Schema != "" {
 					p.Warnings = append(p.Warnings, msg)
@@ -72,4 +81,17 @@ func Sample(ctx context.Context, tx pgx.Tx, p *Plan, rows int) error {
 		return &ValidationError{Problems: problems}
 	}
 	return nil
+}
+
+// contention reports a deadlock, a serialization failure or a lock not granted in time.
+func contention(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.Code {
+	case "40P01", "40001", "55P03":
+		return true
+	}
+	return false
 }
