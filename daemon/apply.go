@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -133,24 +134,23 @@ func apply(ctx context.Context, cfg *config.Config, log hclog.Logger, explain bo
 				// The registry stays untouched: syncing it would hold the plan lock, and stop
 				// running daemons' batches, until the rollback.
 				rep.Plan = p
-				if err := plan.Sample(ctx, tx, rep.Plan, 100); err != nil {
+			} else {
+				if rep.Changes, err = registry.Sync(ctx, tx, p.Definitions()); err != nil {
 					return err
 				}
-				return errExplained
+				log.Debug("synced the registry", "elapsed", time.Since(start).Round(time.Millisecond))
 			}
-			if rep.Changes, err = registry.Sync(ctx, tx, p.Definitions()); err != nil {
+		}
+		if rep.Plan == nil {
+			loaded, err := registry.Load(ctx, tx)
+			if err != nil {
 				return err
 			}
-			log.Debug("synced the registry", "elapsed", time.Since(start).Round(time.Millisecond))
+			if rep.Plan, err = plan.BuildWith(ctx, tx, loaded, opts); err != nil {
+				return err
+			}
+			log.Debug("validated", "targets", len(rep.Plan.Targets), "elapsed", time.Since(start).Round(time.Millisecond))
 		}
-		loaded, err := registry.Load(ctx, tx)
-		if err != nil {
-			return err
-		}
-		if rep.Plan, err = plan.BuildWith(ctx, tx, loaded, opts); err != nil {
-			return err
-		}
-		log.Debug("validated", "targets", len(rep.Plan.Targets), "elapsed", time.Since(start).Round(time.Millisecond))
 		if err := plan.Sample(ctx, tx, rep.Plan, 100); err != nil {
 			return err
 		}
@@ -172,7 +172,7 @@ func apply(ctx context.Context, cfg *config.Config, log hclog.Logger, explain bo
 			}
 		}
 		// New tenants of a template, and new partitions of a partitioned source, are heard at once.
-		if rep.DDLTrigger, err = trigger.SyncDDLTrigger(ctx, tx, len(rep.Plan.Templates) > 0 || partitionedSource(rep.Plan)); err != nil {
+		if rep.DDLTrigger, err = trigger.SyncDDLTrigger(ctx, tx, len(rep.Plan.Templates) > 0 || slices.ContainsFunc(rep.Plan.Sources, (*plan.Source).Partitioned)); err != nil {
 			return err
 		}
 		if cfg.Invalidation.Mode == "logical" {
@@ -274,12 +274,3 @@ func LoadPlan(ctx context.Context, db interface {
 }
 
 func retryDelay(attempt int) time.Duration { return dial.Backoff(attempt, 30*time.Second) }
-
-func partitionedSource(p *plan.Plan) bool {
-	for _, s := range p.Sources {
-		if s.Relation.Kind == 'p' {
-			return true
-		}
-	}
-	return false
-}

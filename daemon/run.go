@@ -333,7 +333,7 @@ func (d *Daemon) rescan(ctx context.Context, forced bool, st *rescanState) error
 func sourcePartitions(ctx context.Context, q discovery.Querier, p *plan.Plan) (map[uint32]string, error) {
 	out := map[uint32]string{}
 	for _, s := range p.Sources {
-		if s.Relation.Kind != 'p' {
+		if !s.Partitioned() {
 			continue
 		}
 		parts, err := discovery.Partitions(ctx, q, s.OID)

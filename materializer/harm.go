@@ -33,9 +33,7 @@ const harmSQL = `SELECT
 	 WHERE l.locktype = 'virtualxid' AND l.granted AND a.usesysid IS NOT NULL
 	   AND coalesce(a.application_name, '') NOT LIKE 'matcol%')::int`
 
-// probeSQL is the timed statement. (A statement of a millisecond of CPU instead of SELECT 1
-// was tried against pgbench tpcb-like, whose clients wait on WAL flushes rather than CPU: neither
-// rose above twice its quiet level there.)
+// probeSQL is the timed statement.
 const probeSQL = `SELECT 1`
 
 // maxLevel bounds the throttle: at worst matcol takes a ninth of the time it would.

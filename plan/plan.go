@@ -88,6 +88,9 @@ type Source struct {
 	Hash    string
 }
 
+// Partitioned reports a partitioned table, whose rows live in its partitions.
+func (s *Source) Partitioned() bool { return s.Relation.Kind == 'p' }
+
 // Dep is one dependency of an enrichment on a source.
 type Dep struct {
 	registry.Dependency

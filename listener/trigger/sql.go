@@ -169,7 +169,7 @@ func truncateTargets(s *plan.Source) string {
 // (old and new), TRUNCATE every row of the targets.
 func SourceFunctionSQL(s *plan.Source) string {
 	rootReset := ""
-	if s.Relation.Kind == 'p' {
+	if s.Partitioned() {
 		rootReset = fmt.Sprintf("PERFORM set_config(%s, '', true);\n  ", literal(rootSetting(s)))
 	}
 	return fmt.Sprintf(`CREATE OR REPLACE FUNCTION matcol.%s() RETURNS trigger
@@ -213,7 +213,7 @@ func SourceTriggersSQL(s *plan.Source) map[string]string {
 		TrigDelete:   fmt.Sprintf("CREATE TRIGGER %s AFTER DELETE ON %s REFERENCING OLD TABLE AS matcol_old FOR EACH STATEMENT EXECUTE FUNCTION %s()", TrigDelete, tbl, fn),
 		TrigTruncate: fmt.Sprintf("CREATE TRIGGER %s AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()", TrigTruncate, tbl, fn),
 	}
-	if !(s.Relation.Kind == 'p') {
+	if !s.Partitioned() {
 		return out
 	}
 	row := "matcol." + ident(RowFunction(s))

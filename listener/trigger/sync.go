@@ -159,41 +159,34 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 			at(t).functions = append(at(t).functions, sql)
 		}
 	}
-	if p != nil && !stale {
-		for _, s := range p.Sources {
-			if s.Relation.Kind != 'p' {
-				continue
-			}
-			function(s.Table, TruncFunction(s), TruncFunctionSQL(s))
-			parts, err := discovery.Partitions(ctx, tx, s.OID)
-			if err != nil {
-				return nil, false, err
-			}
-			for _, part := range parts {
-				want(part.Name, PartitionTriggersSQL(part.Name.Sanitize(), TruncFunction(s)))
-			}
-		}
-	}
-	if p != nil && stale {
-		for _, s := range p.Sources {
-			function(s.Table, SourceFunction(s), SourceFunctionSQL(s))
-			want(s.Table, SourceTriggersSQL(s))
-			if s.Relation.Kind != 'p' {
-				continue
-			}
-			function(s.Table, RowFunction(s), RowFunctionSQL(s))
-			function(s.Table, RootFunction(s), RootFunctionSQL(s))
-			function(s.Table, SourceWatchFunction(s), SourceWatchFunctionSQL(s))
-			parts, err := discovery.Partitions(ctx, tx, s.OID)
-			if err != nil {
-				return nil, false, err
-			}
-			for _, part := range parts {
-				want(part.Name, PartitionTriggersSQL(part.Name.Sanitize(), SourceFunction(s)))
-			}
-		}
-	}
 	if p != nil {
+		for _, s := range p.Sources {
+			// A partition's TRUNCATE trigger calls the source's statement function in trigger
+			// mode, and in logical mode one that only invalidates the targets.
+			truncFn := SourceFunction(s)
+			if stale {
+				function(s.Table, SourceFunction(s), SourceFunctionSQL(s))
+				want(s.Table, SourceTriggersSQL(s))
+			}
+			if !s.Partitioned() {
+				continue
+			}
+			if stale {
+				function(s.Table, RowFunction(s), RowFunctionSQL(s))
+				function(s.Table, RootFunction(s), RootFunctionSQL(s))
+				function(s.Table, SourceWatchFunction(s), SourceWatchFunctionSQL(s))
+			} else {
+				truncFn = TruncFunction(s)
+				function(s.Table, truncFn, TruncFunctionSQL(s))
+			}
+			parts, err := discovery.Partitions(ctx, tx, s.OID)
+			if err != nil {
+				return nil, false, err
+			}
+			for _, part := range parts {
+				want(part.Name, PartitionTriggersSQL(part.Name.Sanitize(), truncFn))
+			}
+		}
 		for _, t := range p.Targets {
 			function(t.Table, SelfFunction(t), SelfFunctionSQL(t))
 			function(t.Table, SelfWatchFunction(t), SelfWatchFunctionSQL(t))
