@@ -196,11 +196,18 @@ func TestBackfillRetriesAfterDeadlock(t *testing.T) {
 	require.NoError(t, err)
 	_, err = appTx.Exec(ctx, `UPDATE venue SET materialized_at = materialized_at WHERE id = 2`)
 	require.NoError(t, err)
+	// PostgreSQL aborts the backend whose deadlock check runs first after the cycle forms, and
+	// each waiter checks once, deadlock_timeout after it began to wait. The backfill checks after
+	// 5 s, by when the application surely waits too; the application only after 60 s.
+	_, err = appTx.Exec(ctx, `SET LOCAL deadlock_timeout = '60s'`)
+	require.NoError(t, err)
 
 	spec := materializer.BackfillSpec{Target: b.plan.Targets[0], Enrichments: b.plan.Targets[0].Enrichments}
-	bf := b.openBackfill(t, spec)
+	bf := b.openBackfill(t, spec, `SET deadlock_timeout = '5s'`)
+	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- bf.Run(ctx, nil) }()
+	go func() { done <- bf.Run(runCtx, nil) }()
+	t.Cleanup(func() { cancel(); <-done }) // before the connection closes
 	// The backfill holds venue 1 and waits for venue 2; the application then wants venue 1.
 	require.Eventually(t, func() bool {
 		var waiting bool
@@ -213,6 +220,7 @@ func TestBackfillRetriesAfterDeadlock(t *testing.T) {
 	require.NoError(t, appTx.Commit(ctx))
 	select {
 	case err := <-done:
+		done <- err // for the cleanup
 		require.NoError(t, err)
 	case <-time.After(20 * time.Second):
 		t.Fatal("the backfill did not finish")
@@ -223,12 +231,17 @@ func TestBackfillRetriesAfterDeadlock(t *testing.T) {
 }
 
 // openBackfill starts spec's backfill over on a connection of its own, closed after the test.
-func (b *bundle) openBackfill(t *testing.T, spec materializer.BackfillSpec) *materializer.Backfill {
+// Statements in setup run on that connection first.
+func (b *bundle) openBackfill(t *testing.T, spec materializer.BackfillSpec, setup ...string) *materializer.Backfill {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := dial.Connect(ctx, b.dsn, "backfill")
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close(ctx) })
+	for _, sql := range setup {
+		_, err := conn.Exec(ctx, sql)
+		require.NoError(t, err)
+	}
 	bf, err := materializer.OpenBackfill(ctx, conn, spec, true, hclog.NewNullLogger())
 	require.NoError(t, err)
 	return bf
