@@ -196,3 +196,90 @@ func TestWatchedColumnsChangeKeepsTriggers(t *testing.T) {
 	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM venue WHERE materialized_at IS NULL`).Scan(&stale))
 	require.Equal(t, 1, stale, "now it does")
 }
+
+// The self trigger function reads the watched columns by name: a column dropped, renamed or
+// retyped in the writer's own transaction never fails the writer, and counts as a change; one
+// dropped and added again is read anew. Columns compare by what the value is, not by the type's
+// equality.
+func TestSelfWatchSurvivesDDLInTheWritersTransaction(t *testing.T) {
+	conn := setup(t)
+	reads := []registry.Enrichment{defs[0]}
+	reads[0].Self = nil
+	reads[0].SQL = `SELECT v.id, (sum(e.seats) + length(max(v.name)))::bigint AS seat_count FROM venue v LEFT JOIN event e ON e.venue_id = v.id WHERE v.id = ANY($1) GROUP BY v.id`
+	apply(t, conn, reads)
+	ctx := context.Background()
+	stale := func(id int) bool {
+		var s bool
+		require.NoError(t, conn.QueryRow(ctx, `SELECT materialized_at IS NULL FROM venue WHERE id = $1`, id).Scan(&s))
+		return s
+	}
+	pgtest.Exec(t, conn, `UPDATE venue SET name = 'a'`)
+	pgtest.Exec(t, conn, `UPDATE venue SET materialized_at = now()`)
+	pgtest.Exec(t, conn, `UPDATE venue SET seat_count = 7 WHERE id = 1`)
+	require.False(t, stale(1), "seat_count is matcol's own")
+	for _, ddl := range []string{
+		`ALTER TABLE venue DROP COLUMN name`,
+		`ALTER TABLE venue RENAME COLUMN name TO title`,
+		`ALTER TABLE venue ALTER COLUMN name TYPE varchar(20)`,
+	} {
+		pgtest.Exec(t, conn, `UPDATE venue SET materialized_at = now()`)
+		tx, err := conn.Begin(ctx)
+		require.NoError(t, err)
+		_, err = tx.Exec(ctx, ddl)
+		require.NoError(t, err, "no matcol trigger depends on a column: %s", ddl)
+		var isNull bool
+		require.NoError(t, tx.QueryRow(ctx, `UPDATE venue SET seat_count = 8 WHERE id = 2 RETURNING materialized_at IS NULL`).Scan(&isNull),
+			"the writer's UPDATE after %s", ddl)
+		require.NoError(t, tx.Rollback(ctx))
+		if ddl != `ALTER TABLE venue ALTER COLUMN name TYPE varchar(20)` {
+			require.True(t, isNull, "after %s the watch cannot read the column: it counts as a change", ddl)
+		}
+	}
+
+	// Another session drops the column and adds it again: this session's trigger reads the new one.
+	pgtest.Exec(t, conn, `UPDATE venue SET materialized_at = now()`)
+	other, err := pgx.ConnectConfig(ctx, conn.Config().Copy())
+	require.NoError(t, err)
+	pgtest.Exec(t, other, `ALTER TABLE venue DROP COLUMN name; ALTER TABLE venue ADD COLUMN name text`)
+	require.NoError(t, other.Close(ctx))
+	pgtest.Exec(t, conn, `UPDATE venue SET name = 'new' WHERE id = 4`)
+	require.True(t, stale(4), "the column added again is the one compared")
+
+	pgtest.Exec(t, conn, `ALTER TABLE venue ADD COLUMN price numeric`)
+	reads[0].SQL = `SELECT v.id, length(max(v.price)::text)::bigint AS seat_count FROM venue v WHERE v.id = ANY($1) GROUP BY v.id`
+	reads[0].DependsOn = nil
+	apply(t, conn, reads)
+	pgtest.Exec(t, conn, `UPDATE venue SET price = 1.0`)
+	pgtest.Exec(t, conn, `UPDATE venue SET materialized_at = now()`)
+	pgtest.Exec(t, conn, `UPDATE venue SET price = 1.0 WHERE id = 3`)
+	require.False(t, stale(3), "the same value")
+	pgtest.Exec(t, conn, `UPDATE venue SET price = 1.00 WHERE id = 3`)
+	require.True(t, stale(3), "1.00 = 1.0 as numerics, but the enrichment prints them apart")
+}
+
+// The trigger functions pin no search_path (that costs every write about 10 µs): every name in
+// them is qualified, so a writer's search_path that shadows pg_catalog's functions and
+// operators changes nothing, and never runs the writer's code as matcol.
+func TestTriggersIgnoreTheWritersSearchPath(t *testing.T) {
+	conn := setup(t)
+	pgtest.Exec(t, conn, `
+		CREATE SCHEMA evil;
+		CREATE TABLE evil.calls (fn text, who text);
+		CREATE FUNCTION evil.to_jsonb(anyelement) RETURNS jsonb LANGUAGE sql AS
+		  $$INSERT INTO evil.calls VALUES ('to_jsonb', current_user) RETURNING '{"venue_id": 5}'::jsonb$$;
+		CREATE FUNCTION evil.unnest(anyarray) RETURNS SETOF anyelement LANGUAGE sql AS
+		  $$INSERT INTO evil.calls VALUES ('unnest', current_user); SELECT x FROM pg_catalog.unnest($1) x$$;
+		CREATE FUNCTION evil.jsonb_build_array(jsonb) RETURNS jsonb LANGUAGE sql AS
+		  $$INSERT INTO evil.calls VALUES ('jsonb_build_array', current_user) RETURNING '[5]'::jsonb$$;
+		CREATE FUNCTION evil.set_config(text, text, boolean) RETURNS text LANGUAGE sql AS
+		  $$INSERT INTO evil.calls VALUES ('set_config', current_user) RETURNING ''$$;`)
+	pgtest.Exec(t, conn, `SET search_path = evil, public, pg_catalog`)
+	pgtest.Exec(t, conn, `INSERT INTO event VALUES (30, 2, 1, 'x')`)
+	pgtest.Exec(t, conn, `UPDATE event SET venue_id = 3 WHERE id = 30`)
+	pgtest.Exec(t, conn, `UPDATE venue SET name = 'z' WHERE id = 4`)
+	pgtest.Exec(t, conn, `RESET search_path`)
+	require.Equal(t, []string{"[2]", "[2]", "[3]", "[]"}, queued(t, conn))
+	var calls int
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM evil.calls`).Scan(&calls))
+	require.Zero(t, calls, "no function of the writer's search_path ran")
+}
