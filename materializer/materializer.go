@@ -156,6 +156,7 @@ type target struct {
 	nextDueSQL  string
 
 	queued  bool
+	claim   bool // a claim of stale rows may find some; queued keys alone do not set it
 	running int
 	more    bool // the last batch was full
 	dirty   bool // marked while a batch ran
@@ -209,7 +210,7 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 			size = n
 		}
 		t := &target{plan: pt, version: p.Version, claimSQL: plan.ClaimSQL(pt), writeSQL: plan.WriteSQL(pt, pt.Enrichments, true),
-			batchSize: size, minInterval: pt.MinInterval()}
+			batchSize: size, minInterval: pt.MinInterval(), claim: true}
 		if t.minInterval > 0 {
 			t.debounceSQL, t.nextDueSQL = plan.DebounceSQL(pt), plan.NextDueSQL(pt)
 		}
@@ -303,6 +304,13 @@ func (m *Materializer) sweepSome(n int) {
 }
 
 func (m *Materializer) markLocked(t *target) {
+	t.claim = true
+	m.nudgeLocked(t)
+}
+
+// nudgeLocked queues t for a worker without a claim of stale rows: queued keys are taken by
+// queue batches, and a claim on a table without an index on stale rows scans it whole.
+func (m *Materializer) nudgeLocked(t *target) {
 	if t.running > 0 {
 		t.dirty = true
 	}
@@ -473,11 +481,16 @@ func (m *Materializer) work(ctx context.Context, t *target) (n int, more bool, e
 			return n, more, err
 		}
 	}
-	var claimed int
-	claimed, more, err = m.batch(ctx, t)
-	n += claimed
-	if err != nil || more {
-		return n, more, err
+	if m.takeClaim(t) {
+		var claimed int
+		claimed, more, err = m.batch(ctx, t)
+		n += claimed
+		if err != nil || more {
+			m.mu.Lock()
+			t.claim = true
+			m.mu.Unlock()
+			return n, more, err
+		}
 	}
 	if w := m.takeWalk(t); w != nil {
 		return m.walkChunk(ctx, t, w)
@@ -489,6 +502,15 @@ func (m *Materializer) work(ctx context.Context, t *target) (n int, more bool, e
 	return n, false, nil
 }
 
+// takeClaim reports whether t's next unit of work claims stale rows, clearing the flag.
+func (m *Materializer) takeClaim(t *target) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := t.claim
+	t.claim = false
+	return c
+}
+
 // MaterializeAll runs batches on every target until none has stale rows left, in the calling
 // goroutine. Tests and one-shot catch-ups use it.
 func (m *Materializer) MaterializeAll(ctx context.Context) (int, error) {
@@ -497,6 +519,7 @@ func (m *Materializer) MaterializeAll(ctx context.Context) (int, error) {
 		m.mu.Lock()
 		targets := make([]*target, 0, len(m.byID))
 		for _, t := range m.byID {
+			t.claim = true
 			targets = append(targets, t)
 		}
 		m.mu.Unlock()

@@ -45,7 +45,7 @@ func (m *Materializer) noteDirect(ctx context.Context) (int, error) {
 	for _, id := range ids {
 		if t := m.byID[int(id)]; t != nil && m.directOnLocked(t, now) {
 			t.direct = true
-			m.markLocked(t)
+			m.nudgeLocked(t)
 		}
 	}
 	return len(ids), nil
