@@ -55,6 +55,9 @@ func grantMatcol(ctx context.Context, conn *pgx.Conn, db, role, mode string, tar
 		`GRANT CREATE ON DATABASE ` + pgx.Identifier{db}.Sanitize() + ` TO ` + r,
 		`GRANT USAGE ON SCHEMA public TO ` + r,
 		`GRANT SELECT, UPDATE` + trigger + ` ON ` + list(targets) + ` TO ` + r,
+		// The monitoring grant docs/security.md recommends: the throttle reads the application's
+		// WAL waits in pg_stat_activity.
+		`GRANT pg_read_all_stats TO ` + r,
 	}
 	if len(sources) > 0 {
 		stmts = append(stmts, `GRANT SELECT`+trigger+` ON `+list(sources)+` TO `+r)

@@ -94,6 +94,10 @@ type Throttle struct {
 	// LatencyFactor throttles while application transactions are in flight and a trivial
 	// statement takes this many times its quiet latency; 0 disables. Defaults to 4.
 	LatencyFactor float64 `mapstructure:"latency_factor"`
+	// MaxDelay bounds how long matcol yields: at the throttle's highest level work waits while the
+	// oldest waiting change is younger than this, and past it runs without pauses. 0 never
+	// waits. Defaults to 30s.
+	MaxDelay time.Duration `mapstructure:"max_delay"`
 }
 
 // Enrichment is one registered query computing some columns of one target table.
@@ -171,7 +175,7 @@ func Defaults() Config {
 			MaxRetainedWAL: 1 << 30,
 		},
 		Status:   Status{Listen: "127.0.0.1:9180"},
-		Throttle: Throttle{MaxReplicaLag: 30 * time.Second, LatencyFactor: 4},
+		Throttle: Throttle{MaxReplicaLag: 30 * time.Second, LatencyFactor: 4, MaxDelay: 30 * time.Second},
 		Materializer: Materializer{
 			Workers:             4,
 			BatchSize:           500,
@@ -273,6 +277,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Throttle.LatencyFactor < 0 || (c.Throttle.LatencyFactor > 0 && c.Throttle.LatencyFactor < 1.5) {
 		p.add("throttle.latency_factor", "must be 0 (off) or at least 1.5")
+	}
+	if c.Throttle.MaxDelay < 0 {
+		p.add("throttle.max_delay", "must not be negative")
 	}
 	if c.Database.MaxConnLifetime < 0 {
 		p.add("database.max_conn_lifetime", "must not be negative")

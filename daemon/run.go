@@ -144,6 +144,7 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		SweepInterval:       cfg.Materializer.SweepInterval,
 		MaxReplicaLag:       cfg.Throttle.MaxReplicaLag,
 		LatencyFactor:       latencyFactor(cfg.Throttle.LatencyFactor),
+		MaxDelay:            maxDelay(cfg.Throttle.MaxDelay),
 	}, log.Named("materializer"))
 	d := &Daemon{cfg: cfg, log: log, pool: pool, Mat: m, started: time.Now(), freshness: status.NewFreshnessHistogram(),
 		Version: "dev", cache: guard, rescanNow: make(chan struct{}, 1), reloadNow: make(chan struct{}, 1)}
@@ -442,6 +443,14 @@ func logChanges(log hclog.Logger, changes []trigger.Change) {
 	for _, c := range changes {
 		log.Info(c.Action, "table", c.Table.String())
 	}
+}
+
+// maxDelay maps the config's 0 (never wait) to the materializer's negative.
+func maxDelay(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // latencyFactor maps the config's 0 (off) to the materializer's negative (off).

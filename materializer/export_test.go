@@ -7,3 +7,6 @@ func (m *Materializer) DirectToDrainer() {
 	m.directOffAll = true
 	m.mu.Unlock()
 }
+
+// PinThrottle holds the throttle at level, whatever the probe reads.
+func (m *Materializer) PinThrottle(level int) { m.pinLevel.Store(int32(level)) }

@@ -10,18 +10,27 @@ import (
 
 // Throttling answers evidence that the application suffers, never matcol's own batch times: a
 // bigger or colder batch on an idle database says nothing about anyone else. Four times a second
-// a probe counts application backends inside a transaction and those waiting on a lock a matcol
-// backend holds; once a second it times a trivial statement. Then (beside replica lag, which
-// holds all work):
+// a probe counts application backends inside a transaction, those waiting on a lock a matcol
+// backend holds, and those waiting for the WAL; once a second it times a trivial statement. Then
+// (beside replica lag, which holds all work):
 //   - any lock wait matcol causes, or
-//   - a trivial statement slower than latency_factor times its quiet level while the application
-//     keeps at least busyBackends transactions in flight on average (it competes with matcol for
-//     the server; a lone poller does not count)
+//   - a trivial statement slower than latency_factor times its quiet level, or
+//   - at least walWaiters application backends waiting for the WAL on average (its commits queue
+//     for the WAL, and every byte matcol writes makes the queue longer: pgbench's tpcb-like runs
+//     there, answering SELECT 1 as fast as when quiet),
+//     while the application keeps at least busyBackends transactions in flight on average (it
+//     competes with matcol for the server; a lone poller does not count)
 // raises the throttle level, which halves again each quiet second. At level k a worker sleeps k
-// times as long as each batch took, and only one worker runs.
+// times as long as each batch took, and only one worker runs. At the highest level no worker
+// runs, as long as the oldest waiting change is younger than max_delay: a batch's rows cost the
+// application the same WAL and buffers however long the pause after it, so only waiting spares
+// it (pgbench tpcb-like: 0.66x at level 8 with pauses). Past max_delay workers run without
+// pauses until it is younger again, which bounds how stale a yield leaves any row.
 
-// harmSQL counts, in one read that needs no privilege: application backends waiting on a lock
-// held by a matcol backend, and application backends inside a transaction. Background
+// harmSQL counts, in one read: application backends waiting on a lock held by a matcol backend,
+// application backends inside a transaction, and application backends waiting to insert, write
+// or flush WAL (wait event names of PostgreSQL 13 and 14+). The first two need no privilege; the
+// wait events of other roles' backends show only to members of pg_read_all_stats. Background
 // processes have no user; matcol's sessions are told apart by application_name.
 const harmSQL = `SELECT
 	(SELECT count(*) FROM pg_locks w
@@ -31,6 +40,10 @@ const harmSQL = `SELECT
 	               WHERE a.application_name LIKE 'matcol%'))::int,
 	(SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 	 WHERE l.locktype = 'virtualxid' AND l.granted AND a.usesysid IS NOT NULL
+	   AND coalesce(a.application_name, '') NOT LIKE 'matcol%')::int,
+	(SELECT count(*) FROM pg_stat_activity a
+	 WHERE a.backend_type = 'client backend' AND a.state = 'active'
+	   AND a.wait_event IN ('WALWrite', 'WALSync', 'WALInsert', 'WALBufMapping', 'WALWriteLock', 'WALBufMappingLock')
 	   AND coalesce(a.application_name, '') NOT LIKE 'matcol%')::int`
 
 // probeSQL is the timed statement.
@@ -42,6 +55,10 @@ const maxLevel = 8
 // busyBackends is how many application transactions must be in flight on average for a slow
 // probe to count as the application's trouble.
 const busyBackends = 2
+
+// walWaiters is how many application backends must wait for the WAL on average to count as harm:
+// one always waiting means its commits queue.
+const walWaiters = 1.0
 
 // latencySlack is how much slower than quiet the probe must also be, in absolute terms: a
 // scheduler's hiccup of a millisecond is no one's trouble.
@@ -55,16 +72,17 @@ type harm struct {
 	level   int
 	reason  string
 	// Counts since the last update: samples, application transactions seen in flight, lock
-	// waits seen.
-	samples, appTx, lockWaits int
-	lastBusy                  float64 // for the trace log
-	lastLatency               time.Duration
+	// waits seen, backends seen waiting for the WAL.
+	samples, appTx, lockWaits, walWaits int
+	lastBusy, lastWAL                   float64 // for the trace log
+	lastLatency                         time.Duration
 }
 
 // sample is one reading of the probe; latency is 0 when not timed.
 type sample struct {
 	lockWaits int
 	appTx     int
+	walWaits  int
 	latency   time.Duration
 }
 
@@ -73,7 +91,7 @@ func probe(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
 }, timed bool) (sample, error) {
 	var s sample
-	if err := q.QueryRow(ctx, harmSQL).Scan(&s.lockWaits, &s.appTx); err != nil {
+	if err := q.QueryRow(ctx, harmSQL).Scan(&s.lockWaits, &s.appTx, &s.walWaits); err != nil {
 		return s, fmt.Errorf("read lock waits and activity: %w", err)
 	}
 	if !timed {
@@ -98,6 +116,7 @@ func (h *harm) add(s sample, now time.Time) (int, string) {
 	h.samples++
 	h.appTx += s.appTx
 	h.lockWaits += s.lockWaits
+	h.walWaits += s.walWaits
 	if s.latency == 0 {
 		return h.level, h.reason
 	}
@@ -111,7 +130,8 @@ func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
 		h.quiet, h.quietAt = latency, now
 	}
 	busy := float64(h.appTx) / float64(max(h.samples, 1))
-	h.lastBusy, h.lastLatency = busy, latency
+	wal := float64(h.walWaits) / float64(max(h.samples, 1))
+	h.lastBusy, h.lastWAL, h.lastLatency = busy, wal, latency
 	reason := ""
 	switch {
 	case h.lockWaits > 0:
@@ -119,8 +139,11 @@ func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
 	case h.factor > 0 && busy >= busyBackends && latency > time.Duration(float64(h.quiet)*h.factor) && latency > h.quiet+latencySlack:
 		reason = fmt.Sprintf("the database answers in %s, %.0f× its quiet %s, while the application keeps %.1f transactions in flight",
 			latency.Round(10*time.Microsecond), float64(latency)/float64(h.quiet), h.quiet.Round(10*time.Microsecond), busy)
+	case h.factor > 0 && busy >= busyBackends && wal >= walWaiters:
+		reason = fmt.Sprintf("application commits wait for the WAL (%.1f backends on average) while the application keeps %.1f transactions in flight",
+			wal, busy)
 	}
-	h.samples, h.appTx, h.lockWaits = 0, 0, 0
+	h.samples, h.appTx, h.lockWaits, h.walWaits = 0, 0, 0, 0
 	if reason != "" {
 		h.level = min(maxLevel, max(1, h.level*2))
 	} else {
@@ -142,9 +165,12 @@ func (m *Materializer) checkHarm(ctx context.Context, timed bool) {
 	}
 	was := int(m.level.Load())
 	level, reason := m.harm.add(s, time.Now())
+	if p := m.pinLevel.Load(); p > 0 {
+		level, reason = int(p), "pinned by a test"
+	}
 	m.level.Store(int32(level))
 	if timed {
-		m.log.Trace("throttle probe", "latency", m.harm.lastLatency, "quiet", m.harm.quiet, "busy", m.harm.lastBusy, "level", level)
+		m.log.Trace("throttle probe", "latency", m.harm.lastLatency, "quiet", m.harm.quiet, "busy", m.harm.lastBusy, "wal_waits", m.harm.lastWAL, "level", level)
 	}
 	switch {
 	case was == 0 && level > 0:
@@ -162,9 +188,49 @@ func (m *Materializer) checkHarm(ctx context.Context, timed bool) {
 // keeps running while throttled.
 func (m *Materializer) throttle(d time.Duration) time.Duration {
 	level := m.level.Load()
-	if level == 0 || d <= 0 {
+	if level == 0 || d <= 0 || m.overdue() {
 		return 0
 	}
 	m.Stats.Throttled.Add(1)
 	return d * time.Duration(level)
+}
+
+// yielding reports whether workers wait for the application: the throttle at its highest level
+// and no waiting change older than max_delay.
+func (m *Materializer) yielding() bool {
+	return m.cfg.MaxDelay > 0 && m.level.Load() >= maxLevel && !m.overdue()
+}
+
+// overdue reports whether some change has waited longer than max_delay.
+func (m *Materializer) overdue() bool {
+	return m.cfg.MaxDelay > 0 && time.Duration(m.oldest.Load()) > m.cfg.MaxDelay
+}
+
+// oldestSQL is how long, in seconds, the oldest change waits: the first queued entry and the
+// earliest stale_since of a table.
+const oldestSQL = `SELECT coalesce(extract(epoch FROM clock_timestamp() - least(
+	(SELECT enqueued_at FROM matcol.pending ORDER BY id LIMIT 1),
+	(SELECT min(stale_since) FROM matcol.target))), 0)::float8`
+
+// checkOldest reads how long the oldest change waits, while the throttle is up.
+func (m *Materializer) checkOldest(ctx context.Context) {
+	if m.level.Load() == 0 || m.cfg.MaxDelay <= 0 {
+		m.oldest.Store(0)
+		return
+	}
+	var secs float64
+	if err := m.pool.QueryRow(ctx, oldestSQL).Scan(&secs); err != nil {
+		return
+	}
+	was := m.overdue()
+	m.oldest.Store(int64(secs * float64(time.Second)))
+	if now := m.overdue(); now != was {
+		if now {
+			m.log.Warn("throttled work waited past max_delay; running without pauses", "max_delay", m.cfg.MaxDelay)
+		}
+		select {
+		case m.ready <- struct{}{}:
+		default:
+		}
+	}
 }

@@ -40,6 +40,9 @@ type Config struct {
 	// LatencyFactor throttles when, while application transactions are in flight, a trivial
 	// statement takes this many times its quiet latency; negative disables it. Defaults to 4.
 	LatencyFactor float64
+	// MaxDelay: at the throttle's highest level workers wait while the oldest waiting change is
+	// younger than this, and past it run without pauses; negative never waits. Defaults to 30s.
+	MaxDelay time.Duration
 	// ExpiryBatch is how many expired rows per table one sweep invalidates, so that rows stamped
 	// together do not all expire in one burst. Defaults to 1000.
 	ExpiryBatch int
@@ -69,6 +72,9 @@ func (c *Config) defaults() {
 	}
 	if c.ExpiryBatch <= 0 {
 		c.ExpiryBatch = 1000
+	}
+	if c.MaxDelay == 0 {
+		c.MaxDelay = 30 * time.Second
 	}
 }
 
@@ -105,10 +111,12 @@ type Materializer struct {
 	sweepNext     int  // the target id the next sweep starts at
 	drainSize     int  // entries the next drain takes
 	directOffAll  bool // tests: the drainer takes every direct entry, setting rows stale
+	pinLevel      atomic.Int32 // tests: the throttle level, whatever the probe says
 	paused        atomic.Bool
 	replicaBehind atomic.Bool
 	harm          harm         // owned by watchLoad
 	level         atomic.Int32 // the throttle level, from harm
+	oldest        atomic.Int64 // nanoseconds the oldest waiting change has waited, from watchLoad
 	upkeep        upkeep
 
 	// OnGone, when set before Run, is called when a target's table turns out to be gone (a tenant
@@ -426,7 +434,7 @@ func (m *Materializer) worker(ctx context.Context, id int) {
 			continue
 		}
 		var t *target
-		if !m.holding() && (id == 0 || m.level.Load() == 0) {
+		if !m.holding() && !m.yielding() && (id == 0 || m.level.Load() == 0 || m.overdue()) {
 			t = m.next()
 		}
 		if t == nil {

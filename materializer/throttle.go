@@ -45,6 +45,9 @@ func (m *Materializer) watchLoad(ctx context.Context) {
 			m.checkLoad(ctx)
 		}
 		m.checkHarm(ctx, n%4 == 0)
+		if n%4 == 0 {
+			m.checkOldest(ctx)
+		}
 	}
 }
 

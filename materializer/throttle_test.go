@@ -174,3 +174,21 @@ func TestBusyDatabaseThrottles(t *testing.T) {
 	require.Eventually(t, func() bool { return b.mat.ThrottleLevel() > 0 }, 45*time.Second, 50*time.Millisecond,
 		"an application saturating the server must throttle matcol")
 }
+
+// At the throttle's highest level work waits for the application, but never longer than
+// max_delay: then it runs without pauses.
+func TestYieldWaitsAtMostMaxDelay(t *testing.T) {
+	b, fresh := slowVenues(t, materializer.Config{Workers: 2, BatchSize: 10, PollInterval: 20 * time.Millisecond,
+		LatencyFactor: 4, MaxDelay: 3 * time.Second})
+	b.mat.PinThrottle(8)
+	time.Sleep(1500 * time.Millisecond) // the level is read four times a second
+	start := time.Now()
+	pgtest.Exec(t, b.conn, `UPDATE event SET seats = seats + 1 WHERE id = 1`)
+	time.Sleep(2 * time.Second)
+	require.False(t, fresh("id = 1")(), "at the highest level work waits")
+	require.Eventually(t, fresh("id = 1"), 10*time.Second, 20*time.Millisecond, "past max_delay work runs")
+	waited := time.Since(start)
+	t.Logf("fresh after %s", waited)
+	require.Greater(t, waited, 3*time.Second)
+	require.Empty(t, b.drift(t))
+}

@@ -1,0 +1,36 @@
+package materializer
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Application backends queueing for the WAL throttle matcol, as the probe's latency does, only
+// while the application keeps transactions in flight and the load signals are on.
+func TestWALWaitsThrottle(t *testing.T) {
+	now := time.Now()
+	second := func(h *harm, s sample) int {
+		for i := 0; i < 3; i++ {
+			h.add(s, now)
+		}
+		s.latency = time.Millisecond
+		level, _ := h.add(s, now)
+		now = now.Add(time.Second)
+		return level
+	}
+	h := &harm{factor: 4}
+	require.Zero(t, second(h, sample{appTx: 8}), "busy, but nobody waits")
+	require.Zero(t, second(h, sample{appTx: 8, walWaits: 0}))
+	level := second(h, sample{appTx: 8, walWaits: 2})
+	require.Equal(t, 1, level)
+	require.Contains(t, h.reason, "wait for the WAL")
+	require.Equal(t, 2, second(h, sample{appTx: 8, walWaits: 1}), "the level doubles while it lasts")
+	require.Equal(t, 1, second(h, sample{appTx: 8}), "and halves each quiet second")
+
+	h = &harm{factor: 4}
+	require.Zero(t, second(h, sample{appTx: 1, walWaits: 1}), "a lone writer waiting on its own commits is not a queue")
+	h = &harm{factor: -1}
+	require.Zero(t, second(h, sample{appTx: 8, walWaits: 4}), "latency_factor: 0 turns the load signals off")
+}
