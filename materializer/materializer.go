@@ -108,9 +108,9 @@ type Materializer struct {
 	ready   chan struct{} // a token per push, so idle workers wake
 	drainCh chan struct{}
 
-	sweepNext     int  // the target id the next sweep starts at
-	drainSize     int  // entries the next drain takes
-	directOffAll  bool // tests: the drainer takes every direct entry, setting rows stale
+	sweepNext     int          // the target id the next sweep starts at
+	drainSize     int          // entries the next drain takes
+	directOffAll  bool         // tests: the drainer takes every direct entry, setting rows stale
 	pinLevel      atomic.Int32 // tests: the throttle level, whatever the probe says
 	paused        atomic.Bool
 	replicaBehind atomic.Bool
