@@ -173,11 +173,17 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 	if len(ids) == 0 {
 		return res, nil
 	}
+	// Workers start on queued keys first, while the drain runs: a burst of keys waits for no
+	// drain transaction.
+	var err error
+	if res.Direct, err = m.noteDirect(ctx); err != nil {
+		return res, err
+	}
 	if err := m.invalidateAll(ctx, ids, byID); err != nil {
 		return res, err
 	}
 	touched := map[int]bool{}
-	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		var searchPath string
 		var locked bool
 		var version int64
@@ -317,8 +323,7 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 		}
 	}
 	m.mu.Unlock()
-	res.Direct, err = m.noteDirect(ctx)
-	return res, err
+	return res, nil
 }
 
 // directOffIDs lists the tables whose direct entries the drainer takes for now.
