@@ -20,7 +20,8 @@ import (
 //     there, answering SELECT 1 as fast as when quiet),
 //     while the application keeps at least busyBackends transactions in flight on average (it
 //     competes with matcol for the server; a lone poller does not count)
-// raises the throttle level, which halves again each quiet second. At level k a worker sleeps k
+// raises the throttle level (WAL waits straight to the highest), which halves again each quiet
+// second. At level k a worker sleeps k
 // times as long as each batch took, and only one worker runs. At the highest level no worker
 // runs, as long as the oldest waiting change is younger than max_delay: a batch's rows cost the
 // application the same WAL and buffers however long the pause after it, so only waiting spares
@@ -133,20 +134,25 @@ func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
 	wal := float64(h.walWaits) / float64(max(h.samples, 1))
 	h.lastBusy, h.lastWAL, h.lastLatency = busy, wal, latency
 	reason := ""
+	walQueue := h.factor > 0 && busy >= busyBackends && wal >= walWaiters
 	switch {
 	case h.lockWaits > 0:
 		reason = fmt.Sprintf("application backends wait for locks matcol holds (%d seen)", h.lockWaits)
+	case walQueue:
+		reason = fmt.Sprintf("application commits wait for the WAL (%.1f backends on average) while the application keeps %.1f transactions in flight",
+			wal, busy)
 	case h.factor > 0 && busy >= busyBackends && latency > time.Duration(float64(h.quiet)*h.factor) && latency > h.quiet+latencySlack:
 		reason = fmt.Sprintf("the database answers in %s, %.0f× its quiet %s, while the application keeps %.1f transactions in flight",
 			latency.Round(10*time.Microsecond), float64(latency)/float64(h.quiet), h.quiet.Round(10*time.Microsecond), busy)
-	case h.factor > 0 && busy >= busyBackends && wal >= walWaiters:
-		reason = fmt.Sprintf("application commits wait for the WAL (%.1f backends on average) while the application keeps %.1f transactions in flight",
-			wal, busy)
 	}
 	h.samples, h.appTx, h.lockWaits, h.walWaits = 0, 0, 0, 0
-	if reason != "" {
+	switch {
+	case walQueue:
+		// Any write of matcol's lengthens the queue: no level of pauses spares the application.
+		h.level = maxLevel
+	case reason != "":
 		h.level = min(maxLevel, max(1, h.level*2))
-	} else {
+	default:
 		h.level /= 2
 	}
 	h.reason = reason
