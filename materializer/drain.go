@@ -30,7 +30,7 @@ const (
 )
 
 // drainLoop applies queued invalidations. While work keeps arriving it polls the queue, and
-// writers send no NOTIFY; after Linger without work it marks itself asleep in matcol.wake and
+// writers send no NOTIFY; after Linger without work it marks itself asleep (matcol.wake_flag) and
 // waits for one. Right after falling asleep it drains once more, and again shortly after, for
 // writers whose triggers read the flag before it changed.
 func (m *Materializer) drainLoop(ctx context.Context) {
@@ -49,7 +49,9 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 			dial.Sleep(ctx, 20*time.Millisecond)
 			continue
 		}
-		if m.holding() {
+		// Yielding, the drainer waits too: its polls and the rows it sets stale cost the
+		// application as the workers' batches would.
+		if m.holding() || m.yielding() {
 			dial.Sleep(ctx, time.Second)
 			continue
 		}
@@ -125,7 +127,9 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 }
 
 func (m *Materializer) setSleeping(ctx context.Context, v bool) error {
-	_, err := m.pool.Exec(ctx, `INSERT INTO matcol.wake (sleeping) VALUES ($1)
+	// The flag writers read (matcol.wake_flag) and the table, in one statement.
+	_, err := m.pool.Exec(ctx, `WITH f AS (SELECT pg_catalog.setval('matcol.wake_flag', CASE WHEN $1::bool THEN 1 ELSE 0 END, true))
+		INSERT INTO matcol.wake (sleeping) SELECT $1::bool FROM f
 		ON CONFLICT (id) DO UPDATE SET sleeping = excluded.sleeping
 		WHERE matcol.wake.sleeping IS DISTINCT FROM excluded.sleeping`, v)
 	return err

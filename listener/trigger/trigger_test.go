@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -282,4 +283,28 @@ func TestTriggersIgnoreTheWritersSearchPath(t *testing.T) {
 	var calls int
 	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM evil.calls`).Scan(&calls))
 	require.Zero(t, calls, "no function of the writer's search_path ran")
+}
+
+// Writers send NOTIFY only while a daemon says it sleeps (matcol.wake_flag): NOTIFY takes a
+// database-wide lock at commit.
+func TestWritersNotifyOnlyASleepingDaemon(t *testing.T) {
+	conn := setup(t)
+	ctx := context.Background()
+	l, err := pgx.ConnectConfig(ctx, conn.Config().Copy())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close(context.Background()) })
+	pgtest.Exec(t, l, `LISTEN matcol`)
+	notified := func() bool {
+		wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		_, err := l.WaitForNotification(wctx)
+		return err == nil
+	}
+	pgtest.Exec(t, conn, `SELECT setval('matcol.wake_flag', 0, true)`)
+	pgtest.Exec(t, conn, `INSERT INTO event VALUES (40, 1, 1, 'x')`)
+	require.False(t, notified(), "an awake daemon polls: no NOTIFY")
+	pgtest.Exec(t, conn, `SELECT setval('matcol.wake_flag', 1, true)`)
+	pgtest.Exec(t, conn, `INSERT INTO event VALUES (41, 1, 1, 'x')`)
+	require.True(t, notified(), "a sleeping daemon is woken")
+	require.Equal(t, []string{"[1]", "[1]"}, queued(t, conn))
 }
