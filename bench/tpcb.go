@@ -147,6 +147,8 @@ func tpcbBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) erro
 			r.add("")
 		}
 	}
+	r.add("What the figures show: tpcb-like queues on WAL flushes, so about a second into the run matcol's throttle sees application backends waiting for the WAL and goes to its highest level, where its workers wait (up to `throttle.max_delay`, 30 s) and the recomputations happen in the catch-up after pgbench. What is left during the run is what each write pays in the application's own transaction: in trigger mode the statement trigger on `pgbench_history`, which runs while the transaction holds its `pgbench_branches` row lock (10 rows, 8 clients), the queue insert, and the row trigger on `pgbench_accounts` (PostgreSQL locks the old row for any BEFORE UPDATE row trigger, a WAL record per UPDATE); in logical mode the walsender's decoding on the same cores and the listener's queue inserts. See docs/invalidation.md for the per-statement costs.")
+	r.add("")
 	r.add("The baseline is the mean of the two runs without matcol (%.0f and %.0f TPS). WAL is `pg_current_wal_lsn()` before and after pgbench over the transactions pgbench processed; \"with catch-up\" extends it to the moment matcol caught up. Catch-up runs from pgbench's exit until no account is stale and `matcol.pending` is empty (in logical mode also until the slot confirmed the WAL position at pgbench's exit). The daemon's CPU is its own process's user+system time from /proc/PID/stat (the backends it drives are not in it), its peak RSS the process's high-water mark (VmHWM). The machine has 2 cores shared by PostgreSQL, pgbench and matcol, and is shared with other work: a single 20 s run varies by 10–20%%.", runs[0].tps, runs[len(runs)-1].tps)
 	r.add("")
 	return nil
