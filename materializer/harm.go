@@ -15,9 +15,13 @@ import (
 // (beside replica lag, which holds all work):
 //   - any lock wait matcol causes, or
 //   - a trivial statement slower than latency_factor times its quiet level, or
-//   - at least walWaiters application backends waiting for the WAL on average (its commits queue
-//     for the WAL, and every byte matcol writes makes the queue longer: pgbench's tpcb-like runs
-//     there, answering SELECT 1 as fast as when quiet),
+//   - at least walWaiters application backends waiting for the WAL on average while most
+//     application connections are inside a transaction (saturated: its commits queue for the WAL,
+//     every byte matcol writes makes the queue longer, and the application runs as fast as the
+//     database lets it; pgbench's tpcb-like runs there, answering SELECT 1 as fast as when
+//     quiet). Writers with idle time between transactions, at a rate they reach, wait for the
+//     WAL too, but matcol costs them latency, not throughput, and yielding would cost freshness
+//     (16 writers at 1,000 commits/s: p99 from 78 ms to 3 s),
 //     while the application keeps at least busyBackends transactions in flight on average (it
 //     competes with matcol for the server; a lone poller does not count)
 // raises the throttle level (WAL waits straight to the highest), which halves again each quiet
@@ -29,8 +33,9 @@ import (
 // pauses until it is younger again, which bounds how stale a yield leaves any row.
 
 // harmSQL counts, in one read: application backends waiting on a lock held by a matcol backend,
-// application backends inside a transaction, and application backends waiting to insert, write
-// or flush WAL (wait event names of PostgreSQL 13 and 14+). The first two need no privilege; the
+// application backends inside a transaction, application backends waiting to insert, write or
+// flush WAL (wait event names of PostgreSQL 13 and 14+), and the application's connections to
+// this database. The first two need no privilege; the
 // wait events of other roles' backends show only to members of pg_read_all_stats. Background
 // processes have no user; matcol's sessions are told apart by application_name.
 const harmSQL = `SELECT
@@ -45,6 +50,9 @@ const harmSQL = `SELECT
 	(SELECT count(*) FROM pg_stat_activity a
 	 WHERE a.backend_type = 'client backend' AND a.state = 'active'
 	   AND a.wait_event IN ('WALWrite', 'WALSync', 'WALInsert', 'WALBufMapping', 'WALWriteLock', 'WALBufMappingLock')
+	   AND coalesce(a.application_name, '') NOT LIKE 'matcol%')::int,
+	(SELECT count(*) FROM pg_stat_activity a
+	 WHERE a.backend_type = 'client backend' AND a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
 	   AND coalesce(a.application_name, '') NOT LIKE 'matcol%')::int`
 
 // probeSQL is the timed statement.
@@ -61,6 +69,11 @@ const busyBackends = 2
 // one always waiting means its commits queue.
 const walWaiters = 1.0
 
+// saturated is the share of the application's connections that must be inside a transaction on
+// average for WAL waits to count: a closed loop that hardly idles (a few idle connections of
+// its own, or of a monitoring tool, aside).
+const saturated = 0.6
+
 // latencySlack is how much slower than quiet the probe must also be, in absolute terms: a
 // scheduler's hiccup of a millisecond is no one's trouble.
 const latencySlack = 2 * time.Millisecond
@@ -74,9 +87,9 @@ type harm struct {
 	reason  string
 	// Counts since the last update: samples, application transactions seen in flight, lock
 	// waits seen, backends seen waiting for the WAL.
-	samples, appTx, lockWaits, walWaits int
-	lastBusy, lastWAL                   float64 // for the trace log
-	lastLatency                         time.Duration
+	samples, appTx, lockWaits, walWaits, appConns int
+	lastBusy, lastWAL                             float64 // for the trace log
+	lastLatency                                   time.Duration
 }
 
 // sample is one reading of the probe; latency is 0 when not timed.
@@ -84,6 +97,7 @@ type sample struct {
 	lockWaits int
 	appTx     int
 	walWaits  int
+	appConns  int
 	latency   time.Duration
 }
 
@@ -92,7 +106,7 @@ func probe(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
 }, timed bool) (sample, error) {
 	var s sample
-	if err := q.QueryRow(ctx, harmSQL).Scan(&s.lockWaits, &s.appTx, &s.walWaits); err != nil {
+	if err := q.QueryRow(ctx, harmSQL).Scan(&s.lockWaits, &s.appTx, &s.walWaits, &s.appConns); err != nil {
 		return s, fmt.Errorf("read lock waits and activity: %w", err)
 	}
 	if !timed {
@@ -118,6 +132,7 @@ func (h *harm) add(s sample, now time.Time) (int, string) {
 	h.appTx += s.appTx
 	h.lockWaits += s.lockWaits
 	h.walWaits += s.walWaits
+	h.appConns += s.appConns
 	if s.latency == 0 {
 		return h.level, h.reason
 	}
@@ -134,18 +149,19 @@ func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
 	wal := float64(h.walWaits) / float64(max(h.samples, 1))
 	h.lastBusy, h.lastWAL, h.lastLatency = busy, wal, latency
 	reason := ""
-	walQueue := h.factor > 0 && busy >= busyBackends && wal >= walWaiters
+	conns := float64(h.appConns) / float64(max(h.samples, 1))
+	walQueue := h.factor > 0 && busy >= busyBackends && wal >= walWaiters && busy >= saturated*conns
 	switch {
 	case h.lockWaits > 0:
 		reason = fmt.Sprintf("application backends wait for locks matcol holds (%d seen)", h.lockWaits)
 	case walQueue:
-		reason = fmt.Sprintf("application commits wait for the WAL (%.1f backends on average) while the application keeps %.1f transactions in flight",
-			wal, busy)
+		reason = fmt.Sprintf("application commits wait for the WAL (%.1f backends on average) while the application keeps %.1f of its %.0f connections in a transaction",
+			wal, busy, conns)
 	case h.factor > 0 && busy >= busyBackends && latency > time.Duration(float64(h.quiet)*h.factor) && latency > h.quiet+latencySlack:
 		reason = fmt.Sprintf("the database answers in %s, %.0f× its quiet %s, while the application keeps %.1f transactions in flight",
 			latency.Round(10*time.Microsecond), float64(latency)/float64(h.quiet), h.quiet.Round(10*time.Microsecond), busy)
 	}
-	h.samples, h.appTx, h.lockWaits, h.walWaits = 0, 0, 0, 0
+	h.samples, h.appTx, h.lockWaits, h.walWaits, h.appConns = 0, 0, 0, 0, 0
 	switch {
 	case walQueue:
 		// Any write of matcol's lengthens the queue: no level of pauses spares the application.

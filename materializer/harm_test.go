@@ -8,7 +8,8 @@ import (
 )
 
 // Application backends queueing for the WAL throttle matcol, as the probe's latency does, only
-// while the application keeps transactions in flight and the load signals are on.
+// while the application keeps nearly all its connections in a transaction (it runs as fast as the
+// database lets it) and the load signals are on.
 func TestWALWaitsThrottle(t *testing.T) {
 	now := time.Now()
 	second := func(h *harm, s sample) int {
@@ -21,16 +22,17 @@ func TestWALWaitsThrottle(t *testing.T) {
 		return level
 	}
 	h := &harm{factor: 4}
-	require.Zero(t, second(h, sample{appTx: 8}), "busy, but nobody waits")
-	require.Zero(t, second(h, sample{appTx: 8, walWaits: 0}))
-	level := second(h, sample{appTx: 8, walWaits: 2})
+	require.Zero(t, second(h, sample{appTx: 8, appConns: 8}), "busy, but nobody waits")
+	require.Zero(t, second(h, sample{appTx: 4, walWaits: 3, appConns: 16}),
+		"writers that idle between transactions wait for the WAL at a rate they reach: no harm")
+	level := second(h, sample{appTx: 8, walWaits: 2, appConns: 8})
 	require.Equal(t, maxLevel, level, "a WAL queue throttles fully at once: any write of matcol's lengthens it")
 	require.Contains(t, h.reason, "wait for the WAL")
-	require.Equal(t, maxLevel, second(h, sample{appTx: 8, walWaits: 1}))
-	require.Equal(t, maxLevel/2, second(h, sample{appTx: 8}), "and halves each quiet second")
+	require.Equal(t, maxLevel, second(h, sample{appTx: 7, walWaits: 1, appConns: 8}))
+	require.Equal(t, maxLevel/2, second(h, sample{appTx: 8, appConns: 8}), "and halves each quiet second")
 
 	h = &harm{factor: 4}
-	require.Zero(t, second(h, sample{appTx: 1, walWaits: 1}), "a lone writer waiting on its own commits is not a queue")
+	require.Zero(t, second(h, sample{appTx: 1, walWaits: 1, appConns: 1}), "a lone writer waiting on its own commits is not a queue")
 	h = &harm{factor: -1}
-	require.Zero(t, second(h, sample{appTx: 8, walWaits: 4}), "latency_factor: 0 turns the load signals off")
+	require.Zero(t, second(h, sample{appTx: 8, walWaits: 4, appConns: 8}), "latency_factor: 0 turns the load signals off")
 }
