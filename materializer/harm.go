@@ -26,8 +26,9 @@ import (
 //     competes with matcol for the server; a lone poller does not count)
 // raises the throttle level (WAL waits straight to the highest), which halves again each quiet
 // second. At level k a worker sleeps k
-// times as long as each batch took, and only one worker runs. At the highest level no worker
-// runs, as long as the oldest waiting change is younger than max_delay: a batch's rows cost the
+// times as long as each batch took, and only one worker runs. At the highest level, when the
+// application queues for the WAL, no worker runs, as long as the oldest waiting change is
+// younger than max_delay: a batch's rows cost the
 // application the same WAL and buffers however long the pause after it, so only waiting spares
 // it (pgbench tpcb-like: 0.66x at level 8 with pauses). Past max_delay workers run without
 // pauses until it is younger again, which bounds how stale a yield leaves any row.
@@ -85,6 +86,7 @@ type harm struct {
 	quietAt time.Time
 	level   int
 	reason  string
+	walHeld bool // the last update found the application queueing for the WAL
 	// Counts since the last update: samples, application transactions seen in flight, lock
 	// waits seen, backends seen waiting for the WAL.
 	samples, appTx, lockWaits, walWaits, appConns int
@@ -172,6 +174,7 @@ func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
 		h.level /= 2
 	}
 	h.reason = reason
+	h.walHeld = walQueue
 	return h.level, reason
 }
 
@@ -187,9 +190,11 @@ func (m *Materializer) checkHarm(ctx context.Context, timed bool) {
 	}
 	was := int(m.level.Load())
 	level, reason := m.harm.add(s, time.Now())
+	walHeld := m.harm.walHeld
 	if p := m.pinLevel.Load(); p > 0 {
-		level, reason = int(p), "pinned by a test"
+		level, reason, walHeld = int(p), "pinned by a test", true
 	}
+	m.walQueue.Store(walHeld)
 	m.level.Store(int32(level))
 	if timed {
 		m.log.Trace("throttle probe", "latency", m.harm.lastLatency, "quiet", m.harm.quiet, "busy", m.harm.lastBusy, "wal_waits", m.harm.lastWAL, "level", level)
@@ -218,9 +223,11 @@ func (m *Materializer) throttle(d time.Duration) time.Duration {
 }
 
 // yielding reports whether workers wait for the application: the throttle at its highest level
-// and no waiting change older than max_delay.
+// because the application queues for the WAL, and no waiting change older than max_delay. The
+// other signals keep one worker running with pauses at that level: a slow probe or a lock wait
+// says less about what matcol's writes cost, and yielding to them cost freshness.
 func (m *Materializer) yielding() bool {
-	return m.cfg.MaxDelay > 0 && m.level.Load() >= maxLevel && !m.overdue()
+	return m.cfg.MaxDelay > 0 && m.level.Load() >= maxLevel && m.walQueue.Load() && !m.overdue()
 }
 
 // overdue reports whether some change has waited longer than max_delay.

@@ -117,6 +117,7 @@ type Materializer struct {
 	harm          harm         // owned by watchLoad
 	level         atomic.Int32 // the throttle level, from harm
 	oldest        atomic.Int64 // nanoseconds the oldest waiting change has waited, from watchLoad
+	walQueue      atomic.Bool  // the throttle's level comes from the application queueing for the WAL
 	upkeep        upkeep
 
 	// OnGone, when set before Run, is called when a target's table turns out to be gone (a tenant
