@@ -24,7 +24,7 @@ import (
 //     (16 writers at 1,000 commits/s: p99 from 78 ms to 3 s),
 //     while the application keeps at least busyBackends transactions in flight on average (it
 //     competes with matcol for the server; a lone poller does not count)
-// raises the throttle level (WAL waits straight to the highest), which halves again each quiet
+// raises the throttle level (WAL waits lasting two seconds straight to the highest), which halves again each quiet
 // second. At level k a worker sleeps k
 // times as long as each batch took, and only one worker runs. At the highest level, when the
 // application queues for the WAL, no worker runs, as long as the oldest waiting change is
@@ -165,8 +165,9 @@ func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
 	}
 	h.samples, h.appTx, h.lockWaits, h.walWaits, h.appConns = 0, 0, 0, 0, 0
 	switch {
-	case walQueue:
+	case walQueue && h.walHeld:
 		// Any write of matcol's lengthens the queue: no level of pauses spares the application.
+		// A second in a row, so that a burst of connections opening is not taken for a load.
 		h.level = maxLevel
 	case reason != "":
 		h.level = min(maxLevel, max(1, h.level*2))
