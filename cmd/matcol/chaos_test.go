@@ -67,7 +67,8 @@ func testChaos(t *testing.T, mode string) {
 					}
 					conn = c
 				}
-				if err := demo.Write(ctx, conn, 1, r); err == nil {
+				// Not cut off when the run ends: its backend could commit after the check below.
+				if err := demo.Write(context.WithoutCancel(ctx), conn, 1, r); err == nil {
 					writes.Add(1)
 				} else if conn.IsClosed() || ctx.Err() == nil {
 					_ = conn.Close(context.Background())

@@ -59,6 +59,9 @@ func (w *modelWriter) run(ctx context.Context, tail time.Time) {
 			_ = conn.Close(context.Background())
 		}
 	}()
+	// Statements run to their end when the round does: a cancelled one returns at once, but its
+	// backend may still commit it after the round's check for freshness.
+	stmt := context.WithoutCancel(ctx)
 	for ctx.Err() == nil {
 		if conn == nil || conn.IsClosed() {
 			c, err := w.connect(ctx)
@@ -76,13 +79,13 @@ func (w *modelWriter) run(ctx context.Context, tail time.Time) {
 			for op.broad {
 				op = w.pick()
 			}
-			w.stats.add(op.name, op.run(ctx, conn))
+			w.stats.add(op.name, op.run(stmt, conn))
 			sleepCtx(ctx, time.Duration(20+w.r.IntN(80))*time.Millisecond)
 		case w.r.IntN(4) == 0:
-			w.stats.add("transaction", w.transaction(ctx, conn, 2+w.r.IntN(3)))
+			w.stats.add("transaction", w.transaction(stmt, conn, 2+w.r.IntN(3)))
 		default:
 			op := w.pick()
-			w.stats.add(op.name, op.run(ctx, conn))
+			w.stats.add(op.name, op.run(stmt, conn))
 		}
 		sleepCtx(ctx, time.Duration(w.r.IntN(8))*time.Millisecond)
 	}
