@@ -180,7 +180,8 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 	// Workers start on queued keys first, while the drain runs: a burst of keys waits for no
 	// drain transaction.
 	var err error
-	if res.Direct, err = m.noteDirect(ctx); err != nil {
+	var drainable bool
+	if res.Direct, drainable, err = m.noteDirect(ctx); err != nil {
 		return res, err
 	}
 	if err := m.invalidateAll(ctx, ids, byID); err != nil {
@@ -188,14 +189,9 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 	}
 	// Queued keys alone, the usual burst in trigger mode, are the workers': a drain transaction
 	// that finds nothing would take CPU from their first batches.
-	if len(m.directOffIDs()) == 0 {
-		var waiting bool
-		if err := m.pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM matcol.pending WHERE dependency_id IS NOT NULL OR vals = '[]'::jsonb)`).Scan(&waiting); err != nil {
-			return res, fmt.Errorf("look for queued invalidations: %w", err)
-		}
-		if !waiting {
-			return res, nil
-		}
+	directOff := m.directOffIDs()
+	if !drainable && len(directOff) == 0 {
+		return res, nil
 	}
 	touched := map[int]bool{}
 	err = pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
@@ -230,7 +226,7 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 			-- empty queue's, and scanned every entry (see plan.QueueTakeSQL).
 			DELETE FROM matcol.pending p
 			WHERE p.ctid = ANY (ARRAY(SELECT ctid FROM c WHERE target_id IN (SELECT target_id FROM t)))
-			RETURNING p.target_id, p.dependency_id, p.vals::text, p.enqueued_at`, size, ids, drainTargets, m.directOffIDs())
+			RETURNING p.target_id, p.dependency_id, p.vals::text, p.enqueued_at`, size, ids, drainTargets, directOff)
 		if err != nil {
 			return fmt.Errorf("take queued invalidations: %w", err)
 		}

@@ -28,16 +28,22 @@ const directTargetsSQL = `WITH RECURSIVE d AS (
 	FROM d WHERE d.target_id IS NOT NULL)
 SELECT target_id FROM d WHERE target_id IS NOT NULL`
 
+// drainableSQL says whether entries the drainer takes wait (mapped entries and markers; the
+// pending_drain index's predicate).
+const drainableSQL = `SELECT EXISTS (SELECT FROM matcol.pending WHERE dependency_id IS NOT NULL OR vals = '[]'::jsonb)`
+
 // noteDirect marks the tables with direct entries waiting, for the workers, and returns how many
-// tables have some.
-func (m *Materializer) noteDirect(ctx context.Context) (int, error) {
-	rows, err := m.pool.Query(ctx, directTargetsSQL)
-	if err != nil {
-		return 0, fmt.Errorf("read tables with queued keys: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
-	if err != nil {
-		return 0, fmt.Errorf("read tables with queued keys: %w", err)
+// tables have some and, read in the same round trip, whether entries for the drainer wait.
+func (m *Materializer) noteDirect(ctx context.Context) (n int, drainable bool, err error) {
+	b := &pgx.Batch{}
+	var ids []int32
+	b.Queue(directTargetsSQL).Query(func(rows pgx.Rows) error {
+		ids, err = pgx.CollectRows(rows, pgx.RowTo[int32])
+		return err
+	})
+	b.Queue(drainableSQL).QueryRow(func(row pgx.Row) error { return row.Scan(&drainable) })
+	if err := m.pool.SendBatch(ctx, b).Close(); err != nil {
+		return 0, false, fmt.Errorf("read tables with queued keys: %w", err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -48,7 +54,7 @@ func (m *Materializer) noteDirect(ctx context.Context) (int, error) {
 			m.nudgeLocked(t)
 		}
 	}
-	return len(ids), nil
+	return len(ids), drainable, nil
 }
 
 // takeDirect reports whether t has direct entries for a worker.
