@@ -13,32 +13,30 @@ import (
 // a probe counts application backends inside a transaction, those waiting on a lock a matcol
 // backend holds, and those waiting for the WAL; once a second it times a trivial statement. Then
 // (beside replica lag, which holds all work):
-//   - any lock wait matcol causes, or
+//   - any lock wait matcol causes, or, while the application keeps at least busyBackends
+//     transactions in flight on average (it competes with matcol for the server; a lone poller
+//     does not count),
 //   - a trivial statement slower than latency_factor times its quiet level, or
-//   - at least walWaiters application backends waiting for the WAL on average while most
-//     application connections are inside a transaction (saturated: its commits queue for the WAL,
-//     every byte matcol writes makes the queue longer, and the application runs as fast as the
-//     database lets it; pgbench's tpcb-like runs there, answering SELECT 1 as fast as when
-//     quiet). Writers with idle time between transactions, at a rate they reach, wait for the
-//     WAL too, but matcol costs them latency, not throughput, and yielding would cost freshness
-//     (16 writers at 1,000 commits/s: p99 from 78 ms to 3 s),
-//     while the application keeps at least busyBackends transactions in flight on average (it
-//     competes with matcol for the server; a lone poller does not count)
-// raises the throttle level (WAL waits lasting two seconds straight to the highest), which halves again each quiet
-// second. At level k a worker sleeps k
-// times as long as each batch took, and only one worker runs. At the highest level, when the
-// application queues for the WAL, no worker runs, as long as the oldest waiting change is
-// younger than max_delay: a batch's rows cost the
-// application the same WAL and buffers however long the pause after it, so only waiting spares
-// it (pgbench tpcb-like: 0.66x at level 8 with pauses). Past max_delay workers run without
-// pauses until it is younger again, which bounds how stale a yield leaves any row.
+//   - at least walWaiters application backends waiting for the WAL on average while most of its
+//     connections are inside a transaction: saturated, its commits queue for the WAL and every
+//     byte matcol writes makes the queue longer (pgbench's tpcb-like runs there, answering
+//     SELECT 1 as fast as when quiet). Writers that idle between transactions, at a rate they
+//     reach, wait for the WAL too, but matcol costs them latency, not throughput, and yielding
+//     would cost freshness (16 writers at 1,000 commits/s: p99 from 78 ms to 3 s)
+// raises the throttle level, which halves again each quiet second; WAL waits two seconds in a
+// row raise it to the highest at once. At level k a worker sleeps k times as long as each batch
+// took, and only one worker runs. At the highest level, when the application queues for the
+// WAL, no worker runs as long as the oldest waiting change is younger than max_delay: a batch's
+// rows cost the application the same WAL and buffers however long the pause after it, so only
+// waiting spares it (pgbench tpcb-like: 0.66x at level 8 with pauses). Past max_delay workers
+// run without pauses until it is younger again, which bounds how stale a yield leaves any row.
 
 // harmSQL counts, in one read: application backends waiting on a lock held by a matcol backend,
 // application backends inside a transaction, application backends waiting to insert, write or
 // flush WAL (wait event names of PostgreSQL 13 and 14+), and the application's connections to
-// this database. The first two need no privilege; the
-// wait events of other roles' backends show only to members of pg_read_all_stats. Background
-// processes have no user; matcol's sessions are told apart by application_name.
+// this database. All but the WAL waits need no privilege: the wait events of other roles'
+// backends show only to members of pg_read_all_stats. Background processes have no user;
+// matcol's sessions are told apart by application_name.
 const harmSQL = `SELECT
 	(SELECT count(*) FROM pg_locks w
 	 WHERE NOT w.granted
