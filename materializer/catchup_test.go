@@ -63,3 +63,37 @@ func TestPoisonRowStaysLocal(t *testing.T) {
 	require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM matcol.failure`).Scan(&failures))
 	require.Equal(t, 1, failures)
 }
+
+// A new daemon runs its batch statements once on a connection per worker before the first change
+// arrives: a backend's first batch of a table loads the catalog and plans cold, and a small change
+// right after a start waited for that.
+func TestStartWarmsWorkerConnections(t *testing.T) {
+	ctx := context.Background()
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 3, SweepInterval: time.Hour})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- b.mat.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	require.Eventually(t, func() bool {
+		conns := b.pool.AcquireAllIdle(ctx)
+		defer func() {
+			for _, c := range conns {
+				c.Release()
+			}
+		}()
+		warm := 0
+		for _, c := range conns {
+			var n int
+			// The queue take; the pattern does not match this statement's own text.
+			require.NoError(t, c.QueryRow(ctx, `SELECT count(*) FROM pg_prepared_statements
+				WHERE statement ~ 'DELETE FROM matcol[.]pending d WHERE'`).Scan(&n))
+			if n > 0 {
+				warm++
+			}
+		}
+		return warm >= 3
+	}, 20*time.Second, 50*time.Millisecond, "every worker's connection has the queue take prepared before any change")
+	var pending int
+	require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM matcol.pending`).Scan(&pending))
+	require.Zero(t, pending)
+}

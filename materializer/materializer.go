@@ -401,6 +401,7 @@ func (m *Materializer) finish(t *target, full, failed bool) {
 func (m *Materializer) Run(ctx context.Context) error {
 	// Know the pause switch and replica lag before the first batch, not a second after it.
 	m.checkLoad(ctx)
+	m.warm(ctx)
 	g, ctx := errgroup.WithContext(ctx)
 	for i := 0; i < m.cfg.Workers; i++ {
 		g.Go(func() error { m.worker(ctx, i); return nil })
