@@ -165,6 +165,32 @@ func TestTriggersRunAsTheWriter(t *testing.T) {
 	require.Equal(t, []string{"app_writer"}, who)
 }
 
+// A source trigger inserts its entries itself, as the writer, in one statement: it needs no
+// SECURITY DEFINER call, and what PUBLIC may do to the queue stops at inserting those columns.
+func TestSourceTriggersInsertAsTheWriter(t *testing.T) {
+	conn := setup(t)
+	pgtest.Exec(t, conn, `
+		CREATE ROLE app_writer;
+		GRANT INSERT, UPDATE, SELECT ON event TO app_writer;
+		REVOKE EXECUTE ON FUNCTION matcol.enqueue(int[], int[], jsonb[]) FROM PUBLIC`)
+	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `DROP OWNED BY app_writer; DROP ROLE app_writer`) })
+	pgtest.Exec(t, conn, `SET ROLE app_writer; UPDATE event SET venue_id = 3 WHERE id = 1; RESET ROLE`)
+	require.Equal(t, []string{"[1]", "[3]"}, queued(t, conn))
+	ctx := context.Background()
+	for _, sql := range []string{
+		`SELECT count(*) FROM matcol.pending`,
+		`DELETE FROM matcol.pending`,
+		`UPDATE matcol.pending SET vals = '[2]'`,
+		`INSERT INTO matcol.pending (target_id, vals, enqueued_at) VALUES (1, '[2]', now() - interval '1 day')`,
+		`INSERT INTO matcol.pending (id, target_id, vals) OVERRIDING SYSTEM VALUE VALUES (1, 1, '[2]')`,
+	} {
+		_, err := conn.Exec(ctx, `SET ROLE app_writer; `+sql)
+		require.ErrorContains(t, err, "permission denied", sql)
+		pgtest.Exec(t, conn, `RESET ROLE`)
+	}
+	require.Empty(t, queued(t, conn), "nothing the application role tried reached the queue")
+}
+
 func TestSyncIsIdempotentAndRemoves(t *testing.T) {
 	conn := setup(t)
 	require.Empty(t, apply(t, conn, defs), "a second apply changes no trigger")
