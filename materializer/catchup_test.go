@@ -97,3 +97,20 @@ func TestStartWarmsWorkerConnections(t *testing.T) {
 	require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM matcol.pending`).Scan(&pending))
 	require.Zero(t, pending)
 }
+
+// The warm-up never holds the whole pool: with more workers than connections the daemon still
+// starts at once.
+func TestWarmUpWithFewerConnectionsThanWorkers(t *testing.T) {
+	ctx := context.Background()
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 6, SweepInterval: time.Hour}) // the pool has 4
+	pgtest.Exec(t, b.conn, `INSERT INTO venue (id) SELECT generate_series(3, 102)`)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- b.mat.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	require.Eventually(t, func() bool {
+		var stale int
+		require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM venue WHERE materialized_at IS NULL`).Scan(&stale))
+		return stale == 0
+	}, 10*time.Second, 20*time.Millisecond)
+}

@@ -36,13 +36,17 @@ func (m *Materializer) warm(ctx context.Context) {
 	if len(targets) == 0 {
 		return
 	}
-	conns := make([]*pgxpool.Conn, 0, m.cfg.Workers)
+	// Never the whole pool: holding every connection while asking for one more would wait forever.
+	n := min(m.cfg.Workers, int(m.pool.Config().MaxConns)-1)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conns := make([]*pgxpool.Conn, 0, max(n, 0))
 	defer func() {
 		for _, c := range conns {
 			c.Release()
 		}
 	}()
-	for range m.cfg.Workers {
+	for range n {
 		c, err := m.pool.Acquire(ctx)
 		if err != nil {
 			m.log.Debug("warm-up skipped", "error", err)
