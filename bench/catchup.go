@@ -102,7 +102,8 @@ func threshold(pct float64) int { return int(math.Round(pct * 1000)) }
 type catchupRow struct {
 	pct           float64
 	changed       int64
-	matcol        time.Duration // the limit when not done
+	matcol        time.Duration // the better of two rounds; the limit when not done
+	matcolFirst   time.Duration // the first round
 	done          bool
 	stale, queued int64         // what was left when not done
 	setBased      time.Duration // the better of two
@@ -219,30 +220,50 @@ func catchUpBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) e
 				row.refresh = t
 			}
 		}
-		// matcol: the same change, committed by the application; the clock runs from its commit.
 		if _, err := su.Exec(ctx, `CHECKPOINT`); err != nil {
 			return err
 		}
-		cpu0 := procCPU(d.cmd.Process.Pid)
-		tag, err := app.Exec(ctx, change)
-		if err != nil {
-			return err
-		}
-		committed := time.Now()
-		row.changed = tag.RowsAffected()
-		fmt.Printf("  %.1f%%: %d snapshots changed…\n", pct, row.changed)
-		row.matcol, err = caughtUp(ctx, su, d, committed, wait{table: "event_seat_state_change",
-			mustSee: true, grace: time.Minute, limit: o.limit})
-		row.done = err == nil
-		if errors.Is(err, errBehind) {
-			if row.stale, row.queued, err = behind(ctx, su, "event_seat_state_change"); err != nil {
+		// matcol: the same change, committed by the application, twice (the second flips the same
+		// seats back), the better time kept, as for the set-based UPDATE: the first round's pages
+		// are in the state the set-based UPDATE's first run found them in.
+		for i := 0; i < 2; i++ {
+			if i > 0 {
+				if _, err := su.Exec(ctx, `CHECKPOINT`); err != nil {
+					return err
+				}
+			}
+			cpu0 := procCPU(d.cmd.Process.Pid)
+			tag, err := app.Exec(ctx, change)
+			if err != nil {
 				return err
 			}
+			committed := time.Now()
+			row.changed = tag.RowsAffected()
+			fmt.Printf("  %.1f%%: %d snapshots changed…\n", pct, row.changed)
+			t, err := caughtUp(ctx, su, d, committed, wait{table: "event_seat_state_change",
+				mustSee: true, grace: time.Minute, limit: o.limit})
+			row.done = err == nil
+			if errors.Is(err, errBehind) {
+				if row.stale, row.queued, err = behind(ctx, su, "event_seat_state_change"); err != nil {
+					return err
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("catch-up at %.1f%%: %w\ndaemon log:\n%s", pct, err, m.logTail())
+			}
+			fmt.Printf("  %.1f%%: matcol round %d: %s\n", pct, i+1, t.Round(time.Millisecond))
+			if i == 0 {
+				row.matcolFirst = t
+			}
+			if !row.done {
+				row.matcol = t
+				break
+			}
+			if row.matcol == 0 || t < row.matcol {
+				row.matcol = t
+				row.daemonCPU = procCPU(d.cmd.Process.Pid) - cpu0
+			}
 		}
-		if err != nil {
-			return fmt.Errorf("catch-up at %.1f%%: %w\ndaemon log:\n%s", pct, err, m.logTail())
-		}
-		row.daemonCPU = procCPU(d.cmd.Process.Pid) - cpu0
 		row.daemonPeakRSS = d.peakRSS()
 		// verify skips stale rows: after a catch-up it checks every row, else the fresh ones.
 		if row.verifiedRows, err = m.verifyAll(ctx); err != nil {
@@ -265,21 +286,21 @@ func catchUpBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) e
 	r.heading("Catch-up after a change (%d snapshots × %d seats)", c.rows, c.seats)
 	r.add("The seat-state shape: each `event_seat_state_change` row keeps five counts over its %d `seat_state` rows (`count(*) FILTER (WHERE state = …)`: sold, reserved, empty, blocked, held); %d rows, trigger mode, `matcol run` as its own process with the default config, as the role `%s` with exactly the grants of docs/security.md; the application's writes come from the role `%s` that owns the tables.", c.seats, c.rows, triggerRole, appRole)
 	r.add("")
-	r.add("For each size, one committed UPDATE changes one seat of each of that share of snapshots, spread over the table. matcol's time runs from that commit until no row is stale and `matcol.pending` is empty (polled every 10 ms; the clock cannot stop before a poll has seen the change's stale rows or queued entries). The baselines run on a copy of the same data without matcol (`CREATE DATABASE … TEMPLATE`), which gets the same change: one set-based `UPDATE … FROM (aggregate over exactly the changed snapshots)` (twice, each after a CHECKPOINT and the change, as matcol's run starts, so that both pay the same full-page writes; the verdict takes the better, whose pages the first run brought into shared buffers, while matcol's first batches read theirs as the first run did, so the first run's ratio is shown too), and `REFRESH MATERIALIZED VIEW` of the whole equivalent view (also the better of two). `matcol verify --all` then checks every row (0 drift, or the bench fails).")
+	r.add("For each size, one committed UPDATE changes one seat of each of that share of snapshots, spread over the table. matcol's time runs from that commit until no row is stale and `matcol.pending` is empty (polled every 10 ms; the clock cannot stop before a poll has seen the change's stale rows or queued entries). The baselines run on a copy of the same data without matcol (`CREATE DATABASE … TEMPLATE`), which gets the same change: one set-based `UPDATE … FROM (aggregate over exactly the changed snapshots)`, and `REFRESH MATERIALIZED VIEW` of the whole equivalent view. Each side runs twice per size, each run after a CHECKPOINT and the change (the second flips the same seats back), so that both pay the same full-page writes, and the verdict takes the better of each: a first run prunes the pages the change left full (auto_explain shows a prune record per changed snapshot in a first run and none in a second) and reads pages not yet in shared buffers; the second finds less of both. The first runs' times and their ratio are shown in parentheses. `matcol verify --all` then checks every row (0 drift, or the bench fails).")
 	r.add("")
-	r.add("| changed | matcol catch-up | set-based UPDATE of those rows (first run) | REFRESH (whole view) | matcol ÷ set-based speed (÷ first run) | faster than REFRESH | daemon CPU | daemon peak RSS | verify |")
+	r.add("| changed | matcol catch-up (first run) | set-based UPDATE of those rows (first run) | REFRESH (whole view) | matcol ÷ set-based speed (first runs) | faster than REFRESH | daemon CPU | daemon peak RSS | verify |")
 	r.add("|---|---|---|---|---|---|---|---|---|")
 	for _, row := range rows {
 		speed := row.setBased.Seconds() / row.matcol.Seconds()
 		vsRefresh := row.refresh.Seconds() / row.matcol.Seconds()
-		took, lt, verified := row.matcol.Round(time.Millisecond).String(), "", fmt.Sprintf("%d rows, 0 drift", row.verifiedRows)
+		took, lt, verified := fmt.Sprintf("%s (%s)", row.matcol.Round(time.Millisecond), row.matcolFirst.Round(time.Millisecond)), "", fmt.Sprintf("%d rows, 0 drift", row.verifiedRows)
 		if !row.done {
 			took = fmt.Sprintf("not caught up in %s (%d rows stale, %d entries queued)", o.limit, row.stale, row.queued)
 			lt, verified = "< ", fmt.Sprintf("%d fresh rows, 0 drift", row.verifiedRows)
 		}
 		r.add("| %g%% (%d rows) | %s | %s (%s) | %s | **%s%s** (%s%s) | **%s%s** | %.2f s | %.1f MB | %s |", row.pct, row.changed,
 			took, row.setBased.Round(time.Millisecond), row.setBasedFirst.Round(time.Millisecond), row.refresh.Round(time.Millisecond),
-			lt, times(speed), lt, times(row.setBasedFirst.Seconds()/row.matcol.Seconds()), lt, times(vsRefresh),
+			lt, times(speed), lt, times(row.setBasedFirst.Seconds()/row.matcolFirst.Seconds()), lt, times(vsRefresh),
 			row.daemonCPU, float64(row.daemonPeakRSS)/1e6, verified)
 		r.target(fmt.Sprintf("catch-up after a %g%% change", row.pct), fmt.Sprintf("%s%s the set-based UPDATE's speed", lt, times(speed)),
 			"≥ 0.5×", row.done && speed >= 0.5, whyCatchUp)
@@ -292,7 +313,7 @@ func catchUpBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) e
 		r.target(fmt.Sprintf("catch-up after a %g%% change", pct), "not run", "≥ 0.5×", false, whyCatchUp)
 	}
 	r.add("")
-	r.add("\"matcol ÷ set-based speed\" is the set-based UPDATE's time over matcol's: 1× is as fast as one statement over exactly the changed rows, 0.5× twice as slow. The daemon's CPU is its own process's user+system time over the catch-up (the backends it drives are not in it); peak RSS is the process's high-water mark so far.")
+	r.add("\"matcol ÷ set-based speed\" is the set-based UPDATE's time over matcol's: 1× is as fast as one statement over exactly the changed rows, 0.5× twice as slow. The daemon's CPU is its own process's user+system time over the better catch-up (the backends it drives are not in it); peak RSS is the process's high-water mark so far.")
 	r.add("")
 	if c.resyncRows > 0 {
 		return resyncBench(ctx, r, admin, o)
