@@ -2,21 +2,16 @@ package materializer
 
 import (
 	"context"
-	"errors"
 	"sort"
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // warmTargets bounds the tables whose statements a new daemon runs once on each connection
 // before its first batch.
 const warmTargets = 16
-
-// errWarmed rolls back a warm-up transaction.
-var errWarmed = errors.New("warmed")
 
 // warm opens a connection per worker and runs each batch statement of the first tables on it
 // once, for no rows, rolled back. A backend's first batch of a table loads the catalog entries of
@@ -60,7 +55,7 @@ func (m *Materializer) warm(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			for _, t := range targets {
-				if err := m.warmTarget(ctx, c, t); err != nil && !errors.Is(err, errWarmed) {
+				if err := m.warmTarget(ctx, c, t); err != nil {
 					// The first real batch reports it, with its table.
 					m.log.Debug("warm-up failed", "table", t.plan.Table.String(), "error", err)
 					return
@@ -75,25 +70,20 @@ func (m *Materializer) warm(ctx context.Context) {
 
 // warmTarget runs t's batch statements for no rows in a transaction it rolls back.
 func (m *Materializer) warmTarget(ctx context.Context, c *pgxpool.Conn, t *target) error {
-	return pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(t.plan)...); err != nil {
-			return err
-		}
-		width := len(t.plan.Key)
-		rows, err := tx.Query(ctx, t.takeSQL, t.plan.ID, 0)
-		if err != nil {
-			return err
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		if _, err := claim(ctx, tx, t.claimSQL, width, 0, t.plan.ID); err != nil {
-			return err
-		}
-		if err := m.write(ctx, tx, t, make([][]*string, width)); err != nil {
-			return err
-		}
-		return errWarmed
-	})
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // nothing to keep
+	if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(t.plan)...); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, t.takeSQL, t.plan.ID, 0); err != nil {
+		return err
+	}
+	width := len(t.plan.Key)
+	if _, err := claim(ctx, tx, t.claimSQL, width, 0, t.plan.ID); err != nil {
+		return err
+	}
+	return m.write(ctx, tx, t, make([][]*string, width))
 }
