@@ -251,17 +251,16 @@ func catchUpBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) e
 			if err != nil {
 				return fmt.Errorf("catch-up at %.1f%%: %w\ndaemon log:\n%s", pct, err, m.logTail())
 			}
+			cpu := procCPU(d.cmd.Process.Pid) - cpu0
 			fmt.Printf("  %.1f%%: matcol round %d: %s\n", pct, i+1, t.Round(time.Millisecond))
 			if i == 0 {
 				row.matcolFirst = t
 			}
-			if !row.done {
-				row.matcol = t
-				break
+			if !row.done || row.matcol == 0 || t < row.matcol {
+				row.matcol, row.daemonCPU = t, cpu
 			}
-			if row.matcol == 0 || t < row.matcol {
-				row.matcol = t
-				row.daemonCPU = procCPU(d.cmd.Process.Pid) - cpu0
+			if !row.done {
+				break
 			}
 		}
 		row.daemonPeakRSS = d.peakRSS()
