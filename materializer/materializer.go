@@ -318,10 +318,14 @@ func (m *Materializer) markLocked(t *target) {
 }
 
 // nudgeLocked queues t for a worker without a claim of stale rows: queued keys are taken by
-// queue batches, and a claim on a table without an index on stale rows scans it whole.
+// queue batches, and a claim on a table without an index on stale rows scans it whole. A table
+// a batch is running on waits for it (finish queues it again): the drainer sees that batch's
+// entries until it commits, and a second batch would find nothing, on cores the first needs. A
+// backlog gets more workers through more.
 func (m *Materializer) nudgeLocked(t *target) {
 	if t.running > 0 {
 		t.dirty = true
+		return
 	}
 	m.pushLocked(t)
 }

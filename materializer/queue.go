@@ -133,6 +133,13 @@ func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more b
 		// than one key per batch and a batch per application transaction. Rows all held by
 		// others also wait for that look.
 		more = taken > 0 && taken*2 >= size && len(locked[0]) > 0
+		if taken >= size {
+			// A backlog: another worker may take the next entries while this batch writes.
+			m.mu.Lock()
+			t.more = true
+			m.pushLocked(t)
+			m.mu.Unlock()
+		}
 		if len(held[0]) > 0 {
 			if _, err := tx.Exec(ctx, plan.RequeueKeysSQL, t.plan.ID, keyJSON(held)); err != nil {
 				return fmt.Errorf("queue held rows of %s: %w", t.plan.Table, err)
