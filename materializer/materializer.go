@@ -33,7 +33,9 @@ type Config struct {
 	// PollInterval is how often the queue is polled while work keeps arriving. Defaults to 50ms.
 	PollInterval time.Duration
 	// Linger is how long the drainer keeps polling after the last work before it sleeps and asks
-	// writers to notify it. Defaults to 2s.
+	// writers to notify it. Defaults to 250ms: writers that commit more often than that keep it
+	// polling, so NOTIFY's commit lock stays off a busy write path, while a change after a pause
+	// wakes it at once instead of waiting up to a poll interval.
 	Linger time.Duration
 	// MaxReplicaLag holds work while any replica's replay lag exceeds it. 0 disables. Defaults to 0.
 	MaxReplicaLag time.Duration
@@ -65,7 +67,7 @@ func (c *Config) defaults() {
 		c.PollInterval = 50 * time.Millisecond
 	}
 	if c.Linger <= 0 {
-		c.Linger = 2 * time.Second
+		c.Linger = 250 * time.Millisecond
 	}
 	if c.LatencyFactor == 0 {
 		c.LatencyFactor = 4
