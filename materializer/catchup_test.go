@@ -114,3 +114,21 @@ func TestWarmUpWithFewerConnectionsThanWorkers(t *testing.T) {
 		return stale == 0
 	}, 10*time.Second, 20*time.Millisecond)
 }
+
+// A daemon without work soon asks writers to wake it (matcol.wake_flag), so that a change after a
+// pause is taken at once, not at the next poll of the queue.
+func TestIdleDaemonSleepsSoon(t *testing.T) {
+	ctx := context.Background()
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 1, SweepInterval: time.Hour})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- b.mat.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	start := time.Now()
+	require.Eventually(t, func() bool {
+		var flag int64
+		require.NoError(t, b.conn.QueryRow(ctx, `SELECT pg_sequence_last_value('matcol.wake_flag')`).Scan(&flag))
+		return flag == 1
+	}, 1500*time.Millisecond, 10*time.Millisecond, "an idle daemon must ask for NOTIFY well before two seconds")
+	t.Logf("asleep after %s", time.Since(start).Round(time.Millisecond))
+}
