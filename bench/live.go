@@ -414,6 +414,7 @@ func startCaughtUp(ctx context.Context, conn *pgx.Conn, o liveOpts, cfg, name, m
 
 type liveOpts struct {
 	bin, dir  string
+	hugePages string // the cluster's huge_pages setting, for the report
 	cl        *pgcluster.Cluster
 	loadFor   time.Duration // per freshness level
 	benchFor  time.Duration // per pgbench run
@@ -686,6 +687,26 @@ func cpuModel() string {
 		}
 	}
 	return "unknown CPU"
+}
+
+// hugePagesFree is how many bytes of huge pages the machine has free (vm.nr_hugepages).
+func hugePagesFree() int64 {
+	b, _ := os.ReadFile("/proc/meminfo")
+	var free, size int64
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		n, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "HugePages_Free:":
+			free = n
+		case "Hugepagesize:":
+			size = n << 10
+		}
+	}
+	return free * size
 }
 
 func memTotal() string {

@@ -104,13 +104,20 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 	fmt.Println("starting a throwaway PostgreSQL cluster…")
 	settings := map[string]string{
 		"shared_buffers": "1GB", "max_wal_size": "8GB", "checkpoint_timeout": "30min",
-		"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+		"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on", "huge_pages": "off"}
+	// Huge pages when the machine has enough free: with 4 kB pages each backend's first touch of
+	// each page of shared memory faults, which a baseline's backend has mostly paid in the change
+	// it just ran and matcol's workers have not (docs/benchmarks.md, catch-up). Reported either way.
+	if hugePagesFree() >= 1200<<20 {
+		settings["huge_pages"] = "on"
+	}
 	// MATCOL_BENCH_PGCONF="name=value;…" adds settings, for a look inside (auto_explain, say).
 	for _, kv := range strings.Split(os.Getenv("MATCOL_BENCH_PGCONF"), ";") {
 		if k, v, ok := strings.Cut(kv, "="); ok {
 			settings[strings.TrimSpace(k)] = strings.TrimSpace(v)
 		}
 	}
+	o.hugePages = settings["huge_pages"]
 	cl, err := pgcluster.Start(ctx, pgcluster.Options{Settings: settings})
 	if err != nil {
 		return err
@@ -145,9 +152,9 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 		return err
 	}
 	r := &report{partial: len(o.only) > 0}
-	r.provenance = fmt.Sprintf("Produced by `%s` on %s, %s (%d cores, %s RAM), PostgreSQL %s, %s.",
+	r.provenance = fmt.Sprintf("Produced by `%s` on %s, %s (%d cores, %s RAM), PostgreSQL %s (huge_pages %s), %s.",
 		strings.Join(append([]string{"go run ./bench"}, os.Args[1:]...), " "), cpuModel(), runtime.GOOS+"/"+runtime.GOARCH,
-		runtime.NumCPU(), memTotal(), version, time.Now().UTC().Format("2006-01-02"))
+		runtime.NumCPU(), memTotal(), version, o.hugePages, time.Now().UTC().Format("2006-01-02"))
 	want := func(name string) bool { return len(o.only) == 0 || slices.Contains(o.only, name) }
 	if want("backfill") {
 		if err := backfills(ctx, r, conn, dsn, snapshots, seats, o); err != nil {
