@@ -78,14 +78,25 @@ func (c *replConn) ack(ctx context.Context, lsn pglogrepl.LSN, reply bool) error
 	return nil
 }
 
-// receive waits until deadline for one message; it returns nil, nil on timeout.
+// receive waits until deadline for one message; it returns nil, nil on timeout. It reads with
+// no context: pgconn hands each context to a watcher goroutine and takes it back, two wake-ups
+// for every message, which under a steady stream cost the daemon more CPU than decoding. A read
+// deadline bounds the wait instead, and interrupt (set up by stream) ends it when ctx ends.
 func (c *replConn) receive(ctx context.Context, deadline time.Time) (*pgproto3.CopyData, error) {
-	rctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	msg, err := c.pg.ReceiveMessage(rctx)
+	if err := c.pg.Conn().SetReadDeadline(deadline); err != nil {
+		return nil, fmt.Errorf("receive replication message: %w", err)
+	}
+	// After the deadline is set: a cancel from here on moves it to now (interrupt).
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	msg, err := c.pg.ReceiveMessage(context.Background())
 	if err != nil {
 		if pgconn.Timeout(err) && ctx.Err() == nil {
 			return nil, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
 		return nil, fmt.Errorf("receive replication message: %w", err)
 	}
@@ -96,5 +107,15 @@ func (c *replConn) receive(ctx context.Context, deadline time.Time) (*pgproto3.C
 		return nil, fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
 	default:
 		return nil, fmt.Errorf("replication stream: unexpected message %T", msg)
+	}
+}
+
+// interrupt makes a receive in progress return when ctx ends; stop undoes it and clears the read
+// deadline for whatever uses the connection next.
+func (c *replConn) interrupt(ctx context.Context) (stop func()) {
+	unregister := context.AfterFunc(ctx, func() { _ = c.pg.Conn().SetReadDeadline(time.Now()) })
+	return func() {
+		unregister()
+		_ = c.pg.Conn().SetReadDeadline(time.Time{})
 	}
 }

@@ -17,6 +17,7 @@ import (
 // ServerWALEnd is taken only when nothing is in flight — no open transaction, no unflushed
 // entry — which is what lets an idle database advance its slot while other databases write WAL.
 func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *mapper, start pglogrepl.LSN) error {
+	defer rc.interrupt(ctx)()
 	acked, committed := start, start
 	inTx := false
 	now := time.Now()
