@@ -689,33 +689,34 @@ func cpuModel() string {
 	return "unknown CPU"
 }
 
-// hugePagesFree is how many bytes of huge pages the machine has free (vm.nr_hugepages).
-func hugePagesFree() int64 {
+// meminfo returns a /proc/meminfo figure in bytes (counts, such as HugePages_Free, as they are),
+// and whether it was there.
+func meminfo(key string) (int64, bool) {
 	b, _ := os.ReadFile("/proc/meminfo")
-	var free, size int64
 	for _, l := range strings.Split(string(b), "\n") {
 		f := strings.Fields(l)
-		if len(f) < 2 {
+		if len(f) < 2 || f[0] != key+":" {
 			continue
 		}
-		n, _ := strconv.ParseInt(f[1], 10, 64)
-		switch f[0] {
-		case "HugePages_Free:":
-			free = n
-		case "Hugepagesize:":
-			size = n << 10
+		n, err := strconv.ParseInt(f[1], 10, 64)
+		if len(f) > 2 && f[2] == "kB" {
+			n <<= 10
 		}
+		return n, err == nil
 	}
+	return 0, false
+}
+
+// hugePagesFree is how many bytes of huge pages the machine has free (vm.nr_hugepages).
+func hugePagesFree() int64 {
+	free, _ := meminfo("HugePages_Free")
+	size, _ := meminfo("Hugepagesize")
 	return free * size
 }
 
 func memTotal() string {
-	b, _ := os.ReadFile("/proc/meminfo")
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "MemTotal:"); ok {
-			kb, _ := strconv.ParseFloat(strings.Fields(v)[0], 64)
-			return fmt.Sprintf("%.0f GiB", kb/(1<<20))
-		}
+	if n, ok := meminfo("MemTotal"); ok {
+		return fmt.Sprintf("%.0f GiB", float64(n)/(1<<30))
 	}
 	return "unknown"
 }

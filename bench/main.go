@@ -99,16 +99,19 @@ SELECT change_id,
        count(*) FILTER (WHERE state = 'EMPTY')::int AS empty
 FROM seat_state GROUP BY change_id WITH NO DATA`
 
+// sharedBuffers is the bench cluster's shared_buffers.
+const sharedBuffers = 1 << 30
+
 func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) error {
 	began := time.Now()
 	fmt.Println("starting a throwaway PostgreSQL cluster…")
 	settings := map[string]string{
-		"shared_buffers": "1GB", "max_wal_size": "8GB", "checkpoint_timeout": "30min",
+		"shared_buffers": fmt.Sprintf("%dMB", sharedBuffers>>20), "max_wal_size": "8GB", "checkpoint_timeout": "30min",
 		"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on", "huge_pages": "off"}
 	// Huge pages when the machine has enough free: with 4 kB pages each backend's first touch of
 	// each page of shared memory faults, which a baseline's backend has mostly paid in the change
-	// it just ran and matcol's workers have not (docs/benchmarks.md, catch-up). Reported either way.
-	if hugePagesFree() >= 1200<<20 {
+	// it just ran and matcol's workers have not (docs/operations.md, huge pages). Reported either way.
+	if hugePagesFree() >= sharedBuffers*6/5 { // and the rest of shared memory
 		settings["huge_pages"] = "on"
 	}
 	// MATCOL_BENCH_PGCONF="name=value;…" adds settings, for a look inside (auto_explain, say).
