@@ -30,11 +30,16 @@ import (
 	"github.com/matcol/matcol/status"
 )
 
+// controlConns is the size of the pool of the drainer, the throttle's checks and /status, when
+// database.max_conns leaves room for it beside the workers.
+const controlConns = 3
+
 // Daemon is a running matcol.
 type Daemon struct {
 	cfg       *config.Config
 	log       hclog.Logger
-	pool      *pgxpool.Pool
+	pool      *pgxpool.Pool // /status, the drainer and the checks; the workers' too when not split
+	work      *pgxpool.Pool // the workers'
 	Mat       *materializer.Materializer
 	started   time.Time
 	freshness prometheus.Histogram
@@ -117,10 +122,31 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		maxConns = cfg.Materializer.Workers + 4
 	}
 	guard := &dial.CacheGuard{MaxBytes: int64(cfg.Database.MaxCacheBytes), Log: log.Named("pool")}
+	// The drainer, the checks and /status get connections of their own, so that the workers'
+	// pool serves batches alone (see materializer.Materializer.Control); a cap too small to
+	// split leaves one pool for all.
+	workConns, control := maxConns, 0
+	if maxConns >= cfg.Materializer.Workers+controlConns+1 {
+		workConns, control = maxConns-controlConns, controlConns
+	}
 	pool, err := dial.Pool(ctx, cfg.DatabaseURL, "worker", dial.PoolOptions{
-		MaxConns: int32(maxConns), MaxConnLifetime: cfg.Database.MaxConnLifetime, Cache: guard})
+		MaxConns: int32(workConns), MaxConnLifetime: cfg.Database.MaxConnLifetime, Cache: guard})
 	if err != nil {
 		return nil, err
+	}
+	work := pool
+	if control > 0 {
+		if pool, err = dial.Pool(ctx, cfg.DatabaseURL, "control", dial.PoolOptions{
+			MaxConns: int32(control), MaxConnLifetime: cfg.Database.MaxConnLifetime, Cache: guard}); err != nil {
+			work.Close()
+			return nil, err
+		}
+	}
+	closePools := func() {
+		if work != pool {
+			work.Close()
+		}
+		pool.Close()
 	}
 	p, err := loadPlanOnce(ctx, cfg.DatabaseURL)
 	for attempt := 0; dial.IsConnectionError(err); attempt++ {
@@ -128,16 +154,16 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		wait := retryDelay(attempt)
 		log.Warn("database unreachable; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
 		if !dial.Sleep(ctx, wait) {
-			pool.Close()
+			closePools()
 			return nil, ctx.Err()
 		}
 		p, err = loadPlanOnce(ctx, cfg.DatabaseURL)
 	}
 	if err != nil {
-		pool.Close()
+		closePools()
 		return nil, err
 	}
-	m := materializer.New(pool, p, materializer.Config{
+	m := materializer.New(work, p, materializer.Config{
 		Workers:             cfg.Materializer.Workers,
 		BatchSize:           cfg.Materializer.BatchSize,
 		TargetBatchDuration: cfg.Materializer.TargetBatchDuration,
@@ -146,7 +172,10 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		LatencyFactor:       latencyFactor(cfg.Throttle.LatencyFactor),
 		MaxDelay:            maxDelay(cfg.Throttle.MaxDelay),
 	}, log.Named("materializer"))
-	d := &Daemon{cfg: cfg, log: log, pool: pool, Mat: m, started: time.Now(), freshness: status.NewFreshnessHistogram(),
+	if work != pool {
+		m.Control = pool
+	}
+	d := &Daemon{cfg: cfg, log: log, pool: pool, work: work, Mat: m, started: time.Now(), freshness: status.NewFreshnessHistogram(),
 		Version: "dev", cache: guard, rescanNow: make(chan struct{}, 1), reloadNow: make(chan struct{}, 1)}
 	m.OnGone = d.RescanNow
 	m.OnPlanChanged = d.ReloadNow
@@ -162,7 +191,12 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 // Wait runs the listener, the materializer, the rescan loop and the matview scheduler until ctx
 // ends.
 func (d *Daemon) Wait(ctx context.Context) error {
-	defer d.pool.Close()
+	defer func() {
+		if d.work != nil && d.work != d.pool {
+			d.work.Close()
+		}
+		d.pool.Close()
+	}()
 	var l listener.Listener
 	var streaming func() bool
 	var wake listener.Listener

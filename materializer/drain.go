@@ -128,7 +128,7 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 
 func (m *Materializer) setSleeping(ctx context.Context, v bool) error {
 	// The flag writers read (matcol.wake_flag) and the table, in one statement.
-	_, err := m.pool.Exec(ctx, `WITH f AS (SELECT pg_catalog.setval('matcol.wake_flag', CASE WHEN $1::bool THEN 1 ELSE 0 END, true))
+	_, err := m.control().Exec(ctx, `WITH f AS (SELECT pg_catalog.setval('matcol.wake_flag', CASE WHEN $1::bool THEN 1 ELSE 0 END, true))
 		INSERT INTO matcol.wake (sleeping) SELECT $1::bool FROM f
 		ON CONFLICT (id) DO UPDATE SET sleeping = excluded.sleeping
 		WHERE matcol.wake.sleeping IS DISTINCT FROM excluded.sleeping`, v)
@@ -194,7 +194,7 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 		return res, nil
 	}
 	touched := map[int]bool{}
-	err = pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, m.control(), func(tx pgx.Tx) error {
 		var searchPath string
 		var locked bool
 		var version int64
@@ -565,7 +565,7 @@ func jsonText(raw json.RawMessage) *string {
 // invalidateAll starts a pass over every row of each target that has whole-target entries (a
 // source was truncated); the pass removes them when it ends.
 func (m *Materializer) invalidateAll(ctx context.Context, ids []int32, byID map[int]*target) error {
-	rows, err := m.pool.Query(ctx, `SELECT target_id, max(id) FROM matcol.pending
+	rows, err := m.control().Query(ctx, `SELECT target_id, max(id) FROM matcol.pending
 		WHERE vals IS NULL AND target_id = ANY($1) GROUP BY target_id`, ids)
 	if err != nil {
 		return fmt.Errorf("read whole-table invalidations: %w", err)

@@ -183,7 +183,7 @@ func (m *Materializer) ThrottleLevel() int { return int(m.level.Load()) }
 
 // checkHarm reads the probe once, timing it when timed, and moves the throttle level.
 func (m *Materializer) checkHarm(ctx context.Context, timed bool) {
-	s, err := probe(ctx, m.pool, timed)
+	s, err := probe(ctx, m.control(), timed)
 	if err != nil {
 		return // keep the last level; the next tick tries again
 	}
@@ -247,7 +247,7 @@ func (m *Materializer) checkOldest(ctx context.Context) {
 		return
 	}
 	var secs float64
-	if err := m.pool.QueryRow(ctx, oldestSQL).Scan(&secs); err != nil {
+	if err := m.control().QueryRow(ctx, oldestSQL).Scan(&secs); err != nil {
 		return
 	}
 	was := m.overdue()

@@ -97,10 +97,15 @@ type Stats struct {
 
 // Materializer runs the workers and the queue drainer. It implements listener.Sink.
 type Materializer struct {
-	pool  *pgxpool.Pool
-	log   hclog.Logger
-	cfg   Config
-	Stats Stats
+	pool *pgxpool.Pool
+	// Control, when set, serves the drainer and the periodic checks, so that the worker pool
+	// serves batches alone. pgxpool hands out the connection released last: a batch then runs on
+	// the backend that ran the one before, whose caches and mapped shared memory are warm,
+	// instead of on one the drainer's polls just took turns with.
+	Control *pgxpool.Pool
+	log     hclog.Logger
+	cfg     Config
+	Stats   Stats
 
 	mu      sync.Mutex
 	plan    *plan.Plan
@@ -204,6 +209,14 @@ func New(pool *pgxpool.Pool, p *plan.Plan, cfg Config, log hclog.Logger) *Materi
 	m.harm.factor = cfg.LatencyFactor
 	m.SetPlan(p)
 	return m
+}
+
+// control returns the pool of the drainer and the periodic checks.
+func (m *Materializer) control() *pgxpool.Pool {
+	if m.Control != nil {
+		return m.Control
+	}
+	return m.pool
 }
 
 // SetPlan swaps in a new plan, keeping the state of targets that stay.

@@ -42,7 +42,7 @@ func (m *Materializer) noteDirect(ctx context.Context) (n int, drainable bool, e
 		return err
 	})
 	b.Queue(drainableSQL).QueryRow(func(row pgx.Row) error { return row.Scan(&drainable) })
-	if err := m.pool.SendBatch(ctx, b).Close(); err != nil {
+	if err := m.control().SendBatch(ctx, b).Close(); err != nil {
 		return 0, false, fmt.Errorf("read tables with queued keys: %w", err)
 	}
 	m.mu.Lock()

@@ -32,7 +32,7 @@ func (m *Materializer) sweep(ctx context.Context) {
 		m.mu.Unlock()
 	}
 	if debounced {
-		if _, err := m.pool.Exec(ctx, `DELETE FROM matcol.debounce d USING (
+		if _, err := m.control().Exec(ctx, `DELETE FROM matcol.debounce d USING (
 				SELECT target_id, key FROM matcol.debounce WHERE not_before < now() LIMIT $1) g
 			WHERE d.target_id = g.target_id AND d.key = g.key`, tidyChunk); err != nil {
 			m.log.Warn("clearing min_interval holds failed", "error", err)

@@ -55,7 +55,7 @@ func (m *Materializer) watchLoad(ctx context.Context) {
 func (m *Materializer) checkLoad(ctx context.Context) {
 	var paused bool
 	var lag float64
-	err := m.pool.QueryRow(ctx, loadSQL).Scan(&paused, &lag)
+	err := m.control().QueryRow(ctx, loadSQL).Scan(&paused, &lag)
 	if err != nil {
 		return // keep the last known state; the next tick tries again
 	}

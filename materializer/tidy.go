@@ -40,7 +40,7 @@ var tidySQL = []string{
 func (m *Materializer) tidy(ctx context.Context) error {
 	for _, sql := range tidySQL {
 		for i := 0; i < tidyChunks; i++ {
-			tag, err := m.pool.Exec(ctx, sql, tidyChunk)
+			tag, err := m.control().Exec(ctx, sql, tidyChunk)
 			if err != nil {
 				return err
 			}
@@ -49,7 +49,7 @@ func (m *Materializer) tidy(ctx context.Context) error {
 			}
 		}
 	}
-	rows, err := m.pool.Query(ctx, `SELECT DISTINCT target_id FROM matcol.failure`)
+	rows, err := m.control().Query(ctx, `SELECT DISTINCT target_id FROM matcol.failure`)
 	if err != nil {
 		return err
 	}
@@ -67,7 +67,7 @@ func (m *Materializer) tidy(ctx context.Context) error {
 		sql := plan.OrphanFailuresSQL(t.plan)
 		for i := 0; i < tidyChunks; i++ {
 			var n int
-			if err := m.pool.QueryRow(dial.Touching(ctx, t.plan.Relations()), sql, id, tidyChunk).Scan(&n); err != nil {
+			if err := m.control().QueryRow(dial.Touching(ctx, t.plan.Relations()), sql, id, tidyChunk).Scan(&n); err != nil {
 				return fmt.Errorf("failures of deleted rows of %s: %w", t.plan.Table, err)
 			}
 			if n < tidyChunk {

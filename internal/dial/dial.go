@@ -33,7 +33,7 @@ func Config(dsn, role string) (*pgx.ConnConfig, error) {
 	return cfg, nil
 }
 
-var asyncRoles = map[string]bool{"worker": true, "listener": true, "backfill": true, "refresh": true}
+var asyncRoles = map[string]bool{"worker": true, "control": true, "listener": true, "backfill": true, "refresh": true}
 
 func apply(params map[string]string, role string) {
 	name := "matcol"

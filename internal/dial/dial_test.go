@@ -28,7 +28,7 @@ func TestSynchronousCommitByRole(t *testing.T) {
 		require.NoError(t, c.QueryRow(ctx, `SHOW synchronous_commit`).Scan(&v))
 		return v
 	}
-	for _, role := range []string{"worker", "listener", "backfill", "refresh"} {
+	for _, role := range []string{"worker", "control", "listener", "backfill", "refresh"} {
 		require.Equal(t, "off", show(dsn, role), role)
 	}
 	for _, role := range []string{"apply", "cli", "install"} {
