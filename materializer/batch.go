@@ -82,7 +82,7 @@ func (m *Materializer) batch(ctx context.Context, t *target) (n int, full bool, 
 		return 0, false, fmt.Errorf("commit batch of %s: %w", t.plan.Table, err)
 	}
 	m.noteMaterialized(t, keys)
-	m.done(t, claimed, time.Since(start))
+	m.done(t, size, claimed, time.Since(start))
 	m.log.Trace("batch", "table", t.plan.Table.String(), "rows", claimed, "size", size, "elapsed", time.Since(start))
 	return claimed, full, nil
 }
@@ -140,13 +140,13 @@ func (m *Materializer) wakeWhenDue(ctx context.Context, tx pgx.Tx, t *target) (b
 	return true, nil
 }
 
-func (m *Materializer) done(t *target, n int, d time.Duration) {
+func (m *Materializer) done(t *target, size, n int, d time.Duration) {
 	t.rows.Add(int64(n))
 	t.lastBatch.Store(int64(d))
 	m.Stats.RowsMaterialized.Add(int64(n))
 	m.Stats.Batches.Add(1)
 	m.Stats.LastBatchNanos.Store(int64(d))
-	m.observe(t, n, d)
+	m.observe(t, size, n, d)
 }
 
 // batchSettingsSQL sets each batch's limits. Batches read few rows by key, mostly from cache: a

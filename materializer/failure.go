@@ -74,7 +74,7 @@ func (m *Materializer) retryKeys(ctx context.Context, t *target, keys [][]*strin
 		return 0, err
 	}
 	if n > 0 {
-		m.done(t, n, time.Since(start))
+		m.done(t, n, n, time.Since(start))
 	}
 	return n, nil
 }

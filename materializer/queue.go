@@ -163,7 +163,7 @@ func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more b
 	}
 	m.mu.Unlock()
 	if n = len(locked[0]); n > 0 {
-		m.done(t, n, time.Since(start))
+		m.done(t, size, n, time.Since(start))
 		if m.OnFresh != nil {
 			now := time.Now()
 			for _, at := range ats {

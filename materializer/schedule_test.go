@@ -2,6 +2,7 @@ package materializer
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -41,4 +42,29 @@ func TestRunningTableWaitsForItsBatch(t *testing.T) {
 	m.mu.Unlock()
 	require.Same(t, tg, m.next(), "a backlog goes to a second worker")
 	require.Same(t, tg, m.next(), "and a third")
+}
+
+// Batches of one table that ran side by side and report the same rate leave the size that rate
+// fits in the target, however many report it; shrinking by a factor per report compounded.
+func TestBatchSizeFollowsTheRate(t *testing.T) {
+	m := &Materializer{cfg: Config{TargetBatchDuration: 100 * time.Millisecond}}
+	tg := &target{batchSize: 1000}
+	for range 4 {
+		m.observe(tg, 1000, 1000, 300*time.Millisecond)
+	}
+	require.Equal(t, 500, tg.batchSize, "1,000 rows in 300 ms: half of them, however many batches say so")
+	for range 4 {
+		m.observe(tg, 500, 500, 245*time.Millisecond)
+	}
+	require.Equal(t, 250, tg.batchSize)
+	m.observe(tg, 250, 250, 20*time.Millisecond)
+	require.Equal(t, 500, tg.batchSize, "a fast full batch doubles the size, no more")
+	m.observe(tg, 250, 250, 20*time.Millisecond)
+	require.Equal(t, 500, tg.batchSize, "another report from a batch of the old size grows nothing more")
+	m.observe(tg, 500, 5, 400*time.Millisecond)
+	require.Equal(t, 250, tg.batchSize, "a few rows stuck behind a lock halve it at most")
+	m.observe(tg, 250, 100, 30*time.Millisecond)
+	require.Equal(t, 250, tg.batchSize, "a short batch that was not full says nothing about a full one")
+	m.observe(tg, 250, 250, 180*time.Millisecond)
+	require.Equal(t, 138, tg.batchSize, "250 rows in 180 ms: 138 fit")
 }

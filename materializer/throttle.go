@@ -5,17 +5,28 @@ import (
 	"time"
 )
 
+// maxBatch bounds a batch's rows.
+const maxBatch = 20000
+
 // observe steers the batch size toward the target duration, which bounds how long rows stay
-// locked: shrink fast when a batch runs long, grow gently when full batches run short.
-func (m *Materializer) observe(t *target, n int, d time.Duration) {
+// locked, from the rate of a batch that ran with size: one that ran long sets the size that rate
+// fits in the target (at least half its own), a full one that ran short doubles it at most. The
+// step is taken from the batch's own size, not the current one, because batches of one table
+// run side by side and report the same slowness together: shrinking the current size by a factor
+// per report compounded, and four cold batches of 500 left the next ones at 98 rows.
+func (m *Materializer) observe(t *target, size, n int, d time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	goal := m.cfg.TargetBatchDuration
+	if n <= 0 || d <= 0 || goal <= 0 {
+		return
+	}
+	fit := int(min(float64(n)*float64(goal)/float64(d), maxBatch))
 	switch {
-	case d > goal*3/2 && t.batchSize > 1:
-		t.batchSize = max(1, t.batchSize*2/3)
-	case d < goal/2 && n >= t.batchSize && t.batchSize < 20000:
-		t.batchSize = min(20000, t.batchSize*5/4+1)
+	case d > goal*3/2:
+		t.batchSize = max(1, min(t.batchSize, max(size/2, fit)))
+	case d < goal/2 && n >= size:
+		t.batchSize = max(t.batchSize, min(maxBatch, size*2, fit))
 	}
 }
 

@@ -80,7 +80,7 @@ func (m *Materializer) walkChunk(ctx context.Context, t *target, w *walk) (n int
 		case err == nil:
 			if n > 0 {
 				cursor = last
-				m.done(t, n, time.Since(start))
+				m.done(t, size, n, time.Since(start))
 				m.mu.Lock()
 				w.rows += int64(n)
 				m.mu.Unlock()
@@ -139,7 +139,7 @@ func (m *Materializer) walkChunk(ctx context.Context, t *target, w *walk) (n int
 	n = len(keys[0])
 	if n > 0 {
 		cursor = keyAt(keys, n-1)
-		m.done(t, n, time.Since(start))
+		m.done(t, size, n, time.Since(start))
 		m.mu.Lock()
 		w.rows += int64(n)
 		m.mu.Unlock()
@@ -239,7 +239,7 @@ func (m *Materializer) expireChunk(ctx context.Context, t *target) (n int, more 
 	}
 	if n > 0 {
 		m.Stats.RowsExpired.Add(int64(n))
-		m.done(t, n, time.Since(start))
+		m.done(t, size, n, time.Since(start))
 	}
 	return n, more, nil
 }
