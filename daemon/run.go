@@ -142,12 +142,7 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 			return nil, err
 		}
 	}
-	closePools := func() {
-		if work != pool {
-			work.Close()
-		}
-		pool.Close()
-	}
+	closePools := func() { closeBoth(work, pool) }
 	p, err := loadPlanOnce(ctx, cfg.DatabaseURL)
 	for attempt := 0; dial.IsConnectionError(err); attempt++ {
 		// As for apply above: a restart or a terminated backend is no reason to stop.
@@ -188,15 +183,18 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 	return d, nil
 }
 
+// closeBoth closes the workers' pool and the control pool, which may be one.
+func closeBoth(work, control *pgxpool.Pool) {
+	if work != nil && work != control {
+		work.Close()
+	}
+	control.Close()
+}
+
 // Wait runs the listener, the materializer, the rescan loop and the matview scheduler until ctx
 // ends.
 func (d *Daemon) Wait(ctx context.Context) error {
-	defer func() {
-		if d.work != nil && d.work != d.pool {
-			d.work.Close()
-		}
-		d.pool.Close()
-	}()
+	defer closeBoth(d.work, d.pool)
 	var l listener.Listener
 	var streaming func() bool
 	var wake listener.Listener
