@@ -68,3 +68,24 @@ func TestBatchSizeFollowsTheRate(t *testing.T) {
 	m.observe(tg, 250, 250, 180*time.Millisecond)
 	require.Equal(t, 138, tg.batchSize, "250 rows in 180 ms: 138 fit")
 }
+
+// Workers join a table while its takes come back full; once one comes back short, at most the
+// one already sent follows, and no more are sent to take nothing.
+func TestShortTakeEndsTheFanOut(t *testing.T) {
+	m := &Materializer{byID: map[int]*target{}, ready: make(chan struct{}, 4)}
+	tg := &target{plan: &plan.Target{ID: 1}}
+	m.byID[1] = tg
+	m.mu.Lock()
+	tg.direct = true
+	m.nudgeLocked(tg)
+	m.mu.Unlock()
+	require.Same(t, tg, m.next())
+	m.noteTake(tg, 500, 500)
+	require.Same(t, tg, m.next(), "a full take: a second worker joins")
+	require.Same(t, tg, m.next(), "and a third")
+	m.noteTake(tg, 120, 500)
+	m.next() // may already be on its way
+	require.Nil(t, m.next(), "the queue's end was seen: no more workers for this table")
+	m.finish(tg, true, false)
+	require.Same(t, tg, m.next(), "a batch that ends full hands the table on again")
+}
