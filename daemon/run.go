@@ -125,37 +125,36 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 	// The drainer, the checks and /status get connections of their own, so that the workers'
 	// pool serves batches alone (see materializer.Materializer.Control); a cap too small to
 	// split leaves one pool for all.
-	workConns, control := maxConns, 0
-	if maxConns >= cfg.Materializer.Workers+controlConns+1 {
-		workConns, control = maxConns-controlConns, controlConns
+	opts := dial.PoolOptions{MaxConns: int32(maxConns), MaxConnLifetime: cfg.Database.MaxConnLifetime, Cache: guard}
+	split := maxConns >= cfg.Materializer.Workers+controlConns+1
+	if split {
+		opts.MaxConns -= controlConns
 	}
-	pool, err := dial.Pool(ctx, cfg.DatabaseURL, "worker", dial.PoolOptions{
-		MaxConns: int32(workConns), MaxConnLifetime: cfg.Database.MaxConnLifetime, Cache: guard})
+	work, err := dial.Pool(ctx, cfg.DatabaseURL, "worker", opts)
 	if err != nil {
 		return nil, err
 	}
-	work := pool
-	if control > 0 {
-		if pool, err = dial.Pool(ctx, cfg.DatabaseURL, "control", dial.PoolOptions{
-			MaxConns: int32(control), MaxConnLifetime: cfg.Database.MaxConnLifetime, Cache: guard}); err != nil {
+	ctl := work
+	if split {
+		opts.MaxConns = controlConns
+		if ctl, err = dial.Pool(ctx, cfg.DatabaseURL, "control", opts); err != nil {
 			work.Close()
 			return nil, err
 		}
 	}
-	closePools := func() { closeBoth(work, pool) }
 	p, err := loadPlanOnce(ctx, cfg.DatabaseURL)
 	for attempt := 0; dial.IsConnectionError(err); attempt++ {
 		// As for apply above: a restart or a terminated backend is no reason to stop.
 		wait := retryDelay(attempt)
 		log.Warn("database unreachable; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
 		if !dial.Sleep(ctx, wait) {
-			closePools()
+			closeBoth(work, ctl)
 			return nil, ctx.Err()
 		}
 		p, err = loadPlanOnce(ctx, cfg.DatabaseURL)
 	}
 	if err != nil {
-		closePools()
+		closeBoth(work, ctl)
 		return nil, err
 	}
 	m := materializer.New(work, p, materializer.Config{
@@ -167,10 +166,10 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		LatencyFactor:       latencyFactor(cfg.Throttle.LatencyFactor),
 		MaxDelay:            maxDelay(cfg.Throttle.MaxDelay),
 	}, log.Named("materializer"))
-	if work != pool {
-		m.Control = pool
+	if ctl != work {
+		m.Control = ctl
 	}
-	d := &Daemon{cfg: cfg, log: log, pool: pool, work: work, Mat: m, started: time.Now(), freshness: status.NewFreshnessHistogram(),
+	d := &Daemon{cfg: cfg, log: log, pool: ctl, work: work, Mat: m, started: time.Now(), freshness: status.NewFreshnessHistogram(),
 		Version: "dev", cache: guard, rescanNow: make(chan struct{}, 1), reloadNow: make(chan struct{}, 1)}
 	m.OnGone = d.RescanNow
 	m.OnPlanChanged = d.ReloadNow
