@@ -99,8 +99,12 @@ SELECT change_id,
        count(*) FILTER (WHERE state = 'EMPTY')::int AS empty
 FROM seat_state GROUP BY change_id WITH NO DATA`
 
-// sharedBuffers is the bench cluster's shared_buffers.
-const sharedBuffers = 1 << 30
+// sharedBuffers is the bench cluster's shared_buffers; hugePagesWanted, the free huge pages it
+// takes to use them, with the rest of shared memory.
+const (
+	sharedBuffers   = 1 << 30
+	hugePagesWanted = sharedBuffers * 6 / 5
+)
 
 func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) error {
 	began := time.Now()
@@ -111,7 +115,7 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 	// Huge pages when the machine has enough free: with 4 kB pages each backend's first touch of
 	// each page of shared memory faults, which a baseline's backend has mostly paid in the change
 	// it just ran and matcol's workers have not (docs/operations.md, huge pages). Reported either way.
-	if hugePagesFree() >= sharedBuffers*6/5 { // and the rest of shared memory
+	if hugePagesFree() >= hugePagesWanted {
 		settings["huge_pages"] = "on"
 	}
 	// MATCOL_BENCH_PGCONF="name=value;…" adds settings, for a look inside (auto_explain, say).

@@ -119,7 +119,8 @@ func (r *report) finish(out string, began time.Time) error {
 	b.WriteString("scenario and rewrites this file; `go run ./bench -only catchup,tpcb` (or `backfill`, `freshness`,\n")
 	b.WriteString("`writes`) runs some and replaces only their sections. Each section names the command and the\n")
 	b.WriteString("machine that produced it. See `go run ./bench -h` for the flags that run each scenario smaller.\n")
-	b.WriteString("The cluster uses huge pages when the machine has 1.2 GB of them free (`sysctl -w vm.nr_hugepages=700`),\n")
+	fmt.Fprintf(&b, "The cluster uses huge pages when the machine has %.1f GiB of them free (`sysctl -w vm.nr_hugepages=%d` or more),\n",
+		float64(hugePagesWanted)/(1<<30), (hugePagesWanted+(2<<20)-1)/(2<<20))
 	b.WriteString("and each section's first line says whether it did (one that does not say ran without): without them matcol's workers pay page faults\n")
 	b.WriteString("that a baseline's connection has mostly paid already ([operations.md](operations.md#huge-pages)).\n")
 	for _, s := range secs {
