@@ -19,6 +19,7 @@ import (
 	"github.com/matcol/matcol/daemon"
 	"github.com/matcol/matcol/internal/demo"
 	"github.com/matcol/matcol/internal/pgtest"
+	"github.com/matcol/matcol/listener/logical"
 	"github.com/matcol/matcol/plan"
 	"github.com/matcol/matcol/verify"
 )
@@ -50,21 +51,7 @@ func setupDB(t *testing.T, dsn string, conn *pgx.Conn, yaml string) *bundle {
 	b := make([]byte, 4)
 	_, _ = crand.Read(b)
 	slot := "matcol_t_" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), dsn)
-		if err != nil {
-			return
-		}
-		defer c.Close(context.Background())
-		deadline := time.Now().Add(10 * time.Second)
-		for time.Now().Before(deadline) {
-			_, err := c.Exec(context.Background(), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
-			if err == nil {
-				return
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	})
+	t.Cleanup(func() { logical.DropTestSlot(dsn, slot) })
 	yaml = strings.Replace(yaml, "mode: trigger", "mode: logical\n  slot: "+slot+"\n  publication: "+slot+"\n  fix_replica_identity: true", 1)
 	f := t.TempDir() + "/matcol.yaml"
 	require.NoError(t, os.WriteFile(f, []byte(yaml), 0o600))

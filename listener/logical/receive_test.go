@@ -24,7 +24,7 @@ func TestStopInterruptsQuietReceive(t *testing.T) {
 	defer rc.close(ctx)
 	lsn, err := rc.createSlot(ctx, "quiet_slot")
 	require.NoError(t, err)
-	t.Cleanup(func() { pgtest.Exec(t, conn, `SELECT pg_drop_replication_slot('quiet_slot')`) })
+	t.Cleanup(func() { DropTestSlot(dsn, "quiet_slot") })
 	require.NoError(t, rc.start(ctx, "quiet_slot", "quiet_pub", lsn))
 
 	sctx, cancel := context.WithCancel(ctx)
