@@ -132,3 +132,43 @@ func TestIdleDaemonSleepsSoon(t *testing.T) {
 	}, 1500*time.Millisecond, 10*time.Millisecond, "an idle daemon must ask for NOTIFY well before two seconds")
 	t.Logf("asleep after %s", time.Since(start).Round(time.Millisecond))
 }
+
+// A queue batch knows from its own take whether entries wait beyond it: a burst of exactly one
+// batch ends with that batch, where a worker sent after it would take nothing (2-40 ms of a cold
+// backend at the end of every burst).
+func TestTakeSeesTheQueueEnd(t *testing.T) {
+	ctx := context.Background()
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 1, SweepInterval: time.Hour, BatchSize: 50})
+	id := b.plan.Targets[0].ID
+	queued := func() (n int) {
+		require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM matcol.pending`).Scan(&n))
+		return n
+	}
+	pgtest.Exec(t, b.conn, `INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(10, 200) g`)
+	pgtest.Exec(t, b.conn, `DELETE FROM matcol.pending`)
+
+	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g, g, 1 FROM generate_series(10, 59) g`)
+	require.Equal(t, 50, queued())
+	n, more, err := b.mat.QueueBatchOf(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, 50, n)
+	require.False(t, more, "the take found the queue's end: no second batch")
+	require.Zero(t, queued())
+
+	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g, g, 1 FROM generate_series(60, 110) g`)
+	require.Equal(t, 51, queued())
+	b.mat.SetBatchSize(id, 50) // the quick full batch above grew it
+	n, more, err = b.mat.QueueBatchOf(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, 50, n)
+	require.True(t, more, "one entry waits beyond the batch")
+	require.Equal(t, 1, queued(), "the entry seen beyond the batch stays queued")
+	n, more, err = b.mat.QueueBatchOf(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	require.False(t, more)
+	var fresh int
+	require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM venue
+		WHERE id BETWEEN 10 AND 110 AND seat_count = 1 AND materialized_at IS NOT NULL`).Scan(&fresh))
+	require.Equal(t, 101, fresh)
+}

@@ -1,5 +1,7 @@
 package materializer
 
+import "context"
+
 // DirectToDrainer makes the drainer take every direct entry and set its row stale, as it does for
 // mapped ones: tests of how invalidations land against batches in flight use it.
 func (m *Materializer) DirectToDrainer() {
@@ -10,3 +12,15 @@ func (m *Materializer) DirectToDrainer() {
 
 // PinThrottle holds the throttle at level, whatever the probe reads.
 func (m *Materializer) PinThrottle(level int) { m.pinLevel.Store(int32(level)) }
+
+// QueueBatchOf runs one queue batch of target id, as a worker would.
+func (m *Materializer) QueueBatchOf(ctx context.Context, id int) (n int, more bool, err error) {
+	return m.queueBatch(ctx, m.byID[id])
+}
+
+// SetBatchSize sets target id's current batch size, which batches otherwise adapt.
+func (m *Materializer) SetBatchSize(id, n int) {
+	m.mu.Lock()
+	m.byID[id].batchSize = n
+	m.mu.Unlock()
+}

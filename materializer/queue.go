@@ -100,7 +100,7 @@ func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more b
 		}
 		locked = make([][]*string, width)
 		held := make([][]*string, width)
-		taken := 0
+		taken, beyond := 0, false
 		for rows.Next() {
 			var kind string
 			var at time.Time
@@ -112,6 +112,10 @@ func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more b
 			if err := rows.Scan(dest...); err != nil {
 				rows.Close()
 				return err
+			}
+			if kind == "m" {
+				beyond = true
+				continue
 			}
 			taken++
 			cols := held
@@ -132,8 +136,8 @@ func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more b
 		// with the drainer's next look (noteDirect, every poll_interval), many to a batch, rather
 		// than one key per batch and a batch per application transaction. Rows all held by
 		// others also wait for that look.
-		more = taken > 0 && taken*2 >= size && len(locked[0]) > 0
-		m.noteTake(t, taken, size)
+		more = beyond && taken*2 >= size && len(locked[0]) > 0
+		m.noteTake(t, beyond)
 		if len(held[0]) > 0 {
 			if _, err := tx.Exec(ctx, plan.RequeueKeysSQL, t.plan.ID, keyJSON(held)); err != nil {
 				return fmt.Errorf("queue held rows of %s: %w", t.plan.Table, err)
@@ -169,15 +173,14 @@ func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more b
 	return n, more, nil
 }
 
-// noteTake records what a queue batch's take found. A full take is a backlog: another worker may
-// take the next entries while this batch writes, and each one that joins lets one more follow
-// (next). A short take found the end of the queue, and ends that: workers sent after it took
-// nothing, 2-12 ms each on the cores the batches still writing need, four or five at the end of
-// every burst while the flag waited for this batch to finish.
-func (m *Materializer) noteTake(t *target, taken, size int) {
+// noteTake records whether a queue batch's take saw entries beyond the ones it took. Those are a
+// backlog: another worker may take them while this batch writes, and each one that joins lets one
+// more follow (next). A take that saw the queue's end ends that: workers sent after it would take
+// nothing, 2-40 ms each on cold backends and on the cores the batches still writing need.
+func (m *Materializer) noteTake(t *target, beyond bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t.more = taken >= size
+	t.more = beyond
 	if t.more {
 		m.pushLocked(t)
 	}

@@ -80,10 +80,10 @@ func TestShortTakeEndsTheFanOut(t *testing.T) {
 	m.nudgeLocked(tg)
 	m.mu.Unlock()
 	require.Same(t, tg, m.next())
-	m.noteTake(tg, 500, 500)
+	m.noteTake(tg, true)
 	require.Same(t, tg, m.next(), "a full take: a second worker joins")
 	require.Same(t, tg, m.next(), "and a third")
-	m.noteTake(tg, 120, 500)
+	m.noteTake(tg, false)
 	m.next() // may already be on its way
 	require.Nil(t, m.next(), "the queue's end was seen: no more workers for this table")
 	m.finish(tg, true, false)

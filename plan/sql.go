@@ -501,7 +501,9 @@ func keyListDesc(key []discovery.Column, prefix string) string {
 // QueueTakeSQL takes up to $2 direct invalidations (target keys) of target $1 from the queue,
 // locks the rows they name without waiting, and returns one row per distinct key: "l" for a row
 // it locked, with the earliest enqueued_at of its entries, and "r" for a row that exists but
-// someone else holds, to queue again. The write comes in a later statement, whose snapshot sees
+// someone else holds, to queue again; and one "m" row when another entry waits beyond them (it
+// picks one more than it takes and leaves that one queued, locked until the batch ends, so that
+// the worker knows without a second take whether to go on). The write comes in a later statement, whose snapshot sees
 // every change committed before the locks were taken, including the changes the taken entries
 // announce (committed before this statement's snapshot). The queue's statistics say little about
 // how many entries wait: nothing here joins two of its CTEs by a nested loop.
@@ -517,20 +519,23 @@ func QueueTakeSQL(t *Target) string {
 	return fmt.Sprintf(`WITH p AS MATERIALIZED (
   SELECT ctid FROM matcol.pending
   WHERE target_id = $1 AND dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb
-  ORDER BY target_id, id LIMIT $2 FOR UPDATE SKIP LOCKED),
+  ORDER BY target_id, id LIMIT $2 + least($2, 1) FOR UPDATE SKIP LOCKED),
 e AS (
-  DELETE FROM matcol.pending d WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM p))
+  DELETE FROM matcol.pending d WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM p LIMIT $2))
   RETURNING d.vals, d.enqueued_at),
 %s AS (SELECT %s, min(e.enqueued_at) AS at FROM e GROUP BY %s),
 %s AS (SELECT %s, %s.at FROM %s AS %s JOIN %s ON %s ORDER BY %s FOR NO KEY UPDATE OF %s SKIP LOCKED)
 SELECT 'l', %s.at, %s FROM %s
 UNION ALL
 SELECT 'r', %s.at, %s FROM %s
-WHERE (%s) NOT IN (SELECT %s FROM %s) AND EXISTS (SELECT FROM %s AS %s WHERE %s)`,
+WHERE (%s) NOT IN (SELECT %s FROM %s) AND EXISTS (SELECT FROM %s AS %s WHERE %s)
+UNION ALL
+SELECT 'm', now(), %s WHERE (SELECT count(*) FROM p) > $2`,
 		aliasKeys, strings.Join(casts, ", "), keyList(t.Key, ""),
 		aliasLocked, keyCols(t.Key, aliasTarget), aliasKeys, t.Table.Sanitize(), aliasTarget, aliasKeys,
 		keyMatch(t.Key, aliasTarget, aliasKeys), keyCols(t.Key, aliasTarget), aliasTarget,
 		aliasLocked, keyTexts(t.Key, aliasLocked), aliasLocked,
 		aliasKeys, keyTexts(t.Key, aliasKeys), aliasKeys,
-		keyCols(t.Key, aliasKeys), keyList(t.Key, ""), aliasLocked, t.Table.Sanitize(), aliasTarget, keyMatch(t.Key, aliasTarget, aliasKeys))
+		keyCols(t.Key, aliasKeys), keyList(t.Key, ""), aliasLocked, t.Table.Sanitize(), aliasTarget, keyMatch(t.Key, aliasTarget, aliasKeys),
+		strings.TrimSuffix(strings.Repeat("NULL::pg_catalog.text, ", len(t.Key)), ", "))
 }
