@@ -16,7 +16,8 @@ import (
 // replConn is the thin layer: a walsender connection (replication=database) and the few
 // replication commands matcol uses.
 type replConn struct {
-	pg *pgconn.PgConn
+	pg   *pgconn.PgConn
+	sock *coalescingConn
 }
 
 func connectRepl(ctx context.Context, dsn string) (*replConn, error) {
@@ -33,21 +34,24 @@ func connectReplWith(ctx context.Context, dsn string, wrap func(net.Conn) net.Co
 	pc.RuntimeParams["replication"] = "database"
 	// A walsender refuses these session settings; they only matter for SQL sessions.
 	delete(pc.RuntimeParams, "plan_cache_mode")
-	if wrap != nil {
-		d := pc.DialFunc
-		pc.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := d(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return wrap(c), nil
+	var sock *coalescingConn
+	d := pc.DialFunc
+	pc.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d(ctx, network, addr)
+		if err != nil {
+			return nil, err
 		}
+		if wrap != nil {
+			c = wrap(c)
+		}
+		sock = newCoalescingConn(c)
+		return sock, nil
 	}
 	pg, err := pgconn.ConnectConfig(ctx, pc)
 	if err != nil {
 		return nil, dial.Describe(err, cfg)
 	}
-	return &replConn{pg: pg}, nil
+	return &replConn{pg: pg, sock: sock}, nil
 }
 
 func (c *replConn) close(ctx context.Context) {
@@ -79,6 +83,9 @@ func (c *replConn) start(ctx context.Context, slot, publication string, lsn pglo
 	})
 	if err != nil {
 		return fmt.Errorf("start replication on slot %s: %w", slot, err)
+	}
+	if c.sock != nil {
+		c.sock.coalesce.Store(true)
 	}
 	return nil
 }
@@ -124,36 +131,6 @@ func (c *replConn) receive(ctx context.Context, deadline time.Time) (*pgproto3.C
 	default:
 		return nil, fmt.Errorf("replication stream: unexpected message %T", msg)
 	}
-}
-
-// coalesce is how long next waits, once the stream is drained, before it reads again. The
-// walsender sends each message as it decodes it, so a daemon that reads as soon as data arrives
-// wakes and reads once per message, three or four per application transaction, and under a
-// steady stream those wake-ups and reads were most of the daemon's CPU (half of it in the kernel
-// on a virtual machine). After the pause one read takes what came meanwhile. It adds at most this
-// much to the logical path's latency.
-const coalesce = 10 * time.Millisecond
-
-// pollWait bounds the read that checks whether anything is waiting: a deadline already past
-// would not read at all.
-const pollWait = 50 * time.Microsecond
-
-// next returns the next message, or nil, nil at deadline. Messages already read, or waiting in the
-// socket, come at once; when none is, it pauses for coalesce first (never past deadline).
-func (c *replConn) next(ctx context.Context, deadline time.Time) (*pgproto3.CopyData, error) {
-	if msg, err := c.receive(ctx, time.Now().Add(pollWait)); msg != nil || err != nil {
-		return msg, err
-	}
-	if wait := min(coalesce, time.Until(deadline)); wait > 0 {
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-t.C:
-		}
-	}
-	return c.receive(ctx, deadline)
 }
 
 // interrupt makes a receive in progress return when ctx ends; stop undoes it and clears the read

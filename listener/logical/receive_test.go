@@ -97,7 +97,7 @@ func TestStreamReadsManyMessagesAtOnce(t *testing.T) {
 	commits := 0
 	limit := time.Now().Add(time.Minute)
 	for commits < txs && time.Now().Before(limit) {
-		msg, err := rc.next(ctx, time.Now().Add(time.Second))
+		msg, err := rc.receive(ctx, time.Now().Add(time.Second))
 		require.NoError(t, err)
 		if msg != nil && len(msg.Data) > 0 && msg.Data[0] == pglogrepl.XLogDataByteID {
 			xld, err := pglogrepl.ParseXLogData(msg.Data[1:])

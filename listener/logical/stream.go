@@ -70,7 +70,7 @@ func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *
 		if m.len() > 0 && lastFlush.Add(flushDelay).Before(deadline) {
 			deadline = lastFlush.Add(flushDelay)
 		}
-		msg, err := rc.next(ctx, deadline)
+		msg, err := rc.receive(ctx, deadline)
 		if err != nil {
 			return err
 		}
