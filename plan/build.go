@@ -248,7 +248,7 @@ func (b *builder) add(d registry.Enrichment, targets map[pgident.Table]*Target, 
 	}
 	t := targets[rel.Name]
 	if t == nil {
-		t = &Target{ID: d.TargetID, Table: rel.Name, OID: rel.OID, Key: rel.Key, Columns: rel.Columns, StaleIndex: b.stale[rel.OID], Hash: Hash(rel.Name)}
+		t = &Target{ID: d.TargetID, Table: rel.Name, OID: rel.OID, Key: rel.Key, Columns: rel.Columns, StaleIndex: b.stale[rel.OID], Hash: Hash(rel.Name), Relation: rel}
 		targets[rel.Name] = t
 		owner[rel.Name] = map[string]string{}
 	}

@@ -57,6 +57,8 @@ type Target struct {
 	// Comparable is true when every enrichment column's type has an equality operator in
 	// pg_catalog, so that a pass can leave rows whose values did not change (PassWriteSQL).
 	Comparable bool
+	// Relation is the table as the catalog describes it.
+	Relation *discovery.Relation
 }
 
 // Enrichment is a registered enrichment bound to its target.

@@ -32,6 +32,37 @@ func (t *Target) SelfWatch() (all bool, cols []string) {
 	return all, t.selfColumns(all, read)
 }
 
+// KeyChangeInStream reports whether the decoded stream alone tells logical mode when an UPDATE
+// makes a row of t stale: only its key is watched (the enrichments read no other column of it),
+// t is a plain table, and its replica identity is its key or the whole row, so that an UPDATE
+// carries the old key exactly when the key changed. Logical mode then needs no row trigger on
+// the application's UPDATEs of t, which would lock and log each updated row.
+func (t *Target) KeyChangeInStream() bool {
+	all, cols := t.SelfWatch()
+	rel := t.Relation
+	if all || len(cols) == 0 || rel == nil || rel.Kind != 'r' {
+		return false
+	}
+	key := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		key[i] = k.Name
+	}
+	for _, c := range cols {
+		if !slices.Contains(key, c) {
+			return false
+		}
+	}
+	switch rel.ReplicaIdentity {
+	case 'f':
+		return true
+	case 'd', 'i':
+		ident := slices.Sorted(slices.Values(rel.IdentityColumns))
+		slices.Sort(key)
+		return slices.Equal(ident, key)
+	}
+	return false
+}
+
 // SelfWatch is Target.SelfWatch for this enrichment alone.
 func (e *Enrichment) SelfWatch() (all bool, cols []string) {
 	all, read, on := e.selfWatch()

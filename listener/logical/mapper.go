@@ -24,6 +24,8 @@ type entry struct {
 type table struct {
 	source *plan.Source
 	target *plan.Target
+	// keyChange: the target's key changes come from the stream (plan.Target.KeyChangeInStream).
+	keyChange bool
 }
 
 // mapper turns decoded changes into pending entries, deduplicated until the next take. It is
@@ -64,6 +66,7 @@ func (m *mapper) setPlan(p *plan.Plan) {
 	for _, tg := range p.Targets {
 		t := m.tables[tg.Table]
 		t.target = tg
+		t.keyChange = tg.KeyChangeInStream()
 		m.tables[tg.Table] = t
 	}
 }
@@ -144,6 +147,7 @@ func (m *mapper) handle(msg pglogrepl.Message) {
 			}
 		}
 		m.stale(t, nt)
+		m.keyChange(t, msg, nt, ot)
 	case *pglogrepl.DeleteMessage:
 		rel, t, ok := m.lookup(msg.RelationID)
 		if !ok || t.source == nil {
@@ -177,6 +181,33 @@ func (m *mapper) stale(t table, nt tuple) {
 	}
 	if v, known := nt.value("materialized_at"); known && v == nil {
 		m.add(entry{target: t.target.ID, vals: "[]"})
+	}
+}
+
+// keyChange queues the new key of a target row whose key an UPDATE changed, for targets that
+// have no UPDATE trigger in logical mode (plan.Target.KeyChangeInStream): the row keeps values
+// computed for its old key. An UPDATE carries the old key ('K') only when the key changed; with
+// the whole old row ('O') the key values are compared.
+func (m *mapper) keyChange(t table, msg *pglogrepl.UpdateMessage, nt, ot tuple) {
+	if !t.keyChange || msg.OldTuple == nil {
+		return
+	}
+	key := make([]*string, len(t.target.Key))
+	changed := msg.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey
+	for i, k := range t.target.Key {
+		v, known := nt.value(k.Name)
+		if !known {
+			m.add(entry{target: t.target.ID, all: true})
+			return
+		}
+		key[i] = v
+		if old, known := ot.value(k.Name); !known || (old == nil) != (v == nil) || (old != nil && *old != *v) {
+			changed = true
+		}
+	}
+	if changed {
+		b, _ := json.Marshal(key)
+		m.add(entry{target: t.target.ID, vals: string(b)})
 	}
 }
 

@@ -341,13 +341,18 @@ func selfWhen() string {
 // (the trigger fires only when the application gave materialized_at a value), and an UPDATE that
 // changes a watched column makes the row stale. Which columns are watched is decided by
 // plan.Target.SelfWatch, and compared in WHEN (SelfWatchFunction), so that an UPDATE of other
-// columns calls no trigger function.
-func SelfTriggersSQL(t *plan.Target) map[string]string {
+// columns calls no trigger function. There is no UPDATE trigger when nothing is watched, nor in
+// logical mode (trigger false) when the stream shows the one change that counts: any BEFORE
+// UPDATE row trigger makes PostgreSQL lock and log every updated row first.
+func SelfTriggersSQL(t *plan.Target, trigger bool) map[string]string {
 	fn := "matcol." + ident(SelfFunction(t))
 	tbl := t.Table.Sanitize()
 	out := map[string]string{
 		TrigSelfIns: fmt.Sprintf("CREATE TRIGGER %s BEFORE INSERT ON %s FOR EACH ROW WHEN (NEW.materialized_at IS NOT NULL) EXECUTE FUNCTION %s()",
 			TrigSelfIns, tbl, fn),
+	}
+	if all, cols := t.SelfWatch(); !all && len(cols) == 0 || !trigger && t.KeyChangeInStream() {
+		return out
 	}
 	out[TrigSelf] = fmt.Sprintf("CREATE TRIGGER %s BEFORE UPDATE ON %s FOR EACH ROW WHEN (%s AND matcol.%s(OLD, NEW)) EXECUTE FUNCTION %s()",
 		TrigSelf, tbl, selfWhen(), ident(SelfWatchFunction(t)), fn)

@@ -70,9 +70,10 @@ func SyncAll(ctx context.Context, db interface {
 	}
 }
 
-// SyncSelf keeps, for logical mode, the BEFORE ROW self trigger of each target (it nulls
-// materialized_at in the application's own write, costs no extra write, and is how the decoded
-// stream tells a stale row from matcol's own) and the TRUNCATE triggers of partitioned sources'
+// SyncSelf keeps, for logical mode, the BEFORE ROW self triggers of each target (they null
+// materialized_at in the application's own write, cost no extra write, and are how the decoded
+// stream tells a stale row from matcol's own; the UPDATE one only where the stream cannot tell,
+// see plan.Target.KeyChangeInStream) and the TRUNCATE triggers of partitioned sources'
 // partitions, whose TRUNCATE the stream does not carry. Other source and statement triggers are
 // dropped.
 func SyncSelf(ctx context.Context, tx pgx.Tx, p *plan.Plan) ([]Change, bool, error) {
@@ -190,7 +191,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 		for _, t := range p.Targets {
 			function(t.Table, SelfFunction(t), SelfFunctionSQL(t))
 			function(t.Table, SelfWatchFunction(t), SelfWatchFunctionSQL(t))
-			want(t.Table, SelfTriggersSQL(t))
+			want(t.Table, SelfTriggersSQL(t, stale))
 			if stale {
 				function(t.Table, StaleFunction(t), StaleFunctionSQL(t))
 				want(t.Table, StaleTriggersSQL(t))

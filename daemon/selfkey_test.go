@@ -1,0 +1,70 @@
+package daemon_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/matcol/matcol/internal/pgtest"
+)
+
+const keyOnlySchema = `
+CREATE TABLE acct (id bigint PRIMARY KEY, note text, total bigint, materialized_at timestamptz);
+CREATE INDEX ON acct (id) WHERE materialized_at IS NULL;
+CREATE TABLE hist (id bigserial PRIMARY KEY, acct_id bigint NOT NULL, delta int NOT NULL);
+CREATE INDEX ON hist (acct_id);
+INSERT INTO acct (id) SELECT generate_series(1, 100);
+INSERT INTO hist (acct_id, delta) SELECT 1 + g % 100, g FROM generate_series(1, 1000) g;
+`
+
+// The enrichment reads acct only through its key.
+const keyOnlyConfig = `
+enrichments:
+  - name: acct_total
+    table: public.acct
+    columns: [total]
+    sql: SELECT a.id, sum(h.delta)::bigint AS total FROM acct a LEFT JOIN hist h ON h.acct_id = a.id WHERE a.id = ANY($1) GROUP BY a.id
+    depends_on: [{table: public.hist, columns: [acct_id]}]
+`
+
+// When an enrichment reads its target only through the key, only a key change makes a row stale
+// through its own UPDATE. Logical mode reads that from the stream (the old key comes with the
+// UPDATE exactly when the key changed) and puts no UPDATE trigger on the target, which would
+// lock and log every row the application updates; trigger mode keeps it. Both end exact.
+func TestKeyOnlyTargetUpdates(t *testing.T) {
+	for _, mode := range []string{"trigger", "logical"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			dsn := pgtest.NewDB(t)
+			conn := pgtest.Connect(t, dsn)
+			pgtest.Exec(t, conn, keyOnlySchema)
+			startDaemon(t, configFor(t, dsn, mode, keyOnlyConfig))
+			waitExactTables(t, dsn, []string{"acct"}, 30*time.Second)
+
+			var updateTriggers int
+			require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM pg_trigger
+				WHERE tgrelid = 'acct'::regclass AND NOT tgisinternal AND tgtype & 16 <> 0 AND tgtype & 2 <> 0`).Scan(&updateTriggers))
+			if mode == "logical" {
+				require.Zero(t, updateTriggers, "no BEFORE UPDATE row trigger on the target in logical mode")
+			} else {
+				require.Equal(t, 1, updateTriggers, "trigger mode keeps its self trigger")
+			}
+
+			var stamped time.Time
+			require.NoError(t, conn.QueryRow(ctx, `SELECT materialized_at FROM acct WHERE id = 5`).Scan(&stamped))
+			pgtest.Exec(t, conn, `UPDATE acct SET note = 'not read' WHERE id = 5`)
+			pgtest.Exec(t, conn, `UPDATE acct SET id = 1000 WHERE id = 7`)
+			pgtest.Exec(t, conn, `UPDATE acct SET id = id + 2000, note = 'moved' WHERE id IN (8, 9)`)
+			waitExactTables(t, dsn, []string{"acct"}, 30*time.Second)
+
+			var total *int64
+			require.NoError(t, conn.QueryRow(ctx, `SELECT total FROM acct WHERE id = 1000`).Scan(&total))
+			require.Nil(t, total, "the moved row has no history under its new key")
+			var again time.Time
+			require.NoError(t, conn.QueryRow(ctx, `SELECT materialized_at FROM acct WHERE id = 5`).Scan(&again))
+			require.Equal(t, stamped, again, "an UPDATE of a column nothing reads leaves the row alone")
+		})
+	}
+}
