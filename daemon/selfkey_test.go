@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,4 +68,21 @@ func TestKeyOnlyTargetUpdates(t *testing.T) {
 			require.Equal(t, stamped, again, "an UPDATE of a column nothing reads leaves the row alone")
 		})
 	}
+}
+
+// With self: false nothing of a target's own row is watched, and its UPDATEs meet no row trigger
+// at all: a BEFORE UPDATE trigger whose WHEN is always false still makes PostgreSQL lock and log
+// each updated row.
+func TestSelfOffTargetHasNoUpdateTrigger(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	pgtest.Exec(t, conn, keyOnlySchema)
+	startDaemon(t, configFor(t, dsn, "trigger", strings.Replace(keyOnlyConfig, "    columns: [total]\n", "    columns: [total]\n    self: false\n", 1)))
+	waitExactTables(t, dsn, []string{"acct"}, 30*time.Second)
+	var updateTriggers, insertTriggers int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE tgtype & 16 <> 0), count(*) FILTER (WHERE tgtype & 4 <> 0)
+		FROM pg_trigger WHERE tgrelid = 'acct'::regclass AND NOT tgisinternal AND tgtype & 1 <> 0`).Scan(&updateTriggers, &insertTriggers))
+	require.Zero(t, updateTriggers)
+	require.Equal(t, 1, insertTriggers, "new rows still arrive stale")
 }
