@@ -131,8 +131,8 @@ func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more b
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		// Go on while batches come near full (entries of one key fold into one row). A batch that
-		// found the queue nearly empty ends the run: under a steady trickle the next keys come
+		// Go on while entries wait beyond the take and it came near full (entries of one key fold
+		// into one row). A batch that found the queue nearly empty ends the run: under a steady trickle the next keys come
 		// with the drainer's next look (noteDirect, every poll_interval), many to a batch, rather
 		// than one key per batch and a batch per application transaction. Rows all held by
 		// others also wait for that look.

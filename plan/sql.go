@@ -503,9 +503,9 @@ func keyListDesc(key []discovery.Column, prefix string) string {
 // it locked, with the earliest enqueued_at of its entries, and "r" for a row that exists but
 // someone else holds, to queue again; and one "m" row when another entry waits beyond them (it
 // picks one more than it takes and leaves that one queued, locked until the batch ends, so that
-// the worker knows without a second take whether to go on). The write comes in a later statement, whose snapshot sees
-// every change committed before the locks were taken, including the changes the taken entries
-// announce (committed before this statement's snapshot). The queue's statistics say little about
+// the worker knows without a second take whether to go on). The write comes in a later
+// statement, whose snapshot sees every change committed before the locks were taken, including
+// the changes the taken entries announce (committed before this statement's snapshot). The queue's statistics say little about
 // how many entries wait: nothing here joins two of its CTEs by a nested loop.
 func QueueTakeSQL(t *Target) string {
 	casts := make([]string, len(t.Key))
