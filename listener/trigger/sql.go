@@ -429,15 +429,19 @@ $matcol$`, ident(StaleFunction(t)), literal(staleSetting(t)), t.ID)
 }
 
 // StaleTriggersSQL returns the statement triggers of a target, by name. After an UPDATE the
-// trigger fires only when the self trigger made a row stale; every INSERT leaves stale rows.
+// trigger fires only when the self trigger made a row stale, so a target without one has none;
+// every INSERT leaves stale rows.
 func StaleTriggersSQL(t *plan.Target) map[string]string {
 	fn := "matcol." + ident(StaleFunction(t))
 	tbl := t.Table.Sanitize()
-	return map[string]string{
+	out := map[string]string{
 		TrigStaleInsert: fmt.Sprintf("CREATE TRIGGER %s AFTER INSERT ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()", TrigStaleInsert, tbl, fn),
-		TrigStaleUpdate: fmt.Sprintf("CREATE TRIGGER %s AFTER UPDATE ON %s FOR EACH STATEMENT WHEN (current_setting(%s, true) = 'on') EXECUTE FUNCTION %s()",
-			TrigStaleUpdate, tbl, literal(staleSetting(t)), fn),
 	}
+	if _, ok := SelfTriggersSQL(t, true)[TrigSelf]; ok {
+		out[TrigStaleUpdate] = fmt.Sprintf("CREATE TRIGGER %s AFTER UPDATE ON %s FOR EACH STATEMENT WHEN (current_setting(%s, true) = 'on') EXECUTE FUNCTION %s()",
+			TrigStaleUpdate, tbl, literal(staleSetting(t)), fn)
+	}
+	return out
 }
 
 // DDLTrigger is the event trigger that tells the daemon a schema or table was created, altered
