@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/matcol/matcol/config"
@@ -59,23 +58,9 @@ func configFor(t *testing.T, dsn, mode, yaml string) *config.Config {
 		slot := "matcol_t_" + hex.EncodeToString(b)
 		cfg.Invalidation.Mode, cfg.Invalidation.Slot, cfg.Invalidation.Publication = "logical", slot, slot
 		cfg.Invalidation.FixReplicaIdentity = true
-		t.Cleanup(func() { dropSlot(dsn, slot) })
+		t.Cleanup(func() { pgtest.DropSlot(dsn, slot) })
 	}
 	return cfg
-}
-
-func dropSlot(dsn, slot string) {
-	ctx := context.Background()
-	c, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		return
-	}
-	defer c.Close(ctx)
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if _, err := c.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot); err == nil {
-			return
-		}
-	}
 }
 
 // waitExact polls until nothing is stale or queued and the stored values equal a fresh

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/matcol/matcol/config"
@@ -195,18 +194,7 @@ func TestListenerLagInLogicalMode(t *testing.T) {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	slot := "matcol_s_" + hex.EncodeToString(b)
-	t.Cleanup(func() { // after the daemon stops: a database with a slot cannot be dropped
-		c, err := pgx.Connect(context.Background(), dsn)
-		if err != nil {
-			return
-		}
-		defer c.Close(context.Background())
-		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-			if _, err := c.Exec(context.Background(), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot); err == nil {
-				return
-			}
-		}
-	})
+	t.Cleanup(func() { pgtest.DropSlot(dsn, slot) }) // after the daemon stops: a database with a slot cannot be dropped
 	cfg, _ := startWith(t, dsn, "invalidation:\n  mode: logical\n  slot: "+slot+"\n  publication: "+slot+
 		"\n  fix_replica_identity: true\n"+yaml)
 	base := "http://" + cfg.Status.Listen

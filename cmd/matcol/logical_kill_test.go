@@ -31,19 +31,7 @@ func TestLogicalSurvivesKillAndImmediateRestart(t *testing.T) {
 	}
 	dsn := cinemaDB(t)
 	slot := "matcol_kill_test"
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), dsn)
-		if err != nil {
-			return
-		}
-		defer c.Close(context.Background())
-		for i := 0; i < 50; i++ {
-			if _, err := c.Exec(context.Background(), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot); err == nil {
-				return
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	})
+	t.Cleanup(func() { pgtest.DropSlot(dsn, slot) }) // after the daemon stops: a database with a slot cannot be dropped
 	env := []string{"MATCOL_DATABASE_URL=" + dsn, "MATCOL_STATUS_LISTEN=", "MATCOL_INVALIDATION_MODE=logical",
 		"MATCOL_INVALIDATION_SLOT=" + slot, "MATCOL_INVALIDATION_PUBLICATION=" + slot,
 		"MATCOL_INVALIDATION_FIX_REPLICA_IDENTITY=true", "MATCOL_MATERIALIZER_SWEEP_INTERVAL=1s"}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
+
+	"github.com/matcol/matcol/internal/pgtest"
 )
 
 // events runs operator events and failures until ctx ends, one every 1.5–4 s: every enabled
@@ -85,7 +87,7 @@ func (m *modelRun) killAndRestart() {
 func (m *modelRun) loseSlot() {
 	pid := m.daemon.cmd.Process.Pid
 	m.daemon.kill()
-	dropSlot(m.suDSN, m.slot)
+	pgtest.DropSlot(m.suDSN, m.slot)
 	var left bool
 	m.withConn(func(c *pgx.Conn) error {
 		return c.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, m.slot).Scan(&left)

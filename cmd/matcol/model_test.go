@@ -217,7 +217,7 @@ func (m *modelRun) setup() {
 	pgtest.Exec(t, su, script)
 	m.s.setupSQL = script
 	if m.mode == "logical" {
-		t.Cleanup(func() { dropSlot(m.suDSN, m.slot) })
+		t.Cleanup(func() { pgtest.DropSlot(m.suDSN, m.slot) })
 	}
 	m.env = []string{"MATCOL_DATABASE_URL=" + matcolDSN, "MATCOL_STATUS_LISTEN="}
 	m.cfgPath = writeConfig(t, m.s.config(m.version, m.mode, m.slot))
@@ -230,20 +230,6 @@ func (m *modelRun) setup() {
 
 func withUser(t *testing.T, dsn, user string) string {
 	return strings.Replace(dsn, "://"+userOf(t, dsn)+"@", "://"+user+"@", 1)
-}
-
-func dropSlot(dsn, slot string) {
-	c, err := pgx.Connect(context.Background(), dsn)
-	if err != nil {
-		return
-	}
-	defer c.Close(context.Background())
-	for i := 0; i < 50; i++ {
-		if _, err := c.Exec(context.Background(), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot); err == nil {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 // applyInitial installs and applies the first config as matcol's role. A refusal is reported

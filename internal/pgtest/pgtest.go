@@ -121,3 +121,20 @@ func Exec(t testing.TB, conn *pgx.Conn, sql string, args ...any) {
 		t.Fatalf("exec %q: %v", sql, err)
 	}
 }
+
+// DropSlot drops a test's replication slot, waiting up to 10 s for its walsender to exit: a
+// closed replication connection leaves the slot active until the server notices, and a database
+// with a slot cannot be dropped.
+func DropSlot(dsn, slot string) {
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return
+	}
+	defer c.Close(ctx)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if _, err := c.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot); err == nil {
+			return
+		}
+	}
+}

@@ -19,7 +19,6 @@ import (
 	"github.com/matcol/matcol/daemon"
 	"github.com/matcol/matcol/internal/demo"
 	"github.com/matcol/matcol/internal/pgtest"
-	"github.com/matcol/matcol/listener/logical"
 	"github.com/matcol/matcol/plan"
 	"github.com/matcol/matcol/verify"
 )
@@ -51,7 +50,7 @@ func setupDB(t *testing.T, dsn string, conn *pgx.Conn, yaml string) *bundle {
 	b := make([]byte, 4)
 	_, _ = crand.Read(b)
 	slot := "matcol_t_" + hex.EncodeToString(b)
-	t.Cleanup(func() { logical.DropTestSlot(dsn, slot) })
+	t.Cleanup(func() { pgtest.DropSlot(dsn, slot) })
 	yaml = strings.Replace(yaml, "mode: trigger", "mode: logical\n  slot: "+slot+"\n  publication: "+slot+"\n  fix_replica_identity: true", 1)
 	f := t.TempDir() + "/matcol.yaml"
 	require.NoError(t, os.WriteFile(f, []byte(yaml), 0o600))

@@ -29,7 +29,7 @@ func TestStopInterruptsQuietReceive(t *testing.T) {
 	defer rc.close(ctx)
 	lsn, err := rc.createSlot(ctx, "quiet_slot")
 	require.NoError(t, err)
-	t.Cleanup(func() { DropTestSlot(dsn, "quiet_slot") })
+	t.Cleanup(func() { pgtest.DropSlot(dsn, "quiet_slot") })
 	require.NoError(t, rc.start(ctx, "quiet_slot", "quiet_pub", lsn))
 
 	sctx, cancel := context.WithCancel(ctx)
@@ -84,7 +84,7 @@ func TestStreamReadsManyMessagesAtOnce(t *testing.T) {
 	defer rc.close(ctx)
 	lsn, err := rc.createSlot(ctx, "busy_slot")
 	require.NoError(t, err)
-	t.Cleanup(func() { DropTestSlot(dsn, "busy_slot") })
+	t.Cleanup(func() { pgtest.DropSlot(dsn, "busy_slot") })
 	require.NoError(t, rc.start(ctx, "busy_slot", "busy_pub", lsn))
 
 	const txs = 2000
