@@ -351,12 +351,22 @@ func SelfTriggersSQL(t *plan.Target, trigger bool) map[string]string {
 		TrigSelfIns: fmt.Sprintf("CREATE TRIGGER %s BEFORE INSERT ON %s FOR EACH ROW WHEN (NEW.materialized_at IS NOT NULL) EXECUTE FUNCTION %s()",
 			TrigSelfIns, tbl, fn),
 	}
-	if all, cols := t.SelfWatch(); !all && len(cols) == 0 || !trigger && t.KeyChangeInStream() {
+	if !selfUpdateTrigger(t, trigger) {
 		return out
 	}
 	out[TrigSelf] = fmt.Sprintf("CREATE TRIGGER %s BEFORE UPDATE ON %s FOR EACH ROW WHEN (%s AND matcol.%s(OLD, NEW)) EXECUTE FUNCTION %s()",
 		TrigSelf, tbl, selfWhen(), ident(SelfWatchFunction(t)), fn)
 	return out
+}
+
+// selfUpdateTrigger reports whether target t gets the self UPDATE trigger (in trigger mode, or
+// in logical mode when trigger is false): not when nothing is watched, nor when the stream shows
+// the one change that counts.
+func selfUpdateTrigger(t *plan.Target, trigger bool) bool {
+	if all, cols := t.SelfWatch(); !all && len(cols) == 0 {
+		return false
+	}
+	return trigger || !t.KeyChangeInStream()
 }
 
 // SelfWatchFunction is matcol.selfw_<hash>(old, new), true when an UPDATE of target t changed a
@@ -437,7 +447,7 @@ func StaleTriggersSQL(t *plan.Target) map[string]string {
 	out := map[string]string{
 		TrigStaleInsert: fmt.Sprintf("CREATE TRIGGER %s AFTER INSERT ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()", TrigStaleInsert, tbl, fn),
 	}
-	if _, ok := SelfTriggersSQL(t, true)[TrigSelf]; ok {
+	if selfUpdateTrigger(t, true) {
 		out[TrigStaleUpdate] = fmt.Sprintf("CREATE TRIGGER %s AFTER UPDATE ON %s FOR EACH STATEMENT WHEN (current_setting(%s, true) = 'on') EXECUTE FUNCTION %s()",
 			TrigStaleUpdate, tbl, literal(staleSetting(t)), fn)
 	}
