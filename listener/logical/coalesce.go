@@ -46,8 +46,12 @@ func (c *coalescingConn) SetDeadline(t time.Time) error {
 
 func (c *coalescingConn) setDeadline(t time.Time) {
 	c.mu.Lock()
+	same := c.deadline.Equal(t)
 	c.deadline = t
 	c.mu.Unlock()
+	if same { // the stream sets the same deadline for every message
+		return
+	}
 	select {
 	case c.moved <- struct{}{}:
 	default:
