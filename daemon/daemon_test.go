@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"cmp"
 	"context"
 	"os"
 	"strings"
@@ -34,7 +35,7 @@ func loadConfig(t *testing.T, dsn, yaml string) *config.Config {
 }
 
 func testLogger(t *testing.T) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: "matcol", Level: hclog.Info, Output: testWriter{t}})
+	return hclog.New(&hclog.LoggerOptions{Name: "matcol", Level: hclog.LevelFromString(cmp.Or(os.Getenv("MATCOL_TEST_LOG_LEVEL"), "info")), Output: testWriter{t}})
 }
 
 type testWriter struct{ t *testing.T }

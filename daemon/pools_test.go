@@ -14,7 +14,8 @@ import (
 // Small changes one after another are computed on one backend, the one whose caches and mapped
 // shared memory the previous batch warmed, although the drainer and the throttle's checks query
 // all along. Sharing one pool with them, each batch got whichever connection their last query
-// had left on top.
+// had left on top; and while the cache guard measured connections on release, pgxpool returned
+// them in a goroutine, so a batch soon after another often found its connection still out.
 func TestSmallChangesLandOnOneBackend(t *testing.T) {
 	dsn := pgtest.NewDB(t)
 	conn := pgtest.Connect(t, dsn)
@@ -58,13 +59,7 @@ enrichments:
 	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
 	require.NoError(t, err)
 	require.Len(t, pids, changes, "one row written per change")
-	// One move is tolerated (a loaded full test run saw one, cause unknown); handing batches
-	// whatever the control queries left on top moved them at almost every change.
-	moves := 0
 	for i := 2; i < len(pids); i++ {
-		if pids[i] != pids[i-1] {
-			moves++
-		}
+		require.Equal(t, pids[i-1], pids[i], "every batch after the first on the backend of the one before: %v", pids)
 	}
-	require.LessOrEqual(t, moves, 1, "every batch after the first on the backend of the one before: %v", pids)
 }

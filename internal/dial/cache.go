@@ -118,8 +118,18 @@ func (g *CacheGuard) perRelation() int64 {
 	return DefaultPerRelation
 }
 
-// keep is a pgxpool AfterRelease hook: it reports whether conn may go back to the pool.
-func (g *CacheGuard) keep(conn *pgx.Conn) bool {
+// prepare is a pgxpool PrepareConn hook: it reports whether conn may be handed out, or must be
+// closed for what its backend has cached. It runs at acquire rather than at release: pgxpool
+// returns a connection to its idle stack in a goroutine of its own when an AfterRelease hook is
+// set, so the next batch often found the connection it had just used still out, took another,
+// and left the warm one's caches to go cold (the workers' pool relies on handing out the
+// connection released last).
+func (g *CacheGuard) prepare(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	return g.keep(ctx, conn), nil
+}
+
+// keep reports whether conn may be used again, measuring its backend at most every Every.
+func (g *CacheGuard) keep(ctx context.Context, conn *pgx.Conn) bool {
 	if g == nil || g.MaxBytes <= 0 {
 		return true
 	}
@@ -152,7 +162,7 @@ func (g *CacheGuard) keep(conn *pgx.Conn) bool {
 	g.checked[conn] = time.Now()
 	g.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var size *int64
 	if err := conn.QueryRow(ctx, cacheSizeSQL).Scan(&size); err != nil {

@@ -110,7 +110,7 @@ func Pool(ctx context.Context, dsn, role string, opts PoolOptions) (*pgxpool.Poo
 		cfg.ConnConfig.StatementCacheCapacity = 64
 		cfg.ConnConfig.DescriptionCacheCapacity = 64
 		cfg.AfterConnect = opts.Cache.connected
-		cfg.AfterRelease = opts.Cache.keep
+		cfg.PrepareConn = opts.Cache.prepare
 		cfg.BeforeClose = opts.Cache.forget
 		cfg.ConnConfig.Tracer = guardTracer{opts.Cache}
 	}
