@@ -75,6 +75,8 @@ type Status struct {
 type Materializer struct {
 	// Workers is the number of concurrent batches. Defaults to 4.
 	Workers int `mapstructure:"workers"`
+	// TableWorkers caps the concurrent batches of one table. Defaults to 2.
+	TableWorkers int `mapstructure:"table_workers"`
 	// BatchSize is the starting number of rows per batch. Defaults to 500.
 	BatchSize int `mapstructure:"batch_size"`
 	// TargetBatchDuration is what adaptive batch sizing aims for; it bounds row-lock time.
@@ -178,6 +180,7 @@ func Defaults() Config {
 		Throttle: Throttle{MaxReplicaLag: 30 * time.Second, LatencyFactor: 4, MaxDelay: 30 * time.Second},
 		Materializer: Materializer{
 			Workers:             4,
+			TableWorkers:        2,
 			BatchSize:           500,
 			TargetBatchDuration: 100 * time.Millisecond,
 			SweepInterval:       5 * time.Second,
@@ -259,6 +262,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Materializer.Workers < 1 || c.Materializer.Workers > 256 {
 		p.add("materializer.workers", "%d is outside 1..256", c.Materializer.Workers)
+	}
+	if c.Materializer.TableWorkers < 1 || c.Materializer.TableWorkers > 256 {
+		p.add("materializer.table_workers", "%d is outside 1..256", c.Materializer.TableWorkers)
 	}
 	if c.Materializer.BatchSize < 1 {
 		p.add("materializer.batch_size", "must be at least 1")

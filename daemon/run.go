@@ -159,6 +159,7 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 	}
 	m := materializer.New(work, p, materializer.Config{
 		Workers:             cfg.Materializer.Workers,
+		TableWorkers:        cfg.Materializer.TableWorkers,
 		BatchSize:           cfg.Materializer.BatchSize,
 		TargetBatchDuration: cfg.Materializer.TargetBatchDuration,
 		SweepInterval:       cfg.Materializer.SweepInterval,

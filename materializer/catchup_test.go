@@ -172,3 +172,56 @@ func TestTakeSeesTheQueueEnd(t *testing.T) {
 		WHERE id BETWEEN 10 AND 110 AND seat_count = 1 AND materialized_at IS NOT NULL`).Scan(&fresh))
 	require.Equal(t, 101, fresh)
 }
+
+// One table's backlog runs on one worker for its first RampAfter, then on at most TableWorkers at
+// once, whatever the number of workers: on two cores, a burst of one table ran slower spread over
+// four batches at once than on one backend (docs/benchmarks.md).
+func TestTableWorkersCapOneTable(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		cap      int
+		ramp     time.Duration
+		min, max int64
+	}{
+		{"one table worker", 1, time.Nanosecond, 1, 1},
+		{"before the ramp", 0, time.Hour, 1, 1},
+		{"after the ramp", 0, time.Nanosecond, 2, 3},
+		{"after the ramp, capped", 2, time.Nanosecond, 2, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 3, TableWorkers: tc.cap,
+				RampAfter: tc.ramp, SweepInterval: time.Hour, BatchSize: 20,
+				TargetBatchDuration: 40 * time.Millisecond}) // batches sleep 30 ms: their size stays
+			pgtest.Exec(t, b.conn, `CREATE INDEX ON venue (id) WHERE materialized_at IS NULL;
+				ALTER TABLE venue ADD COLUMN started timestamptz, ADD COLUMN ended timestamptz`)
+			// Each batch's write notes when it started and ended, 30 ms apart.
+			applyDefs(t, b.conn, []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"),
+				Columns: []string{"seat_count", "started", "ended"}, Self: new(true),
+				SQL: `WITH a AS MATERIALIZED (SELECT clock_timestamp() AS t0),
+					s AS MATERIALIZED (SELECT pg_sleep(0.03), t0 FROM a),
+					b AS MATERIALIZED (SELECT clock_timestamp() AS t1, t0 FROM s)
+					SELECT v.id, 0::bigint AS seat_count, b.t0 AS started, b.t1 AS ended FROM venue v CROSS JOIN b WHERE v.id = ANY($1)`,
+				DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})
+			reload(t, b)
+			pgtest.Exec(t, b.conn, `INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(3, 1202) g;
+				DELETE FROM matcol.pending;
+				INSERT INTO event SELECT g, g, 1 FROM generate_series(3, 1202) g`) // a queued key each
+			runCtx, stop := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() { done <- b.mat.Run(runCtx) }()
+			defer func() { stop(); <-done }()
+			require.Eventually(t, func() bool {
+				var left int
+				require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM venue WHERE id > 2 AND ended IS NULL`).Scan(&left))
+				return left == 0
+			}, 30*time.Second, 20*time.Millisecond)
+			// The most batches running at once is reached as one of them starts.
+			var most int64
+			require.NoError(t, b.conn.QueryRow(ctx, `WITH w AS (SELECT DISTINCT started, ended FROM venue WHERE id > 2)
+				SELECT max((SELECT count(*) FROM w o WHERE o.started <= w.started AND w.started < o.ended)) FROM w`).Scan(&most))
+			require.GreaterOrEqual(t, most, tc.min, "batches of the table at once")
+			require.LessOrEqual(t, most, tc.max, "batches of the table at once")
+		})
+	}
+}

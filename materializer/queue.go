@@ -180,7 +180,7 @@ func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more b
 func (m *Materializer) noteTake(t *target, beyond bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t.more = beyond
+	m.setMoreLocked(t, beyond)
 	if t.more {
 		m.pushLocked(t)
 	}

@@ -14,7 +14,7 @@ import (
 // find nothing, on the cores the first needs: the table waits for the batch, then runs once more.
 // A backlog (a full take) does go to other workers at once.
 func TestRunningTableWaitsForItsBatch(t *testing.T) {
-	m := &Materializer{byID: map[int]*target{}, ready: make(chan struct{}, 4)}
+	m := &Materializer{cfg: Config{Workers: 4, TableWorkers: 4}, byID: map[int]*target{}, ready: make(chan struct{}, 4)}
 	tg := &target{plan: &plan.Target{ID: 1}}
 	m.byID[1] = tg
 	mark := func() {
@@ -72,7 +72,7 @@ func TestBatchSizeFollowsTheRate(t *testing.T) {
 // Workers join a table while its takes come back full; once one comes back short, at most the
 // one already sent follows, and no more are sent to take nothing.
 func TestShortTakeEndsTheFanOut(t *testing.T) {
-	m := &Materializer{byID: map[int]*target{}, ready: make(chan struct{}, 4)}
+	m := &Materializer{cfg: Config{Workers: 4, TableWorkers: 4}, byID: map[int]*target{}, ready: make(chan struct{}, 4)}
 	tg := &target{plan: &plan.Target{ID: 1}}
 	m.byID[1] = tg
 	m.mu.Lock()
@@ -88,4 +88,32 @@ func TestShortTakeEndsTheFanOut(t *testing.T) {
 	require.Nil(t, m.next(), "the queue's end was seen: no more workers for this table")
 	m.finish(tg, true, false)
 	require.Same(t, tg, m.next(), "a batch that ends full hands the table on again")
+}
+
+// A backlog has one worker until it has lasted RampAfter, then up to TableWorkers.
+func TestBacklogRampsUpToTableWorkers(t *testing.T) {
+	m := &Materializer{cfg: Config{Workers: 4, TableWorkers: 2, RampAfter: time.Hour},
+		byID: map[int]*target{}, ready: make(chan struct{}, 4)}
+	tg := &target{plan: &plan.Target{ID: 1}}
+	m.byID[1] = tg
+	m.mu.Lock()
+	tg.direct = true
+	m.nudgeLocked(tg)
+	m.mu.Unlock()
+	require.Same(t, tg, m.next())
+	m.noteTake(tg, true)
+	require.Nil(t, m.next(), "a new backlog stays with its one worker")
+	m.mu.Lock()
+	tg.backlogAt = time.Now().Add(-2 * time.Hour)
+	m.mu.Unlock()
+	require.Same(t, tg, m.next(), "a backlog past RampAfter gets a second worker")
+	require.Nil(t, m.next(), "and no more than TableWorkers")
+	m.finish(tg, true, false)
+	require.Same(t, tg, m.next(), "a finished batch frees a place")
+	m.finish(tg, false, false)
+	m.finish(tg, false, false)
+	m.noteTake(tg, true)
+	require.Same(t, tg, m.next())
+	m.noteTake(tg, true)
+	require.Nil(t, m.next(), "a backlog that ended and came back starts over with one worker")
 }
