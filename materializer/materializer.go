@@ -410,11 +410,11 @@ func (m *Materializer) next() *target {
 }
 
 // rampBatches is how many batches' time (target_batch_duration each) one worker has a table's
-// backlog to itself (Config.RampAfter). A burst that one backend works off in that time runs faster there than
-// spread over several, each of which first faults in the shared memory the change touched; a
-// longer backlog gets up to TableWorkers. On two cores, a 1% change of 200k rows caught up at
-// 0.9-1.05x the set-based UPDATE with one worker and 0.5-0.7x with two or four, while a 30%
-// change ran at 0.75x with one and 0.95x with two (docs/benchmarks.md).
+// backlog to itself (Config.RampAfter). A burst that one backend works off in that time runs
+// faster there than spread over several, each of which first faults in the shared memory the
+// change touched; a longer backlog gets up to TableWorkers. On two cores, a 1% change of 200k
+// rows caught up at 0.9-1.05x the set-based UPDATE with one worker and 0.5-0.7x with two or
+// four, while a 30% change ran at 0.75x with one and 0.95x with two (docs/benchmarks.md).
 const rampBatches = 5
 
 // tableCap is how many batches of t may run at once.
