@@ -72,13 +72,7 @@ func TestBatchSizeFollowsTheRate(t *testing.T) {
 // Workers join a table while its takes come back full; once one comes back short, at most the
 // one already sent follows, and no more are sent to take nothing.
 func TestShortTakeEndsTheFanOut(t *testing.T) {
-	m := &Materializer{cfg: Config{Workers: 4, TableWorkers: 4}, byID: map[int]*target{}, ready: make(chan struct{}, 4)}
-	tg := &target{plan: &plan.Target{ID: 1}}
-	m.byID[1] = tg
-	m.mu.Lock()
-	tg.direct = true
-	m.nudgeLocked(tg)
-	m.mu.Unlock()
+	m, tg := markedTable(Config{Workers: 4, TableWorkers: 4})
 	require.Same(t, tg, m.next())
 	m.noteTake(tg, true)
 	require.Same(t, tg, m.next(), "a full take: a second worker joins")
@@ -92,14 +86,7 @@ func TestShortTakeEndsTheFanOut(t *testing.T) {
 
 // A backlog has one worker until it has lasted RampAfter, then up to TableWorkers.
 func TestBacklogRampsUpToTableWorkers(t *testing.T) {
-	m := &Materializer{cfg: Config{Workers: 4, TableWorkers: 2, RampAfter: time.Hour},
-		byID: map[int]*target{}, ready: make(chan struct{}, 4)}
-	tg := &target{plan: &plan.Target{ID: 1}}
-	m.byID[1] = tg
-	m.mu.Lock()
-	tg.direct = true
-	m.nudgeLocked(tg)
-	m.mu.Unlock()
+	m, tg := markedTable(Config{Workers: 4, TableWorkers: 2, RampAfter: time.Hour})
 	require.Same(t, tg, m.next())
 	m.noteTake(tg, true)
 	require.Nil(t, m.next(), "a new backlog stays with its one worker")
@@ -116,4 +103,16 @@ func TestBacklogRampsUpToTableWorkers(t *testing.T) {
 	require.Same(t, tg, m.next())
 	m.noteTake(tg, true)
 	require.Nil(t, m.next(), "a backlog that ended and came back starts over with one worker")
+}
+
+// markedTable returns a materializer of one table, marked for a queue batch.
+func markedTable(cfg Config) (*Materializer, *target) {
+	m := &Materializer{cfg: cfg, byID: map[int]*target{}, ready: make(chan struct{}, 4)}
+	tg := &target{plan: &plan.Target{ID: 1}}
+	m.byID[1] = tg
+	m.mu.Lock()
+	tg.direct = true
+	m.nudgeLocked(tg)
+	m.mu.Unlock()
+	return m, tg
 }
