@@ -85,7 +85,7 @@ func TestEnvOverrides(t *testing.T) {
 func TestValidateReportsEveryProblem(t *testing.T) {
 	cfg, err := Load(write(t, `
 invalidation: {mode: sometimes, slot: "Bad-Slot"}
-materializer: {workers: 0}
+materializer: {workers: 0, table_workers: 0}
 enrichments:
   - name: a
     table: 'public."unterminated'
@@ -106,6 +106,7 @@ enrichments:
 		`invalidation.mode: "sometimes" is not one of trigger, logical`,
 		`invalidation.slot: "Bad-Slot"`,
 		"materializer.workers: 0 is outside 1..256",
+		"materializer.table_workers: 0 is outside 1..256",
 		"enrichments[0] (a).table: name",
 		`enrichments[0] (a).columns: "x" is listed twice`,
 		"materialized_at is matcol's own stamp",
