@@ -505,8 +505,9 @@ func keyListDesc(key []discovery.Column, prefix string) string {
 // picks one more than it takes and leaves that one queued, locked until the batch ends, so that
 // the worker knows without a second take whether to go on). The write comes in a later
 // statement, whose snapshot sees every change committed before the locks were taken, including
-// the changes the taken entries announce (committed before this statement's snapshot). The queue's statistics say little about
-// how many entries wait: nothing here joins two of its CTEs by a nested loop.
+// the changes the taken entries announce (committed before this statement's snapshot). The
+// queue's statistics say little about how many entries wait: nothing here joins two of its CTEs
+// by a nested loop.
 func QueueTakeSQL(t *Target) string {
 	casts := make([]string, len(t.Key))
 	for i, k := range t.Key {
