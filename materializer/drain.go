@@ -565,7 +565,7 @@ func jsonText(raw json.RawMessage) *string {
 // invalidateAll starts a pass over every row of each target that has whole-target entries (a
 // source was truncated); the pass removes them when it ends.
 func (m *Materializer) invalidateAll(ctx context.Context, ids []int32, byID map[int]*target) error {
-	rows, err := m.control().Query(ctx, `SELECT target_id, max(id) FROM matcol.pending
+	rows, err := m.control().Query(ctx, `SELECT target_id, max(id), array_agg(id) FROM matcol.pending
 		WHERE vals IS NULL AND target_id = ANY($1) GROUP BY target_id`, ids)
 	if err != nil {
 		return fmt.Errorf("read whole-table invalidations: %w", err)
@@ -573,17 +573,18 @@ func (m *Materializer) invalidateAll(ctx context.Context, ids []int32, byID map[
 	type job struct {
 		tid   int
 		maxID int64
+		ids   []int64
 	}
 	jobs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (job, error) {
 		var j job
-		return j, r.Scan(&j.tid, &j.maxID)
+		return j, r.Scan(&j.tid, &j.maxID, &j.ids)
 	})
 	if err != nil {
 		return fmt.Errorf("read whole-table invalidations: %w", err)
 	}
 	for _, j := range jobs {
 		if t := byID[j.tid]; t != nil {
-			m.startWalk(t, j.maxID)
+			m.startWalk(t, j.maxID, j.ids)
 		}
 	}
 	return nil

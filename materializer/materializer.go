@@ -264,10 +264,9 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 			t.batchSize = o.batchSize
 			t.running = o.running
 			t.wake, t.wakeAt = o.wake, o.wakeAt
-			// A pass goes on from where it was; its key order is the table's.
-			if o.walk != nil {
-				t.walk = &walk{maxID: o.walk.maxID, cursor: o.walk.cursor, rows: o.walk.rows, start: o.walk.start}
-			}
+			// A pass goes on from where it was, its chunks in flight included; its key order is
+			// the table's.
+			t.walk = o.walk
 			t.rows.Store(o.rows.Load())
 			t.lastBatch.Store(o.lastBatch.Load())
 		}

@@ -141,3 +141,97 @@ func TestWholeTablePassWritesOnlyChangedRows(t *testing.T) {
 	require.NoError(t, conn.QueryRow(ctx, `SELECT seat_count FROM venue WHERE id = 5`).Scan(&seats))
 	require.Equal(t, int64(77), seats)
 }
+
+// A whole-table entry that commits after a pass has started, with a lower id than the entries the
+// pass answers, stays queued when the pass ends: the pass may have read rows before that
+// transaction's changes, and deleting every entry up to the pass's highest id lost them.
+func TestPassKeepsEntriesItDidNotSee(t *testing.T) {
+	ctx := context.Background()
+	conn, m, dsn := pausable(t)
+	var tid int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT id FROM matcol.target`).Scan(&tid))
+	late := pgtest.Connect(t, dsn)
+	tx, err := late.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx) //nolint:errcheck
+	var lateID, seenID int64
+	require.NoError(t, tx.QueryRow(ctx, `INSERT INTO matcol.pending (target_id, vals) VALUES ($1, NULL) RETURNING id`, tid).Scan(&lateID))
+	require.NoError(t, conn.QueryRow(ctx, `INSERT INTO matcol.pending (target_id, vals) VALUES ($1, NULL) RETURNING id`, tid).Scan(&seenID))
+	require.Less(t, lateID, seenID)
+	_, err = m.Drain(ctx) // the pass starts, answering the entry it sees
+	require.NoError(t, err)
+	require.NoError(t, tx.Commit(ctx))
+	_, err = m.MaterializeAll(ctx) // the pass runs to its end
+	require.NoError(t, err)
+	var left []int64
+	rows, err := conn.Query(ctx, `SELECT id FROM matcol.pending WHERE vals IS NULL ORDER BY id`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var id int64
+		require.NoError(t, rows.Scan(&id))
+		left = append(left, id)
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, []int64{lateID}, left, "the entry that committed after the pass started waits for a pass of its own")
+
+	_, err = m.Drain(ctx)
+	require.NoError(t, err)
+	_, err = m.MaterializeAll(ctx)
+	require.NoError(t, err)
+	var n int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM matcol.pending WHERE vals IS NULL`).Scan(&n))
+	require.Zero(t, n)
+}
+
+// A pass's chunks run on up to the table's worker cap at once, each over its own key range, and
+// together write every row once: a logical-mode resync ran at half a backfill's speed with one
+// chunk at a time.
+func TestPassChunksRunOnTableWorkers(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		cap      int
+		min, max int64
+	}{
+		{"one table worker", 1, 1, 1},
+		{"two table workers", 2, 2, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 3, TableWorkers: tc.cap,
+				RampAfter: time.Nanosecond, SweepInterval: time.Hour, BatchSize: 20,
+				TargetBatchDuration: 40 * time.Millisecond}) // chunks sleep 30 ms: their size stays
+			pgtest.Exec(t, b.conn, `ALTER TABLE venue ADD COLUMN started timestamptz, ADD COLUMN ended timestamptz`)
+			// Each chunk's statement notes when it started and ended, 30 ms apart.
+			applyDefs(t, b.conn, []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"),
+				Columns: []string{"seat_count", "started", "ended"}, Self: new(true),
+				SQL: `WITH a AS MATERIALIZED (SELECT clock_timestamp() AS t0),
+					s AS MATERIALIZED (SELECT pg_sleep(0.03), t0 FROM a),
+					b AS MATERIALIZED (SELECT clock_timestamp() AS t1, t0 FROM s)
+					SELECT v.id, 0::bigint AS seat_count, b.t0 AS started, b.t1 AS ended FROM venue v CROSS JOIN b WHERE v.id = ANY($1)`,
+				DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})
+			reload(t, b)
+			pgtest.Exec(t, b.conn, `INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(3, 1202) g;
+				UPDATE venue SET seat_count = 0, materialized_at = now();
+				DELETE FROM matcol.pending;
+				INSERT INTO matcol.pending (target_id, vals) SELECT id, NULL FROM matcol.target`)
+			runCtx, stop := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() { done <- b.mat.Run(runCtx) }()
+			defer func() { stop(); <-done }()
+			require.Eventually(t, func() bool {
+				var left, entries int
+				require.NoError(t, b.conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM venue WHERE ended IS NULL),
+					(SELECT count(*) FROM matcol.pending)`).Scan(&left, &entries))
+				return left == 0 && entries == 0
+			}, 30*time.Second, 20*time.Millisecond, "the pass must write every row and end")
+			var most, chunks, rows int64
+			require.NoError(t, b.conn.QueryRow(ctx, `WITH w AS (SELECT DISTINCT started, ended FROM venue)
+				SELECT max((SELECT count(*) FROM w o WHERE o.started <= w.started AND w.started < o.ended)),
+				       (SELECT count(*) FROM w), (SELECT count(*) FROM venue) FROM w`).Scan(&most, &chunks, &rows))
+			require.GreaterOrEqual(t, most, tc.min, "chunks of the pass at once")
+			require.LessOrEqual(t, most, tc.max, "chunks of the pass at once")
+			require.Equal(t, int64(1202), rows)
+			require.GreaterOrEqual(t, chunks, int64(1202/20), "chunks of at most 20 rows")
+		})
+	}
+}
