@@ -112,7 +112,12 @@ type catchupRow struct {
 	verifiedRows  int
 	daemonCPU     float64
 	daemonPeakRSS int64
+	pass          time.Duration // the same change answered by a pass (sizes of passFrom and up)
 }
+
+// passFrom is the smallest change that the bench also answers with a pass over every row, for
+// the comparison with queue batches on the same shape.
+const passFrom = 30
 
 // catchUpBench times matcol's catch-up after one committed change of pct% of the snapshots
 // against a set-based UPDATE of exactly those snapshots and a REFRESH of the whole equivalent
@@ -263,6 +268,12 @@ func catchUpBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) e
 				break
 			}
 		}
+		if row.done && pct >= passFrom {
+			if row.pass, err = passCatchUp(ctx, su, d, change, o.limit); err != nil {
+				return fmt.Errorf("pass at %.1f%%: %w\ndaemon log:\n%s", pct, err, m.logTail())
+			}
+			fmt.Printf("  %.1f%%: the same change answered by a pass: %s\n", pct, row.pass.Round(time.Millisecond))
+		}
 		row.daemonPeakRSS = d.peakRSS()
 		// verify skips stale rows: after a catch-up it checks every row, else the fresh ones.
 		if row.verifiedRows, err = m.verifyAll(ctx); err != nil {
@@ -313,6 +324,23 @@ func catchUpBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) e
 	}
 	r.add("")
 	r.add("\"matcol ÷ set-based speed\" is the set-based UPDATE's time over matcol's: 1× is as fast as one statement over exactly the changed rows, 0.5× twice as slow. The daemon's CPU is its own process's user+system time over the better catch-up (the backends it drives are not in it); peak RSS is the process's high-water mark so far.")
+	var passes []catchupRow
+	for _, row := range rows {
+		if row.pass > 0 {
+			passes = append(passes, row)
+		}
+	}
+	if len(passes) > 0 {
+		r.add("")
+		r.add("The same change answered by a pass over every row instead of queue batches: the change again, made with `session_replication_role = replica` so that no trigger queues it, then a whole-table invalidation (what a logical-mode resync or a truncated source queues); the time runs from that entry's commit until the pass has ended and no row is stale. A pass computes every row and writes those whose values differ, in key order, chunks on up to `table_workers` at once.")
+		r.add("")
+		r.add("| changed | queue batches (better of two) | a pass | set-based UPDATE of those rows | pass ÷ set-based speed |")
+		r.add("|---|---|---|---|---|")
+		for _, row := range passes {
+			r.add("| %g%% | %s | %s | %s | %s |", row.pct, row.matcol.Round(time.Millisecond), row.pass.Round(time.Millisecond),
+				row.setBased.Round(time.Millisecond), times(row.setBased.Seconds()/row.pass.Seconds()))
+		}
+	}
 	r.add("")
 	if c.resyncRows > 0 {
 		return resyncBench(ctx, r, admin, o)
@@ -429,4 +457,20 @@ func resyncBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) er
 	r.add("The daemon used %.1f s of CPU over the resync (its own process) and peaked at %.1f MB RSS; verify checked %d rows that were not stale.", cpu, float64(rss)/1e6, verified)
 	r.add("")
 	return nil
+}
+
+// passCatchUp makes change without queueing it, queues a whole-table invalidation of the target
+// and times the pass that answers it.
+func passCatchUp(ctx context.Context, su *pgx.Conn, d *daemonProc, change string, limit time.Duration) (time.Duration, error) {
+	for _, sql := range []string{`CHECKPOINT`, `SET session_replication_role = replica`, change, `RESET session_replication_role`} {
+		if _, err := su.Exec(ctx, sql); err != nil {
+			return 0, err
+		}
+	}
+	// With the NOTIFY that matcol's TRUNCATE trigger sends.
+	if _, err := su.Exec(ctx, `INSERT INTO matcol.pending (target_id, vals) SELECT id, NULL FROM matcol.target;
+		SELECT pg_notify('matcol', 'q')`); err != nil {
+		return 0, err
+	}
+	return caughtUp(ctx, su, d, time.Now(), wait{table: "event_seat_state_change", mustSee: true, grace: time.Minute, limit: limit})
 }

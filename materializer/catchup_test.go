@@ -225,3 +225,70 @@ func TestTableWorkersCapOneTable(t *testing.T) {
 		})
 	}
 }
+
+// Queued keys that name most of a table's rows are answered by one pass over every row, which
+// reads the rows in key order with one statement per chunk; fewer keep their queue batches.
+func TestBigKeyBacklogBecomesAPass(t *testing.T) {
+	ctx := context.Background()
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 2, SweepInterval: time.Hour, BatchSize: 50,
+		PassShare: 0.5, PassMin: 100})
+	id := b.plan.Targets[0].ID
+	pgtest.Exec(t, b.conn, `INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(3, 1002) g;
+		ANALYZE venue`)
+	count := func(sql string) (n int) {
+		require.NoError(t, b.conn.QueryRow(ctx, sql).Scan(&n))
+		return n
+	}
+
+	// 300 of 1,002 rows: below the share, the keys stay queued.
+	pgtest.Exec(t, b.conn, `DELETE FROM matcol.pending; INSERT INTO event SELECT g, g, 2 FROM generate_series(3, 302) g`)
+	switched, err := b.mat.KeysToPassOf(ctx, id)
+	require.NoError(t, err)
+	require.False(t, switched)
+	require.Equal(t, 300, count(`SELECT count(*) FROM matcol.pending WHERE vals IS NOT NULL`))
+
+	// 700: a pass answers them, and the keys' entries go with the switch.
+	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g, g, 3 FROM generate_series(303, 702) g`)
+	switched, err = b.mat.KeysToPassOf(ctx, id)
+	require.NoError(t, err)
+	require.True(t, switched)
+	require.True(t, b.mat.Passing(id))
+	require.Zero(t, count(`SELECT count(*) FROM matcol.pending WHERE vals IS NOT NULL`))
+	require.Equal(t, 1, count(`SELECT count(*) FROM matcol.pending WHERE vals IS NULL`))
+	// A change after the switch queues its key as usual.
+	pgtest.Exec(t, b.conn, `UPDATE event SET seats = 9 WHERE id = 5`)
+
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- b.mat.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	require.Eventually(t, func() bool {
+		return count(`SELECT count(*) FROM matcol.pending`) == 0 && count(`SELECT count(*) FROM venue WHERE materialized_at IS NULL`) == 0 &&
+			!b.mat.Passing(id)
+	}, 30*time.Second, 20*time.Millisecond)
+	require.Empty(t, b.drift(t))
+	require.Equal(t, 700, count(`SELECT count(*) FROM venue WHERE id > 2 AND seat_count > 0`))
+}
+
+// A daemon whose queue fills with keys for most of a table switches to a pass by itself, and ends
+// with every row exact.
+func TestRunningDaemonSwitchesBigBacklogToAPass(t *testing.T) {
+	ctx := context.Background()
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 2, SweepInterval: time.Hour, BatchSize: 20,
+		TargetBatchDuration: 10 * time.Second, PassShare: 0.5, PassMin: 100}) // batch sizes stay small
+	id := b.plan.Targets[0].ID
+	pgtest.Exec(t, b.conn, `INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(3, 2002) g;
+		ANALYZE venue; DELETE FROM matcol.pending`)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- b.mat.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g, g, 4 FROM generate_series(3, 2002) g`)
+	require.Eventually(t, func() bool {
+		var left int
+		require.NoError(t, b.conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM matcol.pending) + (SELECT count(*) FROM venue WHERE materialized_at IS NULL)`).Scan(&left))
+		return left == 0 && !b.mat.Passing(id)
+	}, 30*time.Second, 5*time.Millisecond)
+	require.Equal(t, int64(1), b.mat.Stats.BacklogsToPass.Load(), "2,000 queued keys of 2,002 rows must go to a pass")
+	require.Empty(t, b.drift(t))
+}

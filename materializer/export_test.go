@@ -24,3 +24,15 @@ func (m *Materializer) SetBatchSize(id, n int) {
 	m.byID[id].batchSize = n
 	m.mu.Unlock()
 }
+
+// KeysToPassOf hands target id's queued keys to a pass when they are share enough of its rows.
+func (m *Materializer) KeysToPassOf(ctx context.Context, id int) (bool, error) {
+	return m.keysToPass(ctx, m.byID[id])
+}
+
+// Passing reports whether target id has a pass under way.
+func (m *Materializer) Passing(id int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.byID[id].walk != nil
+}

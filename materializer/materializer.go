@@ -54,6 +54,12 @@ type Config struct {
 	// ExpiryBatch is how many expired rows per table one sweep invalidates, so that rows stamped
 	// together do not all expire in one burst. Defaults to 1000.
 	ExpiryBatch int
+	// PassShare: a table whose queued keys reach this share of its rows (pg_class.reltuples), and
+	// at least PassMin of them, has them answered by a pass over every row instead of queue
+	// batches. Defaults to passShare; negative never switches.
+	PassShare float64
+	// PassMin is the fewest queued keys that switch to a pass. Defaults to 10,000.
+	PassMin int
 }
 
 func (c *Config) defaults() {
@@ -74,6 +80,12 @@ func (c *Config) defaults() {
 	}
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = 5 * time.Second
+	}
+	if c.PassShare == 0 {
+		c.PassShare = passShare
+	}
+	if c.PassMin <= 0 {
+		c.PassMin = 10000
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = 50 * time.Millisecond
@@ -105,6 +117,8 @@ type Stats struct {
 	// EntriesDropped counts queued invalidations that could not be applied as they were: values
 	// that are no key (dropped), or values mapping SQL failed on (the whole table invalidated).
 	EntriesDropped atomic.Int64
+	// BacklogsToPass counts backlogs of queued keys handed to a pass (Config.PassShare).
+	BacklogsToPass atomic.Int64
 }
 
 // Materializer runs the workers and the queue drainer. It implements listener.Sink.
@@ -209,6 +223,7 @@ type target struct {
 	// drainer takes them instead.
 	direct         bool
 	directOffUntil time.Time
+	passCheckAt    time.Time // when the size of a backlog of queued keys was last checked
 
 	rows      atomic.Int64 // materialized by this process
 	lastBatch atomic.Int64 // nanoseconds
@@ -556,6 +571,11 @@ func (m *Materializer) logBatchError(t *target, err error) {
 // chunk of a pass over every row or of expired rows. more says t has work left.
 func (m *Materializer) work(ctx context.Context, t *target) (n int, more bool, err error) {
 	if m.takeDirect(t) {
+		if m.checkBacklog(t) {
+			if switched, err := m.keysToPass(ctx, t); err != nil || switched {
+				return 0, switched, err
+			}
+		}
 		if n, more, err = m.queueBatch(ctx, t); err != nil || more {
 			return n, more, err
 		}

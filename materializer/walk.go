@@ -246,6 +246,7 @@ func (m *Materializer) stepChunk(ctx context.Context, t *target, w *walk, gen in
 	if n > 0 {
 		m.done(t, size, n, time.Since(start))
 	}
+	m.log.Trace("pass chunk", "table", t.plan.Table.String(), "rows", n, "size", size, "elapsed", time.Since(start))
 	return n, more, nil
 }
 
