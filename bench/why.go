@@ -18,7 +18,7 @@ const (
 
 	whyTPCB = "**pgbench tpcb-like.** Every tpcb transaction updates one `pgbench_accounts` row (its `abalance`) and inserts one `pgbench_history` row. The enrichment reads only `aid` of `pgbench_accounts`, so the account's own UPDATE leaves the row fresh (in trigger mode a row trigger compares the key on each UPDATE; in logical mode there is none, since the stream shows key changes), and the history insert queues the account's key. Each transaction then costs a queue entry (in logical mode a decoded change, and the walsender decodes every change on the same cores) and a recomputation by a worker, with its own WAL, on the same 2 cores as pgbench. The hand-written trigger does one in-place increment in the writer's transaction. The CPU, RSS and WAL columns say where each variant's cost goes."
 
-	whyFootprint = "**Footprint.** Idle, the daemon polls nothing but its LISTEN connection and a sweep every `sweep_interval`; any CPU above zero here is those sweeps and the status figures."
+	whyFootprint = "**Footprint.** Idle (caught up, the drainer asleep until a writer's NOTIFY), the daemon still reads the pause switch and replica lag once a second, probes the database for its throttle every 5 s (four times a second while there is work), sweeps every `sweep_interval`, samples the status figures every 5 s, and in logical mode reports its slot's position every second; the CPU above zero is those round trips and the Go runtime's timers."
 )
 
 // whys are the explanations in the order the summary prints them.

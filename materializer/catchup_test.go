@@ -292,3 +292,37 @@ func TestRunningDaemonSwitchesBigBacklogToAPass(t *testing.T) {
 	require.Equal(t, int64(1), b.mat.Stats.BacklogsToPass.Load(), "2,000 queued keys of 2,002 rows must go to a pass")
 	require.Empty(t, b.drift(t))
 }
+
+// An idle daemon, caught up with its drainer asleep, probes the database for its throttle every
+// few seconds instead of four times a second; work brings the probes back at once.
+func TestIdleDaemonProbesRarely(t *testing.T) {
+	ctx := context.Background()
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 1, SweepInterval: time.Hour})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- b.mat.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	require.Eventually(t, func() bool {
+		var flag int64
+		require.NoError(t, b.conn.QueryRow(ctx, `SELECT pg_sequence_last_value('matcol.wake_flag')`).Scan(&flag))
+		return flag == 1
+	}, 5*time.Second, 10*time.Millisecond, "the daemon must fall asleep")
+	time.Sleep(300 * time.Millisecond)
+	before := b.mat.Stats.HarmProbes.Load()
+	time.Sleep(3 * time.Second)
+	idle := b.mat.Stats.HarmProbes.Load() - before
+	require.LessOrEqual(t, idle, int64(1), "harm probes in 3 idle seconds")
+
+	// A stale row is work: the probes come back while it is done.
+	pgtest.Exec(t, b.conn, `CREATE FUNCTION slow_down() RETURNS boolean LANGUAGE sql AS 'SELECT pg_sleep(1.5) IS NOT NULL'`)
+	applyDefs(t, b.conn, []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"),
+		Columns: []string{"seat_count"}, Self: new(true),
+		SQL:       `SELECT v.id, (SELECT sum(seats) FROM event e WHERE e.venue_id = v.id)::bigint AS seat_count FROM venue v WHERE v.id = ANY($1) AND slow_down()`,
+		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})
+	reload(t, b)
+	before = b.mat.Stats.HarmProbes.Load()
+	pgtest.Exec(t, b.conn, `INSERT INTO venue (id) VALUES (10)`)
+	b.mat.QueueFilled()
+	require.Eventually(t, func() bool { return b.mat.Stats.HarmProbes.Load()-before >= 3 }, 3*time.Second, 10*time.Millisecond,
+		"a batch in flight brings the probes back")
+}

@@ -132,6 +132,9 @@ func (m *Materializer) setSleeping(ctx context.Context, v bool) error {
 		INSERT INTO matcol.wake (sleeping) SELECT $1::bool FROM f
 		ON CONFLICT (id) DO UPDATE SET sleeping = excluded.sleeping
 		WHERE matcol.wake.sleeping IS DISTINCT FROM excluded.sleeping`, v)
+	if err == nil {
+		m.asleep.Store(v)
+	}
 	return err
 }
 

@@ -183,6 +183,7 @@ func (m *Materializer) ThrottleLevel() int { return int(m.level.Load()) }
 
 // checkHarm reads the probe once, timing it when timed, and moves the throttle level.
 func (m *Materializer) checkHarm(ctx context.Context, timed bool) {
+	m.Stats.HarmProbes.Add(1)
 	s, err := probe(ctx, m.control(), timed)
 	if err != nil {
 		return // keep the last level; the next tick tries again

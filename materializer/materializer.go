@@ -119,6 +119,8 @@ type Stats struct {
 	EntriesDropped atomic.Int64
 	// BacklogsToPass counts backlogs of queued keys handed to a pass (Config.PassShare).
 	BacklogsToPass atomic.Int64
+	// HarmProbes counts the throttle's reads of the database's activity (harm.go).
+	HarmProbes atomic.Int64
 }
 
 // Materializer runs the workers and the queue drainer. It implements listener.Sink.
@@ -146,6 +148,7 @@ type Materializer struct {
 	directOffAll  bool         // tests: the drainer takes every direct entry, setting rows stale
 	pinLevel      atomic.Int32 // tests: the throttle level, whatever the probe says
 	paused        atomic.Bool
+	asleep        atomic.Bool // the drainer found no work and waits for a NOTIFY
 	replicaBehind atomic.Bool
 	harm          harm         // owned by watchLoad
 	level         atomic.Int32 // the throttle level, from harm

@@ -188,9 +188,9 @@ func (m *Materializer) noteTake(t *target, beyond bool) {
 }
 
 // passShare is the default Config.PassShare. On the catch-up benchmark (200k rows × 50 child
-// rows, docs/benchmarks.md) queue batches answered a change of 30% of the rows in 2.5 s and of
-// every row in 7.1-9.2 s, a pass over every row in 5.1-5.7 s whatever the change: the pass
-// overtakes queue batches when 55-70% of a table's rows wait.
+// rows, docs/benchmarks.md) queue batches answered a change of 30% of the rows in 2.1-2.5 s and
+// of every row in 7.1-9.2 s, a pass over every row in 3.4-5.7 s whatever the change: the pass
+// overtakes queue batches when 40-80% of a table's rows wait.
 const passShare = 0.7
 
 // checkBacklog reports whether t has a backlog of queued keys whose size is due a check: at most

@@ -42,7 +42,9 @@ const loadSQL = `WITH standby AS (
 		ELSE coalesce((SELECT max(extract(epoch FROM replay_lag)) FROM standby), 0) END::float8`
 
 // watchLoad keeps the pause switch and the throttles current: load each second, the harm probe
-// four times a second (see harm.go).
+// four times a second (see harm.go). Idle, with no work and the drainer asleep, it probes every
+// idleProbeTicks ticks: the probe reads pg_locks and pg_stat_activity, and an idle daemon should
+// cost the server nothing, while the quiet latency it learns stays current.
 func (m *Materializer) watchLoad(ctx context.Context) {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
@@ -55,11 +57,34 @@ func (m *Materializer) watchLoad(ctx context.Context) {
 		if n%4 == 0 {
 			m.checkLoad(ctx)
 		}
-		m.checkHarm(ctx, n%4 == 0)
+		if idle := m.idle(); !idle || n%idleProbeTicks == 0 {
+			m.checkHarm(ctx, n%4 == 0 || idle)
+		}
 		if n%4 == 0 {
 			m.checkOldest(ctx)
 		}
 	}
+}
+
+// idleProbeTicks: an idle daemon probes for harm every 5 s.
+const idleProbeTicks = 20
+
+// idle reports that no work waits or runs and the drainer sleeps until a writer wakes it.
+func (m *Materializer) idle() bool {
+	if !m.asleep.Load() {
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.queue) > 0 {
+		return false
+	}
+	for _, t := range m.byID {
+		if t.running > 0 || t.walk != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // checkLoad reads the pause switch and the replicas' replay lag once.
