@@ -182,11 +182,14 @@ func TestTableWorkersCapOneTable(t *testing.T) {
 		cap      int
 		ramp     time.Duration
 		min, max int64
+		stale    bool // the rows are stale, not queued: claims of stale rows, not queue batches
 	}{
-		{"one table worker", 1, time.Nanosecond, 1, 1},
-		{"before the ramp", 0, time.Hour, 1, 1},
-		{"after the ramp", 0, time.Nanosecond, 2, 3},
-		{"after the ramp, capped", 2, time.Nanosecond, 2, 2},
+		{"one table worker", 1, time.Nanosecond, 1, 1, false},
+		{"before the ramp", 0, time.Hour, 1, 1, false},
+		{"after the ramp", 0, time.Nanosecond, 2, 3, false},
+		{"after the ramp, capped", 2, time.Nanosecond, 2, 2, false},
+		{"stale rows, one table worker", 1, time.Nanosecond, 1, 1, true},
+		{"stale rows, after the ramp, capped", 2, time.Nanosecond, 2, 2, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -204,9 +207,13 @@ func TestTableWorkersCapOneTable(t *testing.T) {
 					SELECT v.id, 0::bigint AS seat_count, b.t0 AS started, b.t1 AS ended FROM venue v CROSS JOIN b WHERE v.id = ANY($1)`,
 				DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})
 			reload(t, b)
-			pgtest.Exec(t, b.conn, `INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(3, 1202) g;
-				DELETE FROM matcol.pending;
-				INSERT INTO event SELECT g, g, 1 FROM generate_series(3, 1202) g`) // a queued key each
+			if tc.stale {
+				pgtest.Exec(t, b.conn, `INSERT INTO venue (id) SELECT generate_series(3, 1202); DELETE FROM matcol.pending; ANALYZE venue`)
+			} else {
+				pgtest.Exec(t, b.conn, `INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(3, 1202) g;
+					DELETE FROM matcol.pending;
+					INSERT INTO event SELECT g, g, 1 FROM generate_series(3, 1202) g`) // a queued key each
+			}
 			runCtx, stop := context.WithCancel(ctx)
 			done := make(chan error, 1)
 			go func() { done <- b.mat.Run(runCtx) }()
@@ -325,4 +332,21 @@ func TestIdleDaemonProbesRarely(t *testing.T) {
 	b.mat.QueueFilled()
 	require.Eventually(t, func() bool { return b.mat.Stats.HarmProbes.Load()-before >= 3 }, 3*time.Second, 10*time.Millisecond,
 		"a batch in flight brings the probes back")
+}
+
+// A table without a row estimate (never analyzed) keeps its queue batches: a share of an unknown
+// size could send a huge table to a pass for a few thousand keys.
+func TestBacklogOfUnanalyzedTableStaysQueued(t *testing.T) {
+	ctx := context.Background()
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 1, SweepInterval: time.Hour, PassShare: 0.5, PassMin: 1})
+	id := b.plan.Targets[0].ID
+	pgtest.Exec(t, b.conn, `ALTER TABLE venue SET (autovacuum_enabled = off)`)
+	var reltuples float64
+	require.NoError(t, b.conn.QueryRow(ctx, `SELECT reltuples FROM pg_class WHERE oid = 'venue'::regclass`).Scan(&reltuples))
+	require.LessOrEqual(t, reltuples, 0.0, "venue must not have been analyzed")
+	pgtest.Exec(t, b.conn, `INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(3, 102) g;
+		DELETE FROM matcol.pending; INSERT INTO event SELECT g, g, 2 FROM generate_series(3, 102) g`)
+	switched, err := b.mat.KeysToPassOf(ctx, id)
+	require.NoError(t, err)
+	require.False(t, switched)
 }

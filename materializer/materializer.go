@@ -604,12 +604,16 @@ func (m *Materializer) work(ctx context.Context, t *target) (n int, more bool, e
 	return n, false, nil
 }
 
-// takeClaim reports whether t's next unit of work claims stale rows, clearing the flag.
+// takeClaim reports whether t's next unit of work claims stale rows, clearing the flag unless t
+// has a backlog: then other workers, up to the table's cap, claim stale rows beside this one
+// (SKIP LOCKED keeps them apart), where they found the flag gone and did nothing.
 func (m *Materializer) takeClaim(t *target) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	c := t.claim
-	t.claim = false
+	if !t.more {
+		t.claim = false
+	}
 	return c
 }
 

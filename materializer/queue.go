@@ -208,9 +208,13 @@ func (m *Materializer) checkBacklog(t *target) bool {
 // keysToPassSQL replaces target $1's queued keys by a whole-table entry when they number at least
 // $2 and $3 of the estimated rows of table $4, in one statement: the keys' deletion commits with the
 // entry, and the pass that answers it reads every row after that commit. It counts no further
-// than it needs.
+// than it needs. The estimate is the planner's (reltuples scaled to the table's current size); a
+// table never analyzed (a partitioned one, say) has none and keeps its queue batches.
 const keysToPassSQL = `WITH need AS (
-	SELECT (SELECT ceil(greatest(c.reltuples, 0) * $3)::bigint FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($4)) AS n),
+	SELECT (SELECT ceil($3 * CASE WHEN c.relpages > 0
+	          THEN greatest(c.reltuples, c.reltuples / c.relpages * (pg_catalog.pg_relation_size(c.oid) / current_setting('block_size')::int))
+	          ELSE c.reltuples END)::bigint
+	        FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($4) AND c.reltuples > 0) AS n),
 enough AS (
 	SELECT (SELECT n FROM need) IS NOT NULL AND count(*) >= greatest((SELECT n FROM need), $2) AS yes FROM (
 		SELECT 1 FROM matcol.pending WHERE target_id = $1 AND dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb
