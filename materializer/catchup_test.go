@@ -22,10 +22,7 @@ func TestBacklogNeedsNoSweep(t *testing.T) {
 	pgtest.Exec(t, b.conn, `INSERT INTO venue (id) SELECT generate_series(3, 20002)`)
 	pgtest.Exec(t, b.conn, `ANALYZE venue`)
 
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- b.mat.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	b.run(t)
 	start := time.Now()
 	require.Eventually(t, func() bool {
 		var stale int
@@ -50,10 +47,7 @@ func TestPoisonRowStaysLocal(t *testing.T) {
 		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})
 	reload(t, b)
 	pgtest.Exec(t, b.conn, `INSERT INTO venue (id) SELECT generate_series(3, 5002)`)
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- b.mat.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	b.run(t)
 	require.Eventually(t, func() bool {
 		var stale int
 		require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM venue WHERE materialized_at IS NULL`).Scan(&stale))
@@ -70,10 +64,7 @@ func TestPoisonRowStaysLocal(t *testing.T) {
 func TestStartWarmsWorkerConnections(t *testing.T) {
 	ctx := context.Background()
 	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 3, SweepInterval: time.Hour})
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- b.mat.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	b.run(t)
 	require.Eventually(t, func() bool {
 		conns := b.pool.AcquireAllIdle(ctx)
 		defer func() {
@@ -104,10 +95,7 @@ func TestWarmUpWithFewerConnectionsThanWorkers(t *testing.T) {
 	ctx := context.Background()
 	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 6, SweepInterval: time.Hour}) // the pool has 4
 	pgtest.Exec(t, b.conn, `INSERT INTO venue (id) SELECT generate_series(3, 102)`)
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- b.mat.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	b.run(t)
 	require.Eventually(t, func() bool {
 		var stale int
 		require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM venue WHERE materialized_at IS NULL`).Scan(&stale))
@@ -120,10 +108,7 @@ func TestWarmUpWithFewerConnectionsThanWorkers(t *testing.T) {
 func TestIdleDaemonSleepsSoon(t *testing.T) {
 	ctx := context.Background()
 	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 1, SweepInterval: time.Hour})
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- b.mat.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	b.run(t)
 	start := time.Now()
 	require.Eventually(t, func() bool {
 		var flag int64
@@ -193,20 +178,7 @@ func TestTableWorkersCapOneTable(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 3, TableWorkers: tc.cap,
-				RampAfter: tc.ramp, SweepInterval: time.Hour, BatchSize: 20,
-				TargetBatchDuration: 40 * time.Millisecond}) // batches sleep 30 ms: their size stays
-			pgtest.Exec(t, b.conn, `CREATE INDEX ON venue (id) WHERE materialized_at IS NULL;
-				ALTER TABLE venue ADD COLUMN started timestamptz, ADD COLUMN ended timestamptz`)
-			// Each batch's write notes when it started and ended, 30 ms apart.
-			applyDefs(t, b.conn, []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"),
-				Columns: []string{"seat_count", "started", "ended"}, Self: new(true),
-				SQL: `WITH a AS MATERIALIZED (SELECT clock_timestamp() AS t0),
-					s AS MATERIALIZED (SELECT pg_sleep(0.03), t0 FROM a),
-					b AS MATERIALIZED (SELECT clock_timestamp() AS t1, t0 FROM s)
-					SELECT v.id, 0::bigint AS seat_count, b.t0 AS started, b.t1 AS ended FROM venue v CROSS JOIN b WHERE v.id = ANY($1)`,
-				DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})
-			reload(t, b)
+			b := timedVenue(t, tc.cap, tc.ramp)
 			if tc.stale {
 				pgtest.Exec(t, b.conn, `INSERT INTO venue (id) SELECT generate_series(3, 1202); DELETE FROM matcol.pending; ANALYZE venue`)
 			} else {
@@ -214,10 +186,7 @@ func TestTableWorkersCapOneTable(t *testing.T) {
 					DELETE FROM matcol.pending;
 					INSERT INTO event SELECT g, g, 1 FROM generate_series(3, 1202) g`) // a queued key each
 			}
-			runCtx, stop := context.WithCancel(ctx)
-			done := make(chan error, 1)
-			go func() { done <- b.mat.Run(runCtx) }()
-			defer func() { stop(); <-done }()
+			b.run(t)
 			require.Eventually(t, func() bool {
 				var left int
 				require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM venue WHERE id > 2 AND ended IS NULL`).Scan(&left))
@@ -265,10 +234,7 @@ func TestBigKeyBacklogBecomesAPass(t *testing.T) {
 	// A change after the switch queues its key as usual.
 	pgtest.Exec(t, b.conn, `UPDATE event SET seats = 9 WHERE id = 5`)
 
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- b.mat.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	b.run(t)
 	require.Eventually(t, func() bool {
 		return count(`SELECT count(*) FROM matcol.pending`) == 0 && count(`SELECT count(*) FROM venue WHERE materialized_at IS NULL`) == 0 &&
 			!b.mat.Passing(id)
@@ -286,10 +252,7 @@ func TestRunningDaemonSwitchesBigBacklogToAPass(t *testing.T) {
 	id := b.plan.Targets[0].ID
 	pgtest.Exec(t, b.conn, `INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(3, 2002) g;
 		ANALYZE venue; DELETE FROM matcol.pending`)
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- b.mat.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	b.run(t)
 	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g, g, 4 FROM generate_series(3, 2002) g`)
 	require.Eventually(t, func() bool {
 		var left int
@@ -305,10 +268,7 @@ func TestRunningDaemonSwitchesBigBacklogToAPass(t *testing.T) {
 func TestIdleDaemonProbesRarely(t *testing.T) {
 	ctx := context.Background()
 	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 1, SweepInterval: time.Hour})
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- b.mat.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	b.run(t)
 	require.Eventually(t, func() bool {
 		var flag int64
 		require.NoError(t, b.conn.QueryRow(ctx, `SELECT pg_sequence_last_value('matcol.wake_flag')`).Scan(&flag))

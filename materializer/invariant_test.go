@@ -91,6 +91,15 @@ func (b *bundle) catchUp(t *testing.T) {
 	t.Fatal("did not catch up")
 }
 
+// run runs the materializer until the test ends.
+func (b *bundle) run(t *testing.T) {
+	t.Helper()
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.mat.Run(ctx) }()
+	t.Cleanup(func() { stop(); <-done })
+}
+
 func (b *bundle) drift(t *testing.T) []verify.Drift {
 	t.Helper()
 	d, _, err := verify.Run(context.Background(), b.conn, b.plan, verify.Options{IncludeStale: true})

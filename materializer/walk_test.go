@@ -197,27 +197,12 @@ func TestPassChunksRunOnTableWorkers(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 3, TableWorkers: tc.cap,
-				RampAfter: time.Nanosecond, SweepInterval: time.Hour, BatchSize: 20,
-				TargetBatchDuration: 40 * time.Millisecond}) // chunks sleep 30 ms: their size stays
-			pgtest.Exec(t, b.conn, `ALTER TABLE venue ADD COLUMN started timestamptz, ADD COLUMN ended timestamptz`)
-			// Each chunk's statement notes when it started and ended, 30 ms apart.
-			applyDefs(t, b.conn, []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"),
-				Columns: []string{"seat_count", "started", "ended"}, Self: new(true),
-				SQL: `WITH a AS MATERIALIZED (SELECT clock_timestamp() AS t0),
-					s AS MATERIALIZED (SELECT pg_sleep(0.03), t0 FROM a),
-					b AS MATERIALIZED (SELECT clock_timestamp() AS t1, t0 FROM s)
-					SELECT v.id, 0::bigint AS seat_count, b.t0 AS started, b.t1 AS ended FROM venue v CROSS JOIN b WHERE v.id = ANY($1)`,
-				DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})
-			reload(t, b)
+			b := timedVenue(t, tc.cap, time.Nanosecond)
 			pgtest.Exec(t, b.conn, `INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(3, 1202) g;
 				UPDATE venue SET seat_count = 0, materialized_at = now();
 				DELETE FROM matcol.pending;
 				INSERT INTO matcol.pending (target_id, vals) SELECT id, NULL FROM matcol.target`)
-			runCtx, stop := context.WithCancel(ctx)
-			done := make(chan error, 1)
-			go func() { done <- b.mat.Run(runCtx) }()
-			defer func() { stop(); <-done }()
+			b.run(t)
 			require.Eventually(t, func() bool {
 				var left, entries int
 				require.NoError(t, b.conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM venue WHERE ended IS NULL),
