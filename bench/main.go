@@ -21,7 +21,6 @@ import (
 	"github.com/matcol/matcol/internal/demo"
 	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/internal/pgcluster"
-	"github.com/matcol/matcol/registry"
 )
 
 func main() {
@@ -225,9 +224,8 @@ func backfills(ctx context.Context, r *report, conn *pgx.Conn, dsn string, snaps
 	fmt.Printf("loaded in %s\n", time.Since(start).Round(time.Second))
 
 	// Full backfill: the set-based UPDATE, REFRESH MATERIALIZED VIEW, and matcol backfill.
-	def := registry.Enrichment{Name: "seat_counts", Self: new(true), SQL: seatEnrichment,
-		Columns: []string{"sold_count", "reserved_count", "empty_count"}}
-	def.Target.Schema, def.Target.Name = "public", "event_seat_state_change"
+	def := enrichmentOn("seat_counts", "event_seat_state_change", "seat_state", "change_id", seatEnrichment,
+		"sold_count", "reserved_count", "empty_count")
 	seatCase := backfillCase{conn: conn, dsn: dsn, def: def, setBased: setBasedUpdate, table: "event_seat_state_change",
 		reset: `UPDATE event_seat_state_change SET sold_count = NULL, reserved_count = NULL, empty_count = NULL`}
 	fmt.Println("backfilling seat counts…")
