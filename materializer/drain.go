@@ -221,7 +221,7 @@ func (m *Materializer) Drain(ctx context.Context) (DrainResult, error) {
 			           WHERE (dependency_id IS NOT NULL OR vals = '[]'::jsonb) AND target_id = ANY($2)
 			           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
 			     k AS (SELECT id, target_id, ctid FROM matcol.pending
-			           WHERE target_id = ANY($4) AND dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb
+			           WHERE target_id = ANY($4) AND `+plan.DirectEntrySQL+`
 			           ORDER BY target_id, id LIMIT $1 FOR UPDATE SKIP LOCKED),
 			     c AS MATERIALIZED (SELECT * FROM m UNION ALL SELECT * FROM k),
 			     t AS (SELECT target_id FROM c GROUP BY target_id ORDER BY min(id) LIMIT $3)

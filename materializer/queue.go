@@ -20,11 +20,11 @@ import (
 // directTargetsSQL lists the tables that have direct entries waiting, one index probe each (a
 // loose scan of pending_direct), however many entries wait.
 const directTargetsSQL = `WITH RECURSIVE d AS (
-	(SELECT target_id FROM matcol.pending WHERE dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb
+	(SELECT target_id FROM matcol.pending WHERE ` + plan.DirectEntrySQL + `
 	 ORDER BY target_id LIMIT 1)
 	UNION ALL
 	SELECT (SELECT p.target_id FROM matcol.pending p
-	        WHERE p.dependency_id IS NULL AND p.vals IS NOT NULL AND p.vals <> '[]'::jsonb AND p.target_id > d.target_id
+	        WHERE ` + plan.DirectEntrySQL + ` AND p.target_id > d.target_id
 	        ORDER BY p.target_id LIMIT 1)
 	FROM d WHERE d.target_id IS NOT NULL)
 SELECT target_id FROM d WHERE target_id IS NOT NULL`
@@ -217,11 +217,11 @@ const keysToPassSQL = `WITH need AS (
 	        FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($4) AND c.reltuples > 0) AS n),
 enough AS (
 	SELECT (SELECT n FROM need) IS NOT NULL AND count(*) >= greatest((SELECT n FROM need), $2) AS yes FROM (
-		SELECT 1 FROM matcol.pending WHERE target_id = $1 AND dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb
+		SELECT 1 FROM matcol.pending WHERE target_id = $1 AND ` + plan.DirectEntrySQL + `
 		LIMIT greatest((SELECT n FROM need), $2)) AS q),
 gone AS (
 	DELETE FROM matcol.pending WHERE (SELECT yes FROM enough)
-	  AND target_id = $1 AND dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb RETURNING 1)
+	  AND target_id = $1 AND ` + plan.DirectEntrySQL + ` RETURNING 1)
 INSERT INTO matcol.pending (target_id, vals)
 SELECT $1, NULL WHERE (SELECT yes FROM enough) AND (SELECT count(*) FROM gone) >= 0
 RETURNING id`

@@ -498,6 +498,10 @@ func keyListDesc(key []discovery.Column, prefix string) string {
 	return strings.Join(parts, ", ")
 }
 
+// DirectEntrySQL picks matcol.pending's direct entries (target keys): the predicate of its index
+// pending_direct (migration 0011), which the planner uses only for queries that spell it out.
+const DirectEntrySQL = "dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb"
+
 // QueueTakeSQL takes up to $2 direct invalidations (target keys) of target $1 from the queue,
 // locks the rows they name without waiting, and returns one row per distinct key: "l" for a row
 // it locked, with the earliest enqueued_at of its entries, and "r" for a row that exists but
@@ -519,7 +523,7 @@ func QueueTakeSQL(t *Target) string {
 	// A TID scan does not depend on them. The picked rows are locked, so their ctids hold.
 	return fmt.Sprintf(`WITH p AS MATERIALIZED (
   SELECT ctid FROM matcol.pending
-  WHERE target_id = $1 AND dependency_id IS NULL AND vals IS NOT NULL AND vals <> '[]'::jsonb
+  WHERE target_id = $1 AND `+DirectEntrySQL+`
   ORDER BY target_id, id LIMIT $2 + least($2, 1) FOR UPDATE SKIP LOCKED),
 e AS (
   DELETE FROM matcol.pending d WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM p LIMIT $2))
