@@ -23,8 +23,9 @@ import (
 //     SELECT 1 as fast as when quiet). Writers that idle between transactions, at a rate they
 //     reach, wait for the WAL too, but matcol costs them latency, not throughput, and yielding
 //     would cost freshness (16 writers at 1,000 commits/s: p99 from 78 ms to 3 s)
-// raises the throttle level, which halves again each quiet second; WAL waits two seconds in a
-// row raise it to the highest at once. At level k a worker sleeps k times as long as each batch
+// raises the throttle level, which halves again each quiet second. WAL waits are read every half
+// second: the first half second of them raises the level to half the highest, the next to the
+// highest. At level k a worker sleeps k times as long as each batch
 // took, and only one worker runs. At the highest level, when the application queues for the
 // WAL, no worker runs as long as the oldest waiting change is younger than max_delay: a batch's
 // rows cost the application the same WAL and buffers however long the pause after it, so only
@@ -134,9 +135,25 @@ func (h *harm) add(s sample, now time.Time) (int, string) {
 	h.walWaits += s.walWaits
 	h.appConns += s.appConns
 	if s.latency == 0 {
+		// A WAL queue is answered every half second, not at the next timed sample: each second
+		// matcol's workers keep writing costs a saturated application its share of the flushes.
+		if h.samples >= walSamples && h.lastLatency > 0 && h.walQueue() {
+			return h.update(h.lastLatency, now)
+		}
 		return h.level, h.reason
 	}
 	return h.update(s.latency, now)
+}
+
+// walSamples is how many samples (a quarter second apart) show a WAL queue before it counts.
+const walSamples = 2
+
+// walQueue reports whether the samples since the last update show the application queueing for
+// the WAL while it keeps most of its connections in a transaction.
+func (h *harm) walQueue() bool {
+	n := float64(max(h.samples, 1))
+	busy, wal, conns := float64(h.appTx)/n, float64(h.walWaits)/n, float64(h.appConns)/n
+	return h.factor > 0 && busy >= busyBackends && wal >= walWaiters && busy >= saturated*conns
 }
 
 // update moves the level from the samples counted since the last update and the probe's latency.
@@ -150,7 +167,7 @@ func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
 	h.lastBusy, h.lastWAL, h.lastLatency = busy, wal, latency
 	reason := ""
 	conns := float64(h.appConns) / float64(max(h.samples, 1))
-	walQueue := h.factor > 0 && busy >= busyBackends && wal >= walWaiters && busy >= saturated*conns
+	walQueue := h.walQueue()
 	switch {
 	case h.lockWaits > 0:
 		reason = fmt.Sprintf("application backends wait for locks matcol holds (%d seen)", h.lockWaits)
@@ -165,8 +182,10 @@ func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
 	switch {
 	case walQueue && h.walHeld:
 		// Any write of matcol's lengthens the queue: no level of pauses spares the application.
-		// A second in a row, so that a burst of connections opening is not taken for a load.
+		// Twice in a row, so that a burst of connections opening is not taken for a load.
 		h.level = maxLevel
+	case walQueue:
+		h.level = max(maxLevel/2, h.level)
 	case reason != "":
 		h.level = min(maxLevel, max(1, h.level*2))
 	default:
@@ -229,6 +248,9 @@ func (m *Materializer) throttle(d time.Duration) time.Duration {
 func (m *Materializer) yielding() bool {
 	return m.cfg.MaxDelay > 0 && m.level.Load() >= maxLevel && m.walQueue.Load() && !m.overdue()
 }
+
+// Yielding reports whether the workers wait for a saturated application (see yielding).
+func (m *Materializer) Yielding() bool { return m.yielding() }
 
 // overdue reports whether some change has waited longer than max_delay.
 func (m *Materializer) overdue() bool {

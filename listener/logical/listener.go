@@ -37,6 +37,9 @@ type Listener struct {
 	Reload func()
 	Sink   listener.Sink
 	Log    hclog.Logger
+	// Yielding, when set, reports that the materializer yields to a saturated application; the
+	// stream then reads less often (see coalesceYielding).
+	Yielding func() bool
 	// GuardInterval is how often the slot's retained WAL is checked. Defaults to 10s.
 	GuardInterval time.Duration
 	// StatusInterval is how often the position is reported while idle. Defaults to 1s.

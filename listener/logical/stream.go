@@ -70,6 +70,9 @@ func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *
 		if m.len() > 0 && lastFlush.Add(flushDelay).Before(deadline) {
 			deadline = lastFlush.Add(flushDelay)
 		}
+		if l.Yielding != nil && rc.sock != nil {
+			rc.sock.long.Store(l.Yielding())
+		}
 		msg, err := rc.receive(ctx, deadline)
 		if err != nil {
 			return err
