@@ -137,8 +137,8 @@ func (h *harm) add(s sample, now time.Time) (int, string) {
 	if s.latency == 0 {
 		// A WAL queue is answered every half second, not at the next timed sample: each second
 		// matcol's workers keep writing costs a saturated application its share of the flushes.
-		if h.samples >= walSamples && h.lastLatency > 0 && h.walQueue() {
-			return h.update(h.lastLatency, now)
+		if h.samples >= walSamples && h.walQueue() {
+			return h.update(0, now)
 		}
 		return h.level, h.reason
 	}
@@ -156,15 +156,19 @@ func (h *harm) walQueue() bool {
 	return h.factor > 0 && busy >= busyBackends && wal >= walWaiters && busy >= saturated*conns
 }
 
-// update moves the level from the samples counted since the last update and the probe's latency.
+// update moves the level from the samples counted since the last update and the probe's latency;
+// latency 0 (no timed sample) leaves the latency signal out.
 func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
 	// The quiet level is the lowest latency of the last ten minutes.
-	if h.quiet == 0 || latency < h.quiet || now.Sub(h.quietAt) > 10*time.Minute {
+	if latency > 0 && (h.quiet == 0 || latency < h.quiet || now.Sub(h.quietAt) > 10*time.Minute) {
 		h.quiet, h.quietAt = latency, now
 	}
 	busy := float64(h.appTx) / float64(max(h.samples, 1))
 	wal := float64(h.walWaits) / float64(max(h.samples, 1))
-	h.lastBusy, h.lastWAL, h.lastLatency = busy, wal, latency
+	h.lastBusy, h.lastWAL = busy, wal
+	if latency > 0 {
+		h.lastLatency = latency
+	}
 	reason := ""
 	conns := float64(h.appConns) / float64(max(h.samples, 1))
 	walQueue := h.walQueue()

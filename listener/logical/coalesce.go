@@ -19,8 +19,8 @@ const coalesce = 10 * time.Millisecond
 
 // coalesceYielding replaces coalesce while the materializer yields to a saturated application:
 // nothing is recomputed then, so latency buys nothing, and the daemon's wake-ups take CPU from
-// the application (pgbench tpcb-like: 72-82 ms of daemon CPU per 1,000 transactions at 10 ms,
-// 55-57 at 50 ms).
+// the application (pgbench tpcb-like, paired runs: 75 and 105 ms of daemon CPU per 1,000
+// transactions at 10 ms, 58 and 71 at 100 ms).
 const coalesceYielding = 100 * time.Millisecond
 
 // coalescingConn is the walsender connection's socket: once coalesce is on (the stream started),
