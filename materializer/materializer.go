@@ -231,6 +231,20 @@ type target struct {
 	rows      atomic.Int64 // materialized by this process
 	lastBatch atomic.Int64 // nanoseconds
 	fresh     freshness
+
+	// successor is the target that replaced this one in a new plan (SetPlan). A worker that was
+	// running this one when the plan changed ends its batch on the successor, whose running count
+	// includes it.
+	successor *target
+}
+
+// liveLocked returns the target of the current plan that t became: work that started under an
+// older plan records its state there.
+func (m *Materializer) liveLocked(t *target) *target {
+	for t.successor != nil {
+		t = t.successor
+	}
+	return t
 }
 
 // New returns a materializer for p.
@@ -279,8 +293,12 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 			t.passStep = step
 		}
 		if o := old[pt.ID]; o != nil && o.plan.Table == pt.Table {
+			o.successor = t
 			t.batchSize = o.batchSize
 			t.running = o.running
+			t.more, t.backlogAt, t.dirty = o.more, o.backlogAt, o.dirty
+			t.direct, t.directOffUntil, t.passCheckAt = o.direct, o.directOffUntil, o.passCheckAt
+			t.expireDue, t.expiring = o.expireDue, o.expiring
 			t.wake, t.wakeAt = o.wake, o.wakeAt
 			// A pass goes on from where it was, its chunks in flight included; its key order is
 			// the table's.
@@ -359,6 +377,7 @@ func (m *Materializer) sweepSome(n int) {
 }
 
 func (m *Materializer) markLocked(t *target) {
+	t = m.liveLocked(t)
 	t.claim = true
 	m.nudgeLocked(t)
 }
@@ -369,6 +388,7 @@ func (m *Materializer) markLocked(t *target) {
 // entries until it commits, and a second batch would find nothing, on cores the first needs. A
 // backlog gets more workers through more.
 func (m *Materializer) nudgeLocked(t *target) {
+	t = m.liveLocked(t)
 	if t.running > 0 {
 		t.dirty = true
 		return
@@ -377,8 +397,9 @@ func (m *Materializer) nudgeLocked(t *target) {
 }
 
 func (m *Materializer) pushLocked(t *target) {
-	if t.queued {
-		return
+	t = m.liveLocked(t)
+	if t.queued || m.byID[t.plan.ID] != t {
+		return // queued already, or dropped from the plan
 	}
 	t.queued = true
 	m.queue = append(m.queue, t)
@@ -464,6 +485,7 @@ func (t *target) priority() int {
 func (m *Materializer) finish(t *target, full, failed bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	t = m.liveLocked(t)
 	t.running--
 	if t.queued {
 		// It may have waited at its cap.
@@ -610,6 +632,7 @@ func (m *Materializer) work(ctx context.Context, t *target) (n int, more bool, e
 func (m *Materializer) takeClaim(t *target) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	t = m.liveLocked(t)
 	c := t.claim
 	if !t.more {
 		t.claim = false
