@@ -31,9 +31,10 @@ enrichments:
 `
 
 // When an enrichment reads its target only through the key, only a key change makes a row stale
-// through its own UPDATE. Logical mode reads that from the stream (the old key comes with the
-// UPDATE exactly when the key changed) and puts no UPDATE trigger on the target, which would
-// lock and log every row the application updates; trigger mode keeps it. Both end exact.
+// through its own UPDATE. No mode puts a BEFORE UPDATE row trigger on the target, which would make
+// PostgreSQL lock and log every row the application updates: logical mode reads key changes from
+// the stream (the old key comes with the UPDATE exactly when the key changed), trigger mode from
+// an AFTER UPDATE row trigger that queues the new key. Both end exact.
 func TestKeyOnlyTargetUpdates(t *testing.T) {
 	for _, mode := range []string{"trigger", "logical"} {
 		t.Run(mode, func(t *testing.T) {
@@ -44,13 +45,14 @@ func TestKeyOnlyTargetUpdates(t *testing.T) {
 			startDaemon(t, configFor(t, dsn, mode, keyOnlyConfig))
 			waitExactTables(t, dsn, []string{"acct"}, 30*time.Second)
 
-			var updateTriggers int
-			require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM pg_trigger
-				WHERE tgrelid = 'acct'::regclass AND NOT tgisinternal AND tgtype & 16 <> 0 AND tgtype & 2 <> 0`).Scan(&updateTriggers))
+			var before, after int
+			require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE tgtype & 2 <> 0), count(*) FILTER (WHERE tgtype & 2 = 0)
+				FROM pg_trigger WHERE tgrelid = 'acct'::regclass AND NOT tgisinternal AND tgtype & 16 <> 0 AND tgtype & 1 <> 0`).Scan(&before, &after))
+			require.Zero(t, before, "no BEFORE UPDATE row trigger on the target")
 			if mode == "logical" {
-				require.Zero(t, updateTriggers, "no BEFORE UPDATE row trigger on the target in logical mode")
+				require.Zero(t, after, "logical mode reads key changes from the stream")
 			} else {
-				require.Equal(t, 1, updateTriggers, "trigger mode keeps its self trigger")
+				require.Equal(t, 1, after, "trigger mode queues key changes from an AFTER UPDATE row trigger")
 			}
 
 			var stamped time.Time

@@ -38,20 +38,11 @@ func (t *Target) SelfWatch() (all bool, cols []string) {
 // carries the old key exactly when the key changed. Logical mode then needs no row trigger on
 // the application's UPDATEs of t, which would lock and log each updated row.
 func (t *Target) KeyChangeInStream() bool {
-	all, cols := t.SelfWatch()
 	rel := t.Relation
-	if all || len(cols) == 0 || rel == nil || rel.Kind != 'r' {
+	if !t.KeyOnlyWatch() || rel == nil || rel.Kind != 'r' {
 		return false
 	}
-	key := make([]string, len(t.Key))
-	for i, k := range t.Key {
-		key[i] = k.Name
-	}
-	for _, c := range cols {
-		if !slices.Contains(key, c) {
-			return false
-		}
-	}
+	key := t.keyNames()
 	switch rel.ReplicaIdentity {
 	case 'f':
 		return true
@@ -61,6 +52,32 @@ func (t *Target) KeyChangeInStream() bool {
 		return slices.Equal(ident, key)
 	}
 	return false
+}
+
+// KeyOnlyWatch reports whether an UPDATE makes a row of t stale only by changing its key: the
+// enrichments read no other column of t. Such a change needs the row under its new key
+// recomputed, which a queued key asks for as well as a stale mark, without the mark's BEFORE
+// trigger.
+func (t *Target) KeyOnlyWatch() bool {
+	all, cols := t.SelfWatch()
+	if all || len(cols) == 0 {
+		return false
+	}
+	key := t.keyNames()
+	for _, c := range cols {
+		if !slices.Contains(key, c) {
+			return false
+		}
+	}
+	return true
+}
+
+func (t *Target) keyNames() []string {
+	key := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		key[i] = k.Name
+	}
+	return key
 }
 
 // SelfWatch is Target.SelfWatch for this enrichment alone.

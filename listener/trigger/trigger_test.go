@@ -19,7 +19,7 @@ import (
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 const schema = `
-CREATE TABLE venue (id bigint PRIMARY KEY, name text, seat_count bigint, materialized_at timestamptz);
+CREATE TABLE venue (id bigint PRIMARY KEY, name text, city text, seat_count bigint, materialized_at timestamptz);
 CREATE TABLE event (id bigint PRIMARY KEY, venue_id bigint, seats int, note text);
 INSERT INTO venue (id) SELECT generate_series(1, 5);
 INSERT INTO event VALUES (1, 1, 10, 'a'), (2, 2, 20, 'b');
@@ -204,12 +204,14 @@ func TestSyncIsIdempotentAndRemoves(t *testing.T) {
 	require.Zero(t, n, "trigger functions go with their triggers")
 }
 
-// When what an enrichment reads changes, the triggers stay and only matcol's own functions are
-// replaced: a role that may create triggers but not drop them (no ownership) can apply it.
+// When what an enrichment reads of its target changes, the triggers stay and only matcol's own
+// functions are replaced: a role that may create triggers but not drop them (no ownership) can
+// apply it.
 func TestWatchedColumnsChangeKeepsTriggers(t *testing.T) {
 	conn := setup(t)
 	reads := []registry.Enrichment{defs[0]}
 	reads[0].Self = nil // watch what the enrichment reads
+	reads[0].SQL = `SELECT v.id, (sum(e.seats) + length(max(v.city)))::bigint AS seat_count FROM venue v LEFT JOIN event e ON e.venue_id = v.id WHERE v.id = ANY($1) GROUP BY v.id`
 	apply(t, conn, reads)
 	pgtest.Exec(t, conn, `UPDATE venue SET materialized_at = now()`)
 	pgtest.Exec(t, conn, `UPDATE venue SET name = 'x' WHERE id = 1`)
@@ -217,11 +219,47 @@ func TestWatchedColumnsChangeKeepsTriggers(t *testing.T) {
 	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM venue WHERE materialized_at IS NULL`).Scan(&stale))
 	require.Zero(t, stale, "the enrichment does not read venue.name")
 
-	reads[0].SQL = `SELECT v.id, (sum(e.seats) + length(max(v.name)))::bigint AS seat_count FROM venue v LEFT JOIN event e ON e.venue_id = v.id WHERE v.id = ANY($1) GROUP BY v.id`
+	reads[0].SQL = `SELECT v.id, (sum(e.seats) + length(max(v.name)) + length(max(v.city)))::bigint AS seat_count FROM venue v LEFT JOIN event e ON e.venue_id = v.id WHERE v.id = ANY($1) GROUP BY v.id`
 	require.Empty(t, apply(t, conn, reads), "no trigger is created or dropped")
 	pgtest.Exec(t, conn, `UPDATE venue SET name = 'y' WHERE id = 1`)
 	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM venue WHERE materialized_at IS NULL`).Scan(&stale))
 	require.Equal(t, 1, stale, "now it does")
+}
+
+// A target read only through its key has an AFTER UPDATE trigger that queues a changed key, and
+// no BEFORE UPDATE trigger, which would lock every updated row; when the enrichment comes to read
+// another column, the owner's apply swaps them.
+func TestKeyOnlyTargetSwapsSelfTriggers(t *testing.T) {
+	conn := setup(t)
+	ctx := context.Background()
+	reads := []registry.Enrichment{defs[0]}
+	reads[0].Self = nil
+	apply(t, conn, reads)
+	kinds := func() (before, after int) {
+		require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE tgtype & 2 <> 0), count(*) FILTER (WHERE tgtype & 2 = 0)
+			FROM pg_trigger WHERE tgrelid = 'venue'::regclass AND NOT tgisinternal AND tgtype & 16 <> 0 AND tgtype & 1 <> 0`).Scan(&before, &after))
+		return before, after
+	}
+	before, after := kinds()
+	require.Equal(t, [2]int{0, 1}, [2]int{before, after})
+	pgtest.Exec(t, conn, `UPDATE venue SET materialized_at = now(); DELETE FROM matcol.pending`)
+	pgtest.Exec(t, conn, `UPDATE venue SET name = 'x' WHERE id = 1; UPDATE venue SET id = 10 WHERE id = 2`)
+	require.Equal(t, []string{"[10]"}, queued(t, conn), "the new key of the moved row, nothing for the other UPDATE")
+	var stale int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM venue WHERE materialized_at IS NULL`).Scan(&stale))
+	require.Zero(t, stale)
+	// The key retyped, or dropped, in the writer's transaction never fails the writer: no trigger
+	// depends on the column, and the function's failing comparison counts as a change.
+	pgtest.Exec(t, conn, `BEGIN; ALTER TABLE venue ALTER id TYPE text; UPDATE venue SET id = 'a' || id WHERE id = '1'; ROLLBACK`)
+	pgtest.Exec(t, conn, `BEGIN; ALTER TABLE venue DROP COLUMN id CASCADE; UPDATE venue SET name = 'z'; ROLLBACK`)
+
+	reads[0].SQL = `SELECT v.id, (sum(e.seats) + length(max(v.name)))::bigint AS seat_count FROM venue v LEFT JOIN event e ON e.venue_id = v.id WHERE v.id = ANY($1) GROUP BY v.id`
+	require.NotEmpty(t, apply(t, conn, reads))
+	before, after = kinds()
+	require.Equal(t, [2]int{1, 0}, [2]int{before, after})
+	pgtest.Exec(t, conn, `UPDATE venue SET name = 'y' WHERE id = 1`)
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM venue WHERE materialized_at IS NULL`).Scan(&stale))
+	require.Equal(t, 1, stale)
 }
 
 // The self trigger function reads the watched columns by name: a column dropped, renamed or
