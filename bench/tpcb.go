@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -323,6 +324,9 @@ func tpcbVariant(ctx context.Context, admin *pgx.Conn, o liveOpts, db, kind stri
 	if err != nil {
 		return run, err
 	}
+	if os.Getenv("MATCOL_BENCH_WALDUMP") != "" {
+		walStats(o, kind, lsn0, lsn1)
+	}
 	var cpu1 float64
 	if d != nil {
 		cpu1 = procCPU(d.cmd.Process.Pid)
@@ -403,4 +407,15 @@ func firstLine(out, containing string) string {
 		}
 	}
 	return ""
+}
+
+// walStats prints pg_waldump's per-record statistics of the WAL a variant's pgbench run wrote
+// (MATCOL_BENCH_WALDUMP set): which records make up its bytes per transaction.
+func walStats(o liveOpts, kind, from, to string) {
+	out, err := exec.Command(filepath.Join(o.cl.BinDir, "pg_waldump"), "--stats=record", "-p", filepath.Join(o.cl.DataDir, "pg_wal"),
+		"-s", from, "-e", to).CombinedOutput()
+	if err != nil {
+		fmt.Printf("pg_waldump for %s: %v\n", kind, err)
+	}
+	fmt.Printf("WAL of the %s run:\n%s\n", kind, out)
 }
