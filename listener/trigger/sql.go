@@ -121,16 +121,27 @@ func depValue(d *plan.Dep, j string) string {
 	return "pg_catalog.jsonb_build_array(" + strings.Join(vals, ", ") + ")"
 }
 
+// depID renders the dependency_id d queues: none for a direct one, whose values are target keys.
+func depID(d *plan.Dep) string {
+	if d.Direct() {
+		return "NULL::pg_catalog.int4"
+	}
+	return fmt.Sprint(d.ID)
+}
+
 // depRows renders, for jsonb rows j of from, the (target, dependency, values) triples of every
 // dependency on s, as a SELECT: values that are all null name nothing.
 func depRows(s *plan.Source, from string) string {
+	if len(s.Deps) == 1 {
+		// One dependency, the usual case: no lateral row per dependency, and one sort that both
+		// folds duplicates and orders.
+		d := s.Deps[0]
+		return fmt.Sprintf(`SELECT %d AS t, %s AS d, q.v FROM (SELECT DISTINCT %s AS v FROM (%s) AS x) AS q
+      WHERE NOT q.v OPERATOR(pg_catalog.<@) '[null]'::pg_catalog.jsonb ORDER BY q.v`, d.Target.ID, depID(d), depValue(d, "x.j"), from)
+	}
 	rows := make([]string, len(s.Deps))
 	for i, d := range s.Deps {
-		dep := "NULL::pg_catalog.int4"
-		if !d.Direct() {
-			dep = fmt.Sprint(d.ID)
-		}
-		rows[i] = fmt.Sprintf("(%d, %s, %s)", d.Target.ID, dep, depValue(d, "x.j"))
+		rows[i] = fmt.Sprintf("(%d, %s, %s)", d.Target.ID, depID(d), depValue(d, "x.j"))
 	}
 	// In key order: workers take entries in queue order, and neighbouring keys in a batch share
 	// index and heap pages, as a set-based statement's would.

@@ -31,7 +31,7 @@ var defs = []registry.Enrichment{{
 	DependsOn: []registry.Dependency{{Source: pgident.Table{Schema: "public", Name: "event"}, Columns: []string{"venue_id"}}},
 }}
 
-func apply(t *testing.T, conn *pgx.Conn, defs []registry.Enrichment) []trigger.Change {
+func apply(t testing.TB, conn *pgx.Conn, defs []registry.Enrichment) []trigger.Change {
 	t.Helper()
 	ctx := context.Background()
 	var changes []trigger.Change
