@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/matcol/matcol/plan"
 )
 
 // Throttling answers evidence that the application suffers, never matcol's own batch times: a
@@ -261,10 +263,21 @@ func (m *Materializer) overdue() bool {
 	return m.cfg.MaxDelay > 0 && time.Duration(m.oldest.Load()) > m.cfg.MaxDelay
 }
 
-// oldestSQL is how long, in seconds, the oldest change waits: the first queued entry and the
-// earliest stale_since of a table.
-const oldestSQL = `SELECT coalesce(extract(epoch FROM clock_timestamp() - least(
-	(SELECT enqueued_at FROM matcol.pending ORDER BY id LIMIT 1),
+// oldestSQL is how long, in seconds, the oldest change waits: the first queued entry of each
+// kind (each table's first key, through a loose scan of pending_direct like directTargetsSQL;
+// the drainer's first entry; whole-table entries) and the earliest stale_since of a table.
+const oldestSQL = `WITH RECURSIVE d AS (
+	(SELECT target_id, enqueued_at FROM matcol.pending WHERE ` + plan.DirectEntrySQL + `
+	 ORDER BY target_id, id LIMIT 1)
+	UNION ALL
+	SELECT n.target_id, n.enqueued_at FROM d CROSS JOIN LATERAL (
+		SELECT p.target_id, p.enqueued_at FROM matcol.pending p
+		WHERE ` + plan.DirectEntrySQL + ` AND p.target_id > d.target_id
+		ORDER BY p.target_id, p.id LIMIT 1) AS n)
+SELECT coalesce(extract(epoch FROM clock_timestamp() - least(
+	(SELECT min(enqueued_at) FROM d),
+	(SELECT enqueued_at FROM matcol.pending WHERE dependency_id IS NOT NULL OR vals = '[]'::jsonb ORDER BY id LIMIT 1),
+	(SELECT min(enqueued_at) FROM matcol.pending WHERE vals IS NULL),
 	(SELECT min(stale_since) FROM matcol.target))), 0)::float8`
 
 // checkOldest reads how long the oldest change waits, while the throttle is up.
