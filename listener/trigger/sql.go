@@ -403,7 +403,7 @@ func SelfTriggersSQL(t *plan.Target, trigger bool) map[string]string {
 	if !selfUpdateTrigger(t, trigger) {
 		return out
 	}
-	if t.KeyOnlyWatch() {
+	if keyTrigger(t) {
 		// AFTER, not BEFORE: PostgreSQL locks (and logs) every row an UPDATE changes when any
 		// BEFORE UPDATE row trigger exists, and most UPDATEs leave the key alone.
 		out[TrigSelfKey] = fmt.Sprintf("CREATE TRIGGER %s AFTER UPDATE ON %s FOR EACH ROW WHEN %s EXECUTE FUNCTION matcol.%s()",
@@ -423,6 +423,14 @@ func selfUpdateTrigger(t *plan.Target, trigger bool) bool {
 		return false
 	}
 	return trigger || !t.KeyChangeInStream()
+}
+
+// keyTrigger reports whether target t's own UPDATEs are watched by the key trigger
+// (SelfKeyFunctionSQL) rather than matcol_self: only its key is watched, and it is a plain table.
+// An UPDATE that moves a row to another partition fires no AFTER UPDATE row trigger, only the
+// destination's BEFORE INSERT, which marks the row stale with no statement trigger to announce it.
+func keyTrigger(t *plan.Target) bool {
+	return t.KeyOnlyWatch() && t.Relation != nil && t.Relation.Kind == 'r'
 }
 
 // SelfWatchFunction is matcol.selfw_<hash>(old, new), true when an UPDATE of target t changed a
@@ -503,7 +511,7 @@ func StaleTriggersSQL(t *plan.Target) map[string]string {
 	out := map[string]string{
 		TrigStaleInsert: fmt.Sprintf("CREATE TRIGGER %s AFTER INSERT ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()", TrigStaleInsert, tbl, fn),
 	}
-	if selfUpdateTrigger(t, true) && !t.KeyOnlyWatch() {
+	if selfUpdateTrigger(t, true) && !keyTrigger(t) {
 		out[TrigStaleUpdate] = fmt.Sprintf("CREATE TRIGGER %s AFTER UPDATE ON %s FOR EACH STATEMENT WHEN (current_setting(%s, true) = 'on') EXECUTE FUNCTION %s()",
 			TrigStaleUpdate, tbl, literal(staleSetting(t)), fn)
 	}

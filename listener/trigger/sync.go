@@ -192,7 +192,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 			function(t.Table, SelfFunction(t), SelfFunctionSQL(t))
 			function(t.Table, SelfWatchFunction(t), SelfWatchFunctionSQL(t))
 			want(t.Table, SelfTriggersSQL(t, stale))
-			if t.KeyOnlyWatch() && selfUpdateTrigger(t, stale) {
+			if keyTrigger(t) && selfUpdateTrigger(t, stale) {
 				function(t.Table, SelfKeyFunction(t), SelfKeyFunctionSQL(t))
 			}
 			if stale {
