@@ -66,6 +66,7 @@ type tpcbRun struct {
 	daemon        bool
 	cpuRun        float64 // daemon CPU seconds while pgbench ran
 	cpuCatchUp    float64
+	backendCPU    float64 // CPU of the daemon's server backends while pgbench ran
 	peakRSS       int64
 	walsenderCPU  float64
 	verified      int
@@ -129,7 +130,7 @@ func tpcbBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) erro
 	}
 
 	r.heading("Writers under pgbench tpcb-like (scale %d, %d clients, %s)", t.scale, t.clients, t.runFor)
-	r.add("pgbench's built-in `tpcb-like` script (`pgbench -i -s %d`, then `pgbench -n -b tpcb-like -c %d -j 2 -T %d`, `synchronous_commit = on`), as the role `%s` that owns the tables. Maintained: each account's `history_count` and `history_delta`, the count and `sum(delta)` of all of its `pgbench_history` rows (index on `pgbench_history (aid)`; `pgbench_accounts` gains the two columns and `materialized_at`, every row fresh at the start, with the partial index on stale rows). Every variant runs on a fresh copy of one template database (`CREATE DATABASE … TEMPLATE`), prewarmed, after a CHECKPOINT.",
+	r.add("pgbench's built-in `tpcb-like` script (`pgbench -i -s %d`, then `pgbench -n -b tpcb-like -c %d -j 2 -T %d`, `synchronous_commit = on`), as the role `%s` that owns the tables. Maintained: each account's `history_count` and `history_delta`, the count and `sum(delta)` of all of its `pgbench_history` rows (index on `pgbench_history (aid)`; `pgbench_accounts` gains the two columns and `materialized_at`, every row fresh at the start, with the partial index on stale rows). Every variant runs on a fresh copy of one template database (`CREATE DATABASE … TEMPLATE … STRATEGY FILE_COPY` on PostgreSQL 15+), prewarmed, after a CHECKPOINT and a `sync` of the OS's dirty pages. \"Daemon started after pgbench\" installs the same triggers but starts the daemon only when pgbench exits: the triggers' cost alone, then the catch-up of the whole run's backlog.",
 		t.scale, t.clients, int(t.runFor.Seconds()), appRole)
 	r.add("")
 	r.add("matcol runs as its own process with the default config (`database_url`, the mode, the status server off) as a role with exactly docs/security.md's grants, the monitoring grant (`pg_read_all_stats`) included: `%s` in trigger mode; `%s` in logical mode (REPLICATION, membership in the owning role for the publication, and `pgbench_history` given `REPLICA IDENTITY FULL` by its owner, as `apply` asks). In logical mode the slot is created just before the daemon starts, so that its first start has nothing to resync and the table starts as in every other variant.", triggerRole, logicalRole)
@@ -164,7 +165,8 @@ func tpcbBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) erro
 			if run.behind {
 				catch = fmt.Sprintf("not caught up in %s (%d accounts stale, %d entries queued)", o.limit, run.stale, run.queued)
 			}
-			cpu = fmt.Sprintf("%.1f s / %.1f s (%.0f%% of a core while pgbench ran)", run.cpuRun, run.cpuCatchUp, 100*run.cpuRun/t.runFor.Seconds())
+			cpu = fmt.Sprintf("%.1f s / %.1f s (%.0f%% of a core while pgbench ran; its backends %.1f s)", run.cpuRun, run.cpuCatchUp,
+				100*run.cpuRun/t.runFor.Seconds(), run.backendCPU)
 			per = fmt.Sprintf("%.0f ms", 1000*(run.cpuRun+run.cpuCatchUp)/float64(run.xacts)*1000)
 			rss = fmt.Sprintf("%.1f MB", float64(run.peakRSS)/1e6)
 			exact = fmt.Sprintf("verify --all: %d rows, 0 drift", run.verified)
@@ -208,7 +210,7 @@ func tpcbBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) erro
 	r.add("")
 	for _, run := range runs {
 		if run.walsenderCPU > 0 {
-			r.add("In logical mode the walsender that decodes for matcol used %.1f s of CPU over the run and the catch-up, on the same cores.", run.walsenderCPU)
+			r.add("In logical mode, round %d, the walsender that decodes for matcol used %.1f s of CPU over the run and the catch-up, on the same cores.", run.round+1, run.walsenderCPU)
 			r.add("")
 		}
 		if run.stampedBefore {
@@ -216,9 +218,9 @@ func tpcbBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) erro
 			r.add("")
 		}
 	}
-	r.add("What the figures show: tpcb-like queues on WAL flushes, so about a second into the run matcol's throttle sees application backends waiting for the WAL and goes to its highest level, where its workers wait (up to `throttle.max_delay`, 30 s) and the recomputations happen in the catch-up after pgbench. What is left during the run is what each write pays in the application's own transaction: in trigger mode the statement trigger on `pgbench_history`, which runs while the transaction holds its `pgbench_branches` row lock (10 rows, 8 clients), the queue insert, and the row trigger on `pgbench_accounts` (PostgreSQL locks the old row for any BEFORE UPDATE row trigger, a WAL record per UPDATE); in logical mode the walsender's decoding on the same cores and the listener's queue inserts, while the UPDATE of `pgbench_accounts` meets no matcol trigger (the enrichment reads that table only through its key, whose changes the stream shows: docs/logical.md). See docs/invalidation.md for the per-statement costs.")
+	r.add("What the figures show: tpcb-like queues on WAL flushes, so about a second into the run matcol's throttle sees application backends waiting for the WAL and goes to its highest level, where its workers wait (up to `throttle.max_delay`, 30 s) and the recomputations happen in the catch-up after pgbench. What is left during the run is what each write pays in the application's own transaction: in trigger mode the statement trigger on `pgbench_history`, which runs while the transaction holds its `pgbench_branches` row lock (10 rows, 8 clients), the queue insert, and the `AFTER UPDATE` row trigger on `pgbench_accounts`, which compares the key (`BenchmarkWriteCost` in listener/trigger: about 12 µs per single-row INSERT into a source and 5 µs per UPDATE of a target column nothing reads, on top of 2 and 6 µs bare); in logical mode the walsender's decoding on the same cores and the listener's queue inserts, while the UPDATE of `pgbench_accounts` meets no matcol trigger (the enrichment reads that table only through its key, whose changes the stream shows: docs/logical.md). See docs/invalidation.md for the per-statement costs.")
 	r.add("")
-	r.add("WAL is `pg_current_wal_lsn()` before and after pgbench over the transactions pgbench processed; \"with catch-up\" extends it to the moment matcol caught up. Catch-up runs from pgbench's exit until no account is stale and `matcol.pending` is empty (in logical mode also until the slot confirmed the WAL position at pgbench's exit). The daemon's CPU is its own process's user+system time from /proc/PID/stat (the backends it drives are not in it), its peak RSS the process's high-water mark (VmHWM). The machine has 2 cores shared by PostgreSQL, pgbench and matcol, and is shared with other work: a single 20 s run varies by 10–20%%, and runs later in a sequence tend to be slower, hence the rounds.")
+	r.add("WAL is `pg_current_wal_lsn()` before and after pgbench over the transactions pgbench processed; \"with catch-up\" extends it to the moment matcol caught up. Catch-up runs from pgbench's exit until no account is stale and `matcol.pending` is empty (in logical mode also until the slot confirmed the WAL position at pgbench's exit). The daemon's CPU is its own process's user+system time from /proc/PID/stat; \"its backends\" adds the server backends it drives (application_name `matcol…`), sampled every 100 ms while pgbench ran, its peak RSS the process's high-water mark (VmHWM). The machine has 2 cores shared by PostgreSQL, pgbench and matcol, and is shared with other work: a single 20 s run varies by 10–20%%, and runs later in a sequence tend to be slower, hence the rounds.")
 	r.add("")
 	return nil
 }
@@ -379,10 +381,23 @@ func tpcbVariant(ctx context.Context, admin *pgx.Conn, o liveOpts, db, kind stri
 		}
 		ws0 = procCPU(wsPID)
 	}
+	var sampler *backendSampler
+	if d != nil {
+		sconn, err := connectAs(ctx, o.cl, o.cl.User, db)
+		if err != nil {
+			return run, err
+		}
+		defer sconn.Close(context.Background())
+		sampler = sampleBackends(ctx, sconn)
+	}
 	t := o.tpcb
 	out, err := pgbenchCmd(ctx, o, db, "-n", "-b", "tpcb-like", "-c", strconv.Itoa(t.clients), "-j", "2",
 		"-T", strconv.Itoa(int(t.runFor.Seconds())))
 	ended := time.Now()
+	if sampler != nil {
+		run.backendCPU = sampler.end()
+		sampler.print(kind)
+	}
 	if err != nil && !strings.Contains(out, "aborted") {
 		return run, err
 	}
