@@ -87,7 +87,8 @@ type harm struct {
 	quietAt time.Time
 	level   int
 	reason  string
-	walHeld bool // the last update found the application queueing for the WAL
+	walHeld bool // the last update found the application queueing for the WAL, or held on to it
+	walMiss int  // updates in a row that held on to a WAL queue the samples did not show
 	// Counts since the last update: samples, application transactions seen in flight, lock
 	// waits seen, backends seen waiting for the WAL.
 	samples, appTx, lockWaits, walWaits, appConns int
@@ -147,6 +148,13 @@ func (h *harm) add(s sample, now time.Time) (int, string) {
 	return h.update(s.latency, now)
 }
 
+// walGrace is how many updates in a row (about a second apart) a WAL queue is held on to while
+// the samples miss it but the application stays saturated. Four samples a second catch a queue of
+// one or two backends only now and then: under pgbench's tpcb-like the yield dropped for a second
+// every few seconds, and the batches matcol ran then cost the application 6% of its transactions
+// (docs/benchmarks.md, the daemon started with pgbench or after it).
+const walGrace = 3
+
 // walSamples is how many samples (a quarter second apart) show a WAL queue before it counts.
 const walSamples = 2
 
@@ -174,23 +182,34 @@ func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
 	reason := ""
 	conns := float64(h.appConns) / float64(max(h.samples, 1))
 	walQueue := h.walQueue()
+	held := walQueue
+	switch {
+	case walQueue:
+		h.walMiss = 0
+	case h.walHeld && h.factor > 0 && busy >= busyBackends && busy >= saturated*conns && h.walMiss < walGrace:
+		held = true
+		h.walMiss++
+	}
 	switch {
 	case h.lockWaits > 0:
 		reason = fmt.Sprintf("application backends wait for locks matcol holds (%d seen)", h.lockWaits)
 	case walQueue:
 		reason = fmt.Sprintf("application commits wait for the WAL (%.1f backends on average) while the application keeps %.1f of its %.0f connections in a transaction",
 			wal, busy, conns)
+	case held:
+		reason = fmt.Sprintf("the application stays saturated (%.1f of its %.0f connections in a transaction) since its commits queued for the WAL",
+			busy, conns)
 	case h.factor > 0 && busy >= busyBackends && latency > time.Duration(float64(h.quiet)*h.factor) && latency > h.quiet+latencySlack:
 		reason = fmt.Sprintf("the database answers in %s, %.0f× its quiet %s, while the application keeps %.1f transactions in flight",
 			latency.Round(10*time.Microsecond), float64(latency)/float64(h.quiet), h.quiet.Round(10*time.Microsecond), busy)
 	}
 	h.samples, h.appTx, h.lockWaits, h.walWaits, h.appConns = 0, 0, 0, 0, 0
 	switch {
-	case walQueue && h.walHeld:
+	case held && h.walHeld:
 		// Any write of matcol's lengthens the queue: no level of pauses spares the application.
 		// Twice in a row, so that a burst of connections opening is not taken for a load.
 		h.level = maxLevel
-	case walQueue:
+	case held:
 		h.level = max(maxLevel/2, h.level)
 	case reason != "":
 		h.level = min(maxLevel, max(1, h.level*2))
@@ -198,7 +217,7 @@ func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
 		h.level /= 2
 	}
 	h.reason = reason
-	h.walHeld = walQueue
+	h.walHeld = held
 	return h.level, reason
 }
 

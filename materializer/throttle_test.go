@@ -159,8 +159,9 @@ func TestBusyDatabaseThrottles(t *testing.T) {
 	var wg sync.WaitGroup
 	// Many more CPU-bound backends than cores: a woken backend answers a trivial statement
 	// quickly even on saturated cores, so the load must be deep, the more so when other tests
-	// share the machine.
-	for i := 0; i < 16; i++ {
+	// share the machine: 16 backends once left the throttle at 0 for 45 s beside the daemon
+	// package's tests.
+	for i := 0; i < 32; i++ {
 		app := pgtest.Connect(t, b.dsn)
 		wg.Add(1)
 		go func() {
