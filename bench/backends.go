@@ -24,13 +24,16 @@ type backendSampler struct {
 	last    map[int]float64
 	doing   map[string]int // busy samples by application, wait event and statement
 	samples int
+	start   time.Time
+	bySec   map[int]int // busy samples by second since the start
 }
 
 // sampleBackends starts sampling db's matcol backends every 100 ms over conn, which it owns
 // until stopped.
 func sampleBackends(ctx context.Context, conn *pgx.Conn) *backendSampler {
 	s := &backendSampler{stop: make(chan struct{}), done: make(chan struct{}),
-		first: map[int]float64{}, last: map[int]float64{}, doing: map[string]int{}}
+		first: map[int]float64{}, last: map[int]float64{}, doing: map[string]int{},
+		start: time.Now(), bySec: map[int]int{}}
 	go func() {
 		defer close(s.done)
 		tick := time.NewTicker(100 * time.Millisecond)
@@ -73,6 +76,9 @@ func (s *backendSampler) sample(ctx context.Context, conn *pgx.Conn) {
 		s.last[pid] = cpu
 		if state == "active" || strings.HasPrefix(state, "idle in transaction") {
 			s.doing[fmt.Sprintf("%s, %s, %s: %s", app, state, wait, query)]++
+			if !strings.HasPrefix(query, "START_REPLICATION") {
+				s.bySec[int(time.Since(s.start).Seconds())]++
+			}
 		}
 	}
 }
@@ -106,4 +112,9 @@ func (s *backendSampler) print(label string) {
 	for _, k := range keys[:min(len(keys), 12)] {
 		fmt.Printf("  %5d  %s\n", s.doing[k], k)
 	}
+	var secs []string
+	for i := 0; i <= int(time.Since(s.start).Seconds()); i++ {
+		secs = append(secs, fmt.Sprint(s.bySec[i]))
+	}
+	fmt.Printf("  busy samples by second (replication stream aside): %s\n", strings.Join(secs, " "))
 }

@@ -45,6 +45,7 @@ func main() {
 	flag.DurationVar(&t.runFor, "tpcb-for", 20*time.Second, "tpcb: how long each pgbench run lasts (development: 5s)")
 	flag.IntVar(&t.clients, "tpcb-clients", 8, "tpcb: pgbench clients (-c; -j is 2)")
 	flag.IntVar(&t.rounds, "tpcb-rounds", 2, "tpcb: rounds of every variant, each between two baseline runs")
+	flag.StringVar(&t.variants, "tpcb-variants", "", "tpcb: only these variants, comma-separated: hand, trigger, logical, trigger-late (development)")
 	flag.Parse()
 	o := liveOpts{loadFor: *loadFor, benchFor: *benchFor, scattered: *scattered, orders: *orders, catchup: c, tpcb: t, limit: *limit}
 	if *only != "" {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +21,9 @@ type tpcbOpts struct {
 	runFor  time.Duration
 	clients int
 	rounds  int
+	// variants limits the variants to these kinds, comma-separated (hand, trigger, logical,
+	// trigger-late); all when empty.
+	variants string
 }
 
 const tpcbTemplate = "tpcb_template"
@@ -93,6 +97,15 @@ func tpcbBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) erro
 		{"matcol trigger mode, default config", "trigger"},
 		{"matcol logical mode, default config", "logical"},
 		{"matcol trigger mode, daemon started after pgbench", "trigger-late"},
+	}
+	if t.variants != "" {
+		var keep []variant
+		for _, v := range variants {
+			if slices.Contains(strings.Split(t.variants, ","), v.kind) {
+				keep = append(keep, v)
+			}
+		}
+		variants = keep
 	}
 	rounds := max(t.rounds, 1)
 	var runs []tpcbRun
