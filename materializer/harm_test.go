@@ -51,6 +51,7 @@ func TestWALWaitsThrottle(t *testing.T) {
 	require.Equal(t, maxLevel, half(h, sample{appTx: 8, walWaits: 2, appConns: 8}))
 	require.Equal(t, maxLevel/2, second(h, sample{appTx: 1, appConns: 8}), "an application no longer saturated")
 	require.False(t, h.walHeld)
+	require.Zero(t, second(h, sample{appConns: 8}), "an idle application leaves nothing to spare")
 
 	h = &harm{factor: 4}
 	require.Zero(t, second(h, sample{appTx: 1, walWaits: 1, appConns: 1}), "a lone writer waiting on its own commits is not a queue")
