@@ -25,6 +25,7 @@ type Change struct {
 type existingTrigger struct {
 	table pgident.Table
 	name  string
+	owned bool // the role may act as the table's owner, as dropping a trigger needs
 }
 
 // ChunkTables is how many tables one Sync transaction changes triggers on. CREATE TRIGGER takes
@@ -93,7 +94,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 	// pg_get_triggerdef opens every table, which costs seconds and a backend's cache with
 	// thousands of tables. Triggers PostgreSQL cloned onto partitions belong to their parent's.
 	rows, err := tx.Query(ctx, `
-		SELECT n.nspname, c.relname, t.tgname
+		SELECT n.nspname, c.relname, t.tgname, pg_has_role(c.relowner, 'USAGE')
 		FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgname LIKE 'matcol\_%'`)
 	if err != nil {
@@ -102,7 +103,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 	var have []existingTrigger
 	for rows.Next() {
 		var e existingTrigger
-		if err := rows.Scan(&e.table.Schema, &e.table.Name, &e.name); err != nil {
+		if err := rows.Scan(&e.table.Schema, &e.table.Name, &e.name, &e.owned); err != nil {
 			rows.Close()
 			return nil, false, fmt.Errorf("read matcol triggers: %w", err)
 		}
@@ -115,7 +116,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 	bodies := map[string]string{} // md5 of each function's body
 	frows, err := tx.Query(ctx, `
 		SELECT p.proname, md5(p.prosrc) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-		WHERE n.nspname = 'matcol' AND p.proname ~ '^(inv|invrow|invroot|invtrunc|invw|self|selfw|stale)_[0-9a-f]{16}$'`)
+		WHERE n.nspname = 'matcol' AND p.proname ~ '^(inv|invrow|invroot|invtrunc|invw|self|selfkey|selfw|stale)_[0-9a-f]{16}$'`)
 	if err != nil {
 		return nil, false, fmt.Errorf("read trigger functions: %w", err)
 	}
@@ -201,13 +202,28 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 			}
 		}
 	}
+	targets := map[pgident.Table]*plan.Target{}
+	if p != nil {
+		for _, t := range p.Targets {
+			targets[t.Table] = t
+		}
+	}
 	present := map[pgident.Table]map[string]bool{}
+	var kept []Change
 	for _, e := range have {
 		if _, ok := wanted[e.table][e.name]; ok {
 			if present[e.table] == nil {
 				present[e.table] = map[string]bool{}
 			}
 			present[e.table][e.name] = true
+			continue
+		}
+		if fn := ownRowFunction(targets[e.table], e.name); fn != "" && !e.owned {
+			// A target's own-row trigger of another kind than its enrichments now call for
+			// still answers them correctly: without the owner's right to drop it, it stays.
+			keepFn[fn] = true
+			kept = append(kept, Change{Table: e.table, Action: "kept trigger " + e.name +
+				" (replacing it needs the table's owner: run apply as the owner to spare the application its cost)"})
 			continue
 		}
 		at(e.table).drop = append(at(e.table).drop, e.name)
@@ -228,7 +244,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 	if more {
 		tables = tables[:ChunkTables]
 	}
-	var changes []Change
+	changes := kept
 	for _, table := range tables {
 		w := todo[table]
 		for _, f := range w.functions {
@@ -267,6 +283,28 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 		}
 	}
 	return changes, false, nil
+}
+
+// ownRowFunction returns the function that trigger name calls when it is one of target t's own-row
+// UPDATE triggers (matcol_self, matcol_stale_upd, matcol_self_key), whichever kind t needs now;
+// "" otherwise, or when t is nil.
+func ownRowFunction(t *plan.Target, name string) string {
+	if t == nil {
+		return ""
+	}
+	base := name
+	if i := strings.LastIndexByte(name, '_'); i > 0 {
+		base = name[:i]
+	}
+	switch base {
+	case TrigSelf:
+		return SelfFunction(t)
+	case TrigStaleUpdate:
+		return StaleFunction(t)
+	case TrigSelfKey:
+		return SelfKeyFunction(t)
+	}
+	return ""
 }
 
 // functionBody is what pg_proc.prosrc holds for a generated CREATE FUNCTION.
