@@ -244,7 +244,10 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 	if more {
 		tables = tables[:ChunkTables]
 	}
-	changes := kept
+	var changes []Change
+	if !more {
+		changes = kept // once, in the last chunk
+	}
 	for _, table := range tables {
 		w := todo[table]
 		for _, f := range w.functions {
