@@ -219,7 +219,8 @@ func (h *harm) update(latency time.Duration, now time.Time) (int, string) {
 		h.level = min(maxLevel, max(1, h.level*2))
 	case busy < idleBackends:
 		// The application has stopped: the backlog it left is the work, and nobody to spare.
-		// After pgbench's tpcb-like, halving from 8 each second took catch-up from 1.6 s to 3.5 s.
+		// After pgbench's tpcb-like, halving from 8 each second made catch-up take 3.5 s, where a
+		// daemon started after pgbench took 1.6 s.
 		h.level = 0
 	default:
 		h.level /= 2
