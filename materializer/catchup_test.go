@@ -191,7 +191,7 @@ func TestTableWorkersCapOneTable(t *testing.T) {
 				var left int
 				require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM venue WHERE id > 2 AND ended IS NULL`).Scan(&left))
 				return left == 0
-			}, 30*time.Second, 20*time.Millisecond)
+			}, 60*time.Second, 20*time.Millisecond)
 			// The most batches running at once is reached as one of them starts.
 			var most int64
 			require.NoError(t, b.conn.QueryRow(ctx, `WITH w AS (SELECT DISTINCT started, ended FROM venue WHERE id > 2)

@@ -59,20 +59,20 @@ func loadPlanFrom(ctx context.Context, pool interface {
 	return p, err
 }
 
-// timedVenue returns a materializer of venue whose batches each sleep 30 ms and note in
+// timedVenue returns a materializer of venue whose batches each sleep 60 ms and note in
 // venue.started and venue.ended when their statement ran, so that a test can count how many ran
 // at once: up to tableWorkers of the table's after ramp.
 func timedVenue(t *testing.T, tableWorkers int, ramp time.Duration) *bundle {
 	t.Helper()
 	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 3, TableWorkers: tableWorkers,
 		RampAfter: ramp, SweepInterval: time.Hour, BatchSize: 20,
-		TargetBatchDuration: 40 * time.Millisecond}) // batches sleep 30 ms: their size stays
+		TargetBatchDuration: 100 * time.Millisecond}) // batches sleep 60 ms: their size stays, also on a loaded machine
 	pgtest.Exec(t, b.conn, `CREATE INDEX ON venue (id) WHERE materialized_at IS NULL;
 		ALTER TABLE venue ADD COLUMN started timestamptz, ADD COLUMN ended timestamptz`)
 	applyDefs(t, b.conn, []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"),
 		Columns: []string{"seat_count", "started", "ended"}, Self: new(true),
 		SQL: `WITH a AS MATERIALIZED (SELECT clock_timestamp() AS t0),
-			s AS MATERIALIZED (SELECT pg_sleep(0.03), t0 FROM a),
+			s AS MATERIALIZED (SELECT pg_sleep(0.06), t0 FROM a),
 			b AS MATERIALIZED (SELECT clock_timestamp() AS t1, t0 FROM s)
 			SELECT v.id, 0::bigint AS seat_count, b.t0 AS started, b.t1 AS ended FROM venue v CROSS JOIN b WHERE v.id = ANY($1)`,
 		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})

@@ -208,7 +208,7 @@ func TestPassChunksRunOnTableWorkers(t *testing.T) {
 				require.NoError(t, b.conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM venue WHERE ended IS NULL),
 					(SELECT count(*) FROM matcol.pending)`).Scan(&left, &entries))
 				return left == 0 && entries == 0
-			}, 30*time.Second, 20*time.Millisecond, "the pass must write every row and end")
+			}, 60*time.Second, 20*time.Millisecond, "the pass must write every row and end")
 			var most, chunks, rows int64
 			require.NoError(t, b.conn.QueryRow(ctx, `WITH w AS (SELECT DISTINCT started, ended FROM venue)
 				SELECT max((SELECT count(*) FROM w o WHERE o.started <= w.started AND w.started < o.ended)),
