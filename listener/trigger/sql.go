@@ -318,10 +318,6 @@ $matcol$`, ident(RootFunction(s)), literal(rootSetting(s)))
 func SelfFunctionSQL(t *plan.Target) string {
 	check := ""
 	if all, watched := t.SelfWatch(); !all && len(watched) > 0 {
-		cmp := make([]string, len(watched))
-		for i, c := range watched {
-			cmp[i] = fmt.Sprintf(`(OLD.%[1]s)::pg_catalog.text COLLATE pg_catalog."C" IS DISTINCT FROM (NEW.%[1]s)::pg_catalog.text COLLATE pg_catalog."C"`, ident(c))
-		}
 		check = fmt.Sprintf(`IF TG_OP = 'UPDATE' THEN
       BEGIN
           IF NOT (%s) THEN
@@ -331,7 +327,7 @@ func SelfFunctionSQL(t *plan.Target) string {
           NULL;
       END;
   END IF;
-  `, strings.Join(cmp, "\n              OR "))
+  `, columnsDiffer(watched))
 	}
 	return fmt.Sprintf(`CREATE OR REPLACE FUNCTION matcol.%s() RETURNS trigger
 LANGUAGE plpgsql AS $matcol$
@@ -353,10 +349,10 @@ $matcol$`, ident(SelfFunction(t)), check, literal(staleSetting(t)))
 // queues it reads through to_jsonb, so that a key column dropped in the writer's transaction
 // queues a null that names no row instead of failing the statement.
 func SelfKeyFunctionSQL(t *plan.Target) string {
-	cmp := make([]string, len(t.Key))
+	key := make([]string, len(t.Key))
 	vals := make([]string, len(t.Key))
 	for i, k := range t.Key {
-		cmp[i] = fmt.Sprintf(`(OLD.%[1]s)::pg_catalog.text COLLATE pg_catalog."C" IS DISTINCT FROM (NEW.%[1]s)::pg_catalog.text COLLATE pg_catalog."C"`, ident(k.Name))
+		key[i] = k.Name
 		vals[i] = "pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.->) " + literal(k.Name)
 	}
 	return fmt.Sprintf(`CREATE OR REPLACE FUNCTION matcol.%s() RETURNS trigger
@@ -370,13 +366,21 @@ BEGIN
   EXCEPTION WHEN OTHERS THEN
       NULL;
   END;
-  INSERT INTO matcol.pending (target_id, vals) VALUES (%d, pg_catalog.jsonb_build_array(%s));
-  IF pg_catalog.pg_sequence_last_value('matcol.wake_flag'::pg_catalog.regclass) OPERATOR(pg_catalog.=) 1 THEN
-      PERFORM pg_catalog.pg_notify('matcol', 'q');
-  END IF;
+  %s
   RETURN NULL;
 END
-$matcol$`, ident(SelfKeyFunction(t)), strings.Join(cmp, "\n              OR "), t.ID, strings.Join(vals, ", "))
+$matcol$`, ident(SelfKeyFunction(t)), columnsDiffer(key),
+		enqueue(fmt.Sprintf("SELECT %d AS t, NULL::pg_catalog.int4 AS d, pg_catalog.jsonb_build_array(%s) AS v", t.ID, strings.Join(vals, ", "))))
+}
+
+// columnsDiffer renders whether an UPDATE changed any of cols, each compared as text in the C
+// collation: what the value is, not what its type's equality says.
+func columnsDiffer(cols []string) string {
+	cmp := make([]string, len(cols))
+	for i, c := range cols {
+		cmp[i] = fmt.Sprintf(`(OLD.%[1]s)::pg_catalog.text COLLATE pg_catalog."C" IS DISTINCT FROM (NEW.%[1]s)::pg_catalog.text COLLATE pg_catalog."C"`, ident(c))
+	}
+	return strings.Join(cmp, "\n              OR ")
 }
 
 // selfWhen is the part of a self trigger's WHEN that passes over matcol's own statements (see

@@ -192,8 +192,9 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 		for _, t := range p.Targets {
 			function(t.Table, SelfFunction(t), SelfFunctionSQL(t))
 			function(t.Table, SelfWatchFunction(t), SelfWatchFunctionSQL(t))
-			want(t.Table, SelfTriggersSQL(t, stale))
-			if keyTrigger(t) && selfUpdateTrigger(t, stale) {
+			self := SelfTriggersSQL(t, stale)
+			want(t.Table, self)
+			if _, ok := self[TrigSelfKey]; ok {
 				function(t.Table, SelfKeyFunction(t), SelfKeyFunctionSQL(t))
 			}
 			if stale {
