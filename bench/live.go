@@ -714,6 +714,22 @@ func hugePagesFree() int64 {
 	return free * size
 }
 
+// shmemTHP is the kernel's transparent huge page policy for shared memory (the bracketed word of
+// /sys/kernel/mm/transparent_hugepage/shmem_enabled): with "always" or "within_size" PostgreSQL's
+// shared memory gets huge pages without huge_pages = on.
+func shmemTHP() string {
+	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+	if err != nil {
+		return "unknown"
+	}
+	s := string(b)
+	i, j := strings.IndexByte(s, '['), strings.IndexByte(s, ']')
+	if i < 0 || j < i {
+		return "unknown"
+	}
+	return s[i+1 : j]
+}
+
 func memTotal() string {
 	if n, ok := meminfo("MemTotal"); ok {
 		return fmt.Sprintf("%.0f GiB", float64(n)/(1<<30))

@@ -160,9 +160,9 @@ func run(ctx context.Context, snapshots, seats int, out string, o liveOpts) erro
 		return err
 	}
 	r := &report{partial: len(o.only) > 0}
-	r.provenance = fmt.Sprintf("Produced by `%s` on %s, %s (%d cores, %s RAM), PostgreSQL %s (huge_pages %s), %s.",
+	r.provenance = fmt.Sprintf("Produced by `%s` on %s, %s (%d cores, %s RAM), PostgreSQL %s (huge_pages %s, shared memory THP %s), %s.",
 		strings.Join(append([]string{"go run ./bench"}, os.Args[1:]...), " "), cpuModel(), runtime.GOOS+"/"+runtime.GOARCH,
-		runtime.NumCPU(), memTotal(), version, o.hugePages, time.Now().UTC().Format("2006-01-02"))
+		runtime.NumCPU(), memTotal(), version, o.hugePages, shmemTHP(), time.Now().UTC().Format("2006-01-02"))
 	want := func(name string) bool { return len(o.only) == 0 || slices.Contains(o.only, name) }
 	if want("backfill") {
 		if err := backfills(ctx, r, conn, dsn, snapshots, seats, o); err != nil {

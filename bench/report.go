@@ -122,7 +122,8 @@ func (r *report) finish(out string, began time.Time) error {
 	fmt.Fprintf(&b, "The cluster uses huge pages when the machine has %.1f GiB of them free (`sysctl -w vm.nr_hugepages=%d` or more),\n",
 		float64(hugePagesWanted)/(1<<30), (hugePagesWanted+(2<<20)-1)/(2<<20))
 	b.WriteString("and each section's first line says whether it did (one that does not say ran without): without them matcol's workers pay page faults\n")
-	b.WriteString("that a baseline's connection has mostly paid already ([operations.md](operations.md#huge-pages)).\n")
+	b.WriteString("that a baseline's connection has mostly paid already ([operations.md](operations.md#huge-pages)). Transparent huge pages\n")
+	b.WriteString("for shared memory (`shared memory THP always` in that line) do the same without reserving memory.\n")
 	for _, s := range secs {
 		if s.key == sectionKey(targetsHeading) {
 			continue
