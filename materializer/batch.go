@@ -43,7 +43,7 @@ func (m *Materializer) batch(ctx context.Context, t *target) (n int, full bool, 
 		return 0, false, err
 	}
 	m.mu.Lock() // resize writes it from other workers on the same target
-	size := m.liveLocked(t).batchSize
+	size := t.batchSize
 	m.mu.Unlock()
 	keys, err := claim(bctx, tx, t.claimSQL, len(t.plan.Key), size, t.plan.ID)
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 func TestSweepTakesTargetsInTurn(t *testing.T) {
 	m := &Materializer{byID: map[int]*target{}, ready: make(chan struct{}, 1)}
 	for id := 1; id <= 10; id++ {
-		m.byID[id] = &target{plan: &plan.Target{ID: id}}
+		m.byID[id] = &target{plan: &plan.Target{ID: id}, tableState: &tableState{}}
 	}
 	seen := map[int]int{}
 	for round := 0; round < 5; round++ {

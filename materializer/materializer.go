@@ -190,21 +190,35 @@ func (m *Materializer) Paused() bool { return m.paused.Load() }
 var _ listener.Sink = (*Materializer)(nil)
 
 type target struct {
-	plan      *plan.Target
-	version   int64 // the registry version of the plan this target comes from
-	claimSQL  string
-	writeSQL  string
-	batchSize int
+	plan     *plan.Target
+	version  int64 // the registry version of the plan this target comes from
+	claimSQL string
+	writeSQL string
 	// With min_interval: how long rows are held, and the statements that hold and find them.
 	minInterval time.Duration
 	debounceSQL string
 	nextDueSQL  string
+	expiredSQL  string      // claims expired rows
+	passSQL     string      // writes a pass's chunk of locked rows
+	passStep    string      // a pass's chunk in one statement, locking nothing; "" when the SQL cannot take it
+	passStepOff atomic.Bool // set when passStep does not plan
+	takeSQL     string      // takes direct entries (plan.QueueTakeSQL)
 
-	queued  bool
-	claim   bool // a claim of stale rows may find some; queued keys alone do not set it
-	running int
-	more    bool // the last batch was full
-	dirty   bool // marked while a batch ran
+	// The table's scheduling state outlives plan changes: SetPlan hands it to the new target of
+	// the same table, so a worker that ends a batch begun under the old plan records its end,
+	// rows and sizing where the scheduler looks.
+	*tableState
+}
+
+// tableState is what the scheduler knows of one table's work; the materializer's mutex guards
+// it, except the atomics.
+type tableState struct {
+	batchSize int
+	queued    bool
+	claim     bool // a claim of stale rows may find some; queued keys alone do not set it
+	running   int
+	more      bool // the last batch was full
+	dirty     bool // marked while a batch ran
 	// backlogAt is when more last became true (setMoreLocked).
 	backlogAt time.Time
 	backoff   int // consecutive failures
@@ -214,14 +228,9 @@ type target struct {
 
 	entryWarnedAt time.Time // the last warning about a bad queued entry
 
-	walk        *walk       // a pass over every row, after a whole-table invalidation
-	expireDue   int         // expired rows this sweep's round still recomputes
-	expiring    bool        // a worker recomputes expired rows
-	expiredSQL  string      // claims expired rows
-	passSQL     string      // writes a pass's chunk of locked rows
-	passStep    string      // a pass's chunk in one statement, locking nothing; "" when the SQL cannot take it
-	passStepOff atomic.Bool // set when passStep does not plan
-	takeSQL     string      // takes direct entries (plan.QueueTakeSQL)
+	walk      *walk // a pass over every row, after a whole-table invalidation
+	expireDue int   // expired rows this sweep's round still recomputes
+	expiring  bool  // a worker recomputes expired rows
 	// direct is true while direct entries may wait for a queue batch; until directOffUntil the
 	// drainer takes them instead.
 	direct         bool
@@ -231,20 +240,6 @@ type target struct {
 	rows      atomic.Int64 // materialized by this process
 	lastBatch atomic.Int64 // nanoseconds
 	fresh     freshness
-
-	// successor is the target that replaced this one in a new plan (SetPlan). A worker that was
-	// running this one when the plan changed ends its batch on the successor, whose running count
-	// includes it.
-	successor *target
-}
-
-// liveLocked returns the target of the current plan that t became: work that started under an
-// older plan records its state there.
-func (m *Materializer) liveLocked(t *target) *target {
-	for t.successor != nil {
-		t = t.successor
-	}
-	return t
 }
 
 // New returns a materializer for p.
@@ -280,7 +275,7 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 			size = n
 		}
 		t := &target{plan: pt, version: p.Version, claimSQL: plan.ClaimSQL(pt), writeSQL: plan.WriteSQL(pt, pt.Enrichments, true),
-			batchSize: size, minInterval: pt.MinInterval(), claim: true}
+			minInterval: pt.MinInterval()}
 		if t.minInterval > 0 {
 			t.debounceSQL, t.nextDueSQL = plan.DebounceSQL(pt), plan.NextDueSQL(pt)
 		}
@@ -293,19 +288,13 @@ func (m *Materializer) SetPlan(p *plan.Plan) {
 			t.passStep = step
 		}
 		if o := old[pt.ID]; o != nil && o.plan.Table == pt.Table {
-			o.successor = t
-			t.batchSize = o.batchSize
-			t.running = o.running
-			t.more, t.backlogAt, t.dirty = o.more, o.backlogAt, o.dirty
-			t.direct, t.directOffUntil, t.passCheckAt = o.direct, o.directOffUntil, o.passCheckAt
-			t.expireDue, t.expiring = o.expireDue, o.expiring
-			t.wake, t.wakeAt = o.wake, o.wakeAt
-			// A pass goes on from where it was, its chunks in flight included; its key order is
-			// the table's.
-			t.walk = o.walk
-			t.rows.Store(o.rows.Load())
-			t.lastBatch.Store(o.lastBatch.Load())
+			// Its batches, pass and sizing go on; what the old plan's failures taught does not.
+			t.tableState = o.tableState
+			t.queued, t.backoff, t.retryAt = false, 0, time.Time{}
+		} else {
+			t.tableState = &tableState{batchSize: size}
 		}
+		t.claim = true
 		m.byHash[pt.Hash] = t
 		m.byID[pt.ID] = t
 	}
@@ -377,7 +366,6 @@ func (m *Materializer) sweepSome(n int) {
 }
 
 func (m *Materializer) markLocked(t *target) {
-	t = m.liveLocked(t)
 	t.claim = true
 	m.nudgeLocked(t)
 }
@@ -388,7 +376,6 @@ func (m *Materializer) markLocked(t *target) {
 // entries until it commits, and a second batch would find nothing, on cores the first needs. A
 // backlog gets more workers through more.
 func (m *Materializer) nudgeLocked(t *target) {
-	t = m.liveLocked(t)
 	if t.running > 0 {
 		t.dirty = true
 		return
@@ -397,10 +384,12 @@ func (m *Materializer) nudgeLocked(t *target) {
 }
 
 func (m *Materializer) pushLocked(t *target) {
-	t = m.liveLocked(t)
-	if t.queued || m.byID[t.plan.ID] != t {
-		return // queued already, or dropped from the plan
+	// The queue holds the current plan's targets: a worker runs the SQL of the one it pops.
+	live := m.byID[t.plan.ID]
+	if live == nil || live.tableState != t.tableState || live.queued {
+		return // dropped from the plan, or queued already
 	}
+	t = live
 	t.queued = true
 	m.queue = append(m.queue, t)
 	if t.running < m.tableCap(t, time.Now()) {
@@ -485,7 +474,6 @@ func (t *target) priority() int {
 func (m *Materializer) finish(t *target, full, failed bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t = m.liveLocked(t)
 	t.running--
 	if t.queued {
 		// It may have waited at its cap.
@@ -632,7 +620,6 @@ func (m *Materializer) work(ctx context.Context, t *target) (n int, more bool, e
 func (m *Materializer) takeClaim(t *target) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t = m.liveLocked(t)
 	c := t.claim
 	if !t.more {
 		t.claim = false

@@ -64,7 +64,6 @@ func (m *Materializer) noteDirect(ctx context.Context) (n int, drainable bool, e
 func (m *Materializer) takeDirect(t *target) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t = m.liveLocked(t)
 	return t.direct && m.directOnLocked(t, time.Now())
 }
 
@@ -78,9 +77,8 @@ func (m *Materializer) directOnLocked(t *target, now time.Time) bool {
 // the drainer's path isolates it (a bad entry alone, a failing row by quarantine).
 func (m *Materializer) directOff(t *target, err error) {
 	m.mu.Lock()
-	live := m.liveLocked(t)
-	live.direct = false
-	live.directOffUntil = time.Now().Add(time.Minute)
+	t.direct = false
+	t.directOffUntil = time.Now().Add(time.Minute)
 	m.mu.Unlock()
 	m.log.Info("queued keys of a table go through the drainer for a minute, which isolates the failing ones",
 		"table", t.plan.Table.String(), "error", err)
@@ -92,7 +90,7 @@ func (m *Materializer) directOff(t *target, err error) {
 // may wait.
 func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more bool, err error) {
 	m.mu.Lock()
-	size := m.liveLocked(t).batchSize
+	size := t.batchSize
 	m.mu.Unlock()
 	start := time.Now()
 	width := len(t.plan.Key)
@@ -162,7 +160,7 @@ func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more b
 	}
 	m.mu.Lock()
 	if !more {
-		m.liveLocked(t).direct = false
+		t.direct = false
 	}
 	m.mu.Unlock()
 	if n = len(locked[0]); n > 0 {
@@ -185,7 +183,6 @@ func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more b
 func (m *Materializer) noteTake(t *target, beyond bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t = m.liveLocked(t)
 	m.setMoreLocked(t, beyond)
 	if t.more {
 		m.pushLocked(t)
@@ -203,7 +200,6 @@ const passShare = 0.7
 func (m *Materializer) checkBacklog(t *target) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t = m.liveLocked(t)
 	if m.cfg.PassShare < 0 || !t.more || t.walk != nil || time.Since(t.passCheckAt) < 10*time.Second {
 		return false
 	}
@@ -247,7 +243,7 @@ func (m *Materializer) keysToPass(ctx context.Context, t *target) (bool, error) 
 	m.log.Info("queued keys of a table are answered by a pass over every row", "table", t.plan.Table.String(),
 		"share", m.cfg.PassShare)
 	m.mu.Lock()
-	m.liveLocked(t).direct = false
+	t.direct = false
 	m.mu.Unlock()
 	m.startWalk(t, id, []int64{id})
 	return true, nil

@@ -6,7 +6,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/matcol/matcol/discovery"
+	"github.com/matcol/matcol/internal/pgident"
 	"github.com/matcol/matcol/plan"
+	"github.com/matcol/matcol/registry"
 )
 
 // While a batch runs on a table, the drainer still sees the queued entries that batch took (they
@@ -15,7 +18,7 @@ import (
 // A backlog (a full take) does go to other workers at once.
 func TestRunningTableWaitsForItsBatch(t *testing.T) {
 	m := &Materializer{cfg: Config{Workers: 4, TableWorkers: 4}, byID: map[int]*target{}, ready: make(chan struct{}, 4)}
-	tg := &target{plan: &plan.Target{ID: 1}}
+	tg := &target{plan: &plan.Target{ID: 1}, tableState: &tableState{}}
 	m.byID[1] = tg
 	mark := func() {
 		m.mu.Lock()
@@ -48,7 +51,7 @@ func TestRunningTableWaitsForItsBatch(t *testing.T) {
 // fits in the target, however many report it; shrinking by a factor per report compounded.
 func TestBatchSizeFollowsTheRate(t *testing.T) {
 	m := &Materializer{cfg: Config{TargetBatchDuration: 100 * time.Millisecond}}
-	tg := &target{batchSize: 1000}
+	tg := &target{tableState: &tableState{batchSize: 1000}}
 	for range 4 {
 		m.observe(tg, 1000, 1000, 300*time.Millisecond)
 	}
@@ -108,11 +111,53 @@ func TestBacklogRampsUpToTableWorkers(t *testing.T) {
 // markedTable returns a materializer of one table, marked for a queue batch.
 func markedTable(cfg Config) (*Materializer, *target) {
 	m := &Materializer{cfg: cfg, byID: map[int]*target{}, ready: make(chan struct{}, 4)}
-	tg := &target{plan: &plan.Target{ID: 1}}
+	tg := &target{plan: &plan.Target{ID: 1}, tableState: &tableState{}}
 	m.byID[1] = tg
 	m.mu.Lock()
 	tg.direct = true
 	m.nudgeLocked(tg)
 	m.mu.Unlock()
 	return m, tg
+}
+
+// A plan change (apply, a rescan) swaps every target, but a table's work goes on: the batch that
+// began under the old plan ends on the table's state, where the scheduler counts it, its sizing
+// and pass carry over, and the queue hands workers the new plan's target, with its SQL.
+func TestPlanChangeKeepsTheTableState(t *testing.T) {
+	planOf := func(version int64) *plan.Plan {
+		tbl := pgident.Table{Schema: "public", Name: "venue"}
+		key := []discovery.Column{{Name: "id", Type: "bigint"}}
+		tg := &plan.Target{ID: 1, Table: tbl, Key: key, Owned: []string{"seat_count"}}
+		tg.Enrichments = []*plan.Enrichment{{Enrichment: registry.Enrichment{Name: "seats", Columns: []string{"seat_count"}, SQL: "SELECT 1"}, Target: tg}}
+		return &plan.Plan{Version: version, Targets: []*plan.Target{tg}}
+	}
+	m := &Materializer{cfg: Config{Workers: 2, TableWorkers: 2, BatchSize: 100, TargetBatchDuration: 100 * time.Millisecond},
+		ready: make(chan struct{}, 2)}
+	m.SetPlan(planOf(1))
+	old := m.byID[1]
+	require.Same(t, old, m.next(), "a new plan's table is checked")
+	m.startWalk(old, 7, []int64{7})
+	m.observe(old, 100, 100, 10*time.Millisecond)
+
+	m.SetPlan(planOf(2))
+	live := m.byID[1]
+	require.NotSame(t, old, live)
+	require.Equal(t, 1, live.running, "the batch in flight counts on the new target")
+	require.NotNil(t, live.walk, "the pass goes on")
+	require.Equal(t, 200, live.batchSize, "so does the sizing")
+
+	m.finish(old, true, false)
+	require.Equal(t, 0, live.running, "the old plan's batch ends where it was counted")
+	m.observe(old, 200, 200, 10*time.Millisecond)
+	require.Equal(t, 400, live.batchSize)
+	for range 2 {
+		if got := m.next(); got != nil {
+			require.Same(t, live, got, "workers get the new plan's target, never the old one")
+			m.finish(got, false, false)
+		}
+	}
+	m.mu.Lock()
+	m.pushLocked(old)
+	m.mu.Unlock()
+	require.Same(t, live, m.next(), "pushing the old target queues the live one")
 }

@@ -17,7 +17,6 @@ const maxBatch = 20000
 func (m *Materializer) observe(t *target, size, n int, d time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t = m.liveLocked(t)
 	goal := m.cfg.TargetBatchDuration
 	if n <= 0 || d <= 0 || goal <= 0 {
 		return

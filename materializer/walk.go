@@ -43,7 +43,6 @@ type walk struct {
 func (m *Materializer) startWalk(t *target, maxID int64, ids []int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t = m.liveLocked(t)
 	if t.walk != nil && t.walk.maxID >= maxID {
 		return
 	}
@@ -61,7 +60,7 @@ func (m *Materializer) startWalk(t *target, maxID int64, ids []int64) {
 func (m *Materializer) takeWalk(t *target) *walk {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.liveLocked(t).walk
+	return t.walk
 }
 
 // walkChunk runs the next unit of t's pass w: a chunk, a chunk to run again, or the pass's end.
@@ -103,7 +102,7 @@ func (m *Materializer) walkChunk(ctx context.Context, t *target, w *walk) (n int
 func (m *Materializer) walkMore(t *target, w *walk) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.liveLocked(t).walk == w && (!w.end || len(w.redo) > 0)
+	return t.walk == w && (!w.end || len(w.redo) > 0)
 }
 
 // chunkDone records a chunk of s as done (err nil: its rows written or queued) or to be run again,
@@ -145,11 +144,10 @@ func (m *Materializer) endWalk(ctx context.Context, t *target, w *walk, gen int)
 	if err != nil {
 		return fmt.Errorf("finish whole-table invalidation of %s: %w", t.plan.Table, err)
 	}
-	if live := m.liveLocked(t); w.gen != gen || live.walk != w {
+	if w.gen != gen || t.walk != w {
 		return nil
-	} else {
-		live.walk = nil
 	}
+	t.walk = nil
 	m.log.Info("recomputed every row after a whole-table invalidation", "table", t.plan.Table.String(),
 		"rows", w.rows, "elapsed", time.Since(w.start).Round(time.Millisecond))
 	return nil
@@ -389,8 +387,7 @@ func (m *Materializer) requeueChunk(ctx context.Context, t *target, keys []strin
 // oldest first, and reports how many it wrote and whether more are due this round.
 func (m *Materializer) expireChunk(ctx context.Context, t *target) (n int, more bool, err error) {
 	m.mu.Lock()
-	live := m.liveLocked(t)
-	size := min(live.batchSize, live.expireDue)
+	size := min(t.batchSize, t.expireDue)
 	m.mu.Unlock()
 	start := time.Now()
 	var keys [][]*string
@@ -411,12 +408,11 @@ func (m *Materializer) expireChunk(ctx context.Context, t *target) (n int, more 
 		n = len(keys[0])
 	}
 	m.mu.Lock()
-	live = m.liveLocked(t)
-	live.expireDue -= n
+	t.expireDue -= n
 	if n < size || err != nil {
-		live.expireDue = 0
+		t.expireDue = 0
 	}
-	more = live.expireDue > 0
+	more = t.expireDue > 0
 	m.mu.Unlock()
 	if err != nil {
 		return 0, false, err
@@ -432,7 +428,6 @@ func (m *Materializer) expireChunk(ctx context.Context, t *target) (n int, more 
 func (m *Materializer) takeExpiry(t *target) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t = m.liveLocked(t)
 	if t.expireDue <= 0 || t.expiring {
 		return false
 	}
@@ -442,7 +437,7 @@ func (m *Materializer) takeExpiry(t *target) bool {
 
 func (m *Materializer) doneExpiry(t *target) {
 	m.mu.Lock()
-	m.liveLocked(t).expiring = false
+	t.expiring = false
 	m.mu.Unlock()
 }
 
