@@ -28,15 +28,20 @@ type backendSampler struct {
 	bySec   map[int]int // busy samples by second since the start
 }
 
-// sampleBackends starts sampling db's matcol backends every 100 ms over conn, which it owns
-// until stopped.
+// sampleBackends starts sampling db's matcol backends over conn, which it owns until stopped:
+// every second, or every 100 ms with MATCOL_BENCH_SAMPLE set, for what they do. Each sample is a
+// query the baselines do not run, so the default keeps its cost off the variant it measures.
 func sampleBackends(ctx context.Context, conn *pgx.Conn) *backendSampler {
+	every := time.Second
+	if os.Getenv("MATCOL_BENCH_SAMPLE") != "" {
+		every = 100 * time.Millisecond
+	}
 	s := &backendSampler{stop: make(chan struct{}), done: make(chan struct{}),
 		first: map[int]float64{}, last: map[int]float64{}, doing: map[string]int{},
 		start: time.Now(), bySec: map[int]int{}}
 	go func() {
 		defer close(s.done)
-		tick := time.NewTicker(100 * time.Millisecond)
+		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for {
 			s.sample(ctx, conn)
@@ -72,6 +77,9 @@ func (s *backendSampler) sample(ctx context.Context, conn *pgx.Conn) {
 		cpu := procCPU(pid)
 		if _, ok := s.first[pid]; !ok {
 			s.first[pid] = cpu
+			if s.samples > 1 {
+				s.first[pid] = 0 // born since the last sample: all its CPU is the run's
+			}
 		}
 		s.last[pid] = cpu
 		if state == "active" || strings.HasPrefix(state, "idle in transaction") {
