@@ -31,9 +31,15 @@ type Options struct {
 	Sample int
 	// RowsPerSecond caps the pace; 0 means no cap.
 	RowsPerSecond int
-	// IncludeStale also compares rows whose materialized_at is NULL. Defaults to false: those are
-	// known stale and waiting for matcol.
+	// IncludeStale also compares rows whose materialized_at is NULL, and rows whose key waits in
+	// matcol.pending. Defaults to false: those are known stale and waiting for matcol.
 	IncludeStale bool
+	// Settle: values that differ are compared again once the invalidations queued for their
+	// tables when they were found have been applied (a change committed a moment before, a drain
+	// that has yet to map it), waiting this long at most. 0 reports them as found.
+	Settle time.Duration
+	// Note, if set, is told what the second look did.
+	Note func(msg string)
 	// Chunk is the rows per statement. Defaults to 1000.
 	Chunk int
 	// Progress, if set, is called after each chunk with rows checked so far.
@@ -70,7 +76,139 @@ func Run(ctx context.Context, q Querier, p *plan.Plan, opts Options) ([]Drift, i
 	if !found {
 		return nil, 0, fmt.Errorf("no enrichment named %q is registered", opts.Enrichment)
 	}
+	if len(out) > 0 && opts.Settle > 0 && !opts.IncludeStale {
+		var err error
+		if out, err = recheck(ctx, q, p, out, opts); err != nil {
+			return nil, checked, err
+		}
+	}
 	return out, checked, nil
+}
+
+// recheck compares the rows of drift again once the invalidations queued for their tables have
+// been applied, or opts.Settle has passed, and returns what still differs. A row can differ for
+// a moment without anything wrong: its change committed, and its invalidation is still on its way
+// (mapped by the drainer, or decoded and flushed by the logical listener).
+func recheck(ctx context.Context, q Querier, p *plan.Plan, drift []Drift, opts Options) ([]Drift, error) {
+	type group struct {
+		t    *plan.Target
+		e    *plan.Enrichment
+		keys map[string][]string
+	}
+	groups := map[string]*group{}
+	var order []string
+	ids := map[int]bool{}
+	for _, d := range drift {
+		gk := d.Table + "\x00" + d.Enrichment
+		g := groups[gk]
+		if g == nil {
+			for _, t := range p.Targets {
+				if t.Table.String() != d.Table {
+					continue
+				}
+				for _, e := range t.Enrichments {
+					if e.Name == d.Enrichment {
+						g = &group{t: t, e: e, keys: map[string][]string{}}
+					}
+				}
+			}
+			if g == nil {
+				return nil, fmt.Errorf("verify: drift on %s for %s, which the plan does not have", d.Table, d.Enrichment)
+			}
+			groups[gk] = g
+			order = append(order, gk)
+			ids[g.t.ID] = true
+		}
+		g.keys[strings.Join(d.Key, "\x00")] = d.Key
+	}
+	targets := make([]int32, 0, len(ids))
+	for id := range ids {
+		targets = append(targets, int32(id))
+	}
+	// Whatever was queued for these tables when the drift was seen, and a moment for what was
+	// committed and not yet queued (logical mode flushes its queue every 100 ms). Queued keys
+	// need no wait: the comparison leaves their rows out.
+	maxID, err := queuedUpTo(ctx, q, targets)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(opts.Settle)
+	wait := func(d time.Duration) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+			return nil
+		}
+	}
+	if err := wait(min(time.Second, opts.Settle)); err != nil {
+		return nil, err
+	}
+	var left int64
+	for {
+		if left, err = queuedLeft(ctx, q, targets, maxID); err != nil {
+			return nil, err
+		}
+		if left == 0 || !time.Now().Before(deadline) {
+			break
+		}
+		if err := wait(100 * time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
+	var out []Drift
+	for _, gk := range order {
+		g := groups[gk]
+		keys := make([][]*string, len(g.t.Key))
+		for _, k := range g.keys {
+			for i := range k {
+				keys[i] = append(keys[i], &k[i])
+			}
+		}
+		args := make([]any, len(keys), len(keys)+1)
+		for i, col := range keys {
+			args[i] = plan.ArrayLiteral(col)
+		}
+		d, err := compare(ctx, q, g.t, g.e, compareSQL(g.t, g.e, true), append(args, g.t.ID))
+		if err != nil {
+			return nil, fmt.Errorf("verify %s on %s again: %w", g.e.Name, g.t.Table, err)
+		}
+		out = append(out, d...)
+	}
+	if opts.Note != nil {
+		msg := fmt.Sprintf("%d values differed and were compared again", len(drift))
+		if left > 0 {
+			msg += fmt.Sprintf(", with %d invalidations of their tables still queued after %s (is matcol running, paused or throttled?)", left, opts.Settle)
+		} else {
+			msg += " once the invalidations queued for their tables had been applied"
+		}
+		opts.Note(fmt.Sprintf("%s: %d still differ", msg, len(out)))
+	}
+	return out, nil
+}
+
+// directEntry picks target keys, whose rows the comparison leaves out while they wait; the
+// second look waits for the other entries (source values, markers, every row).
+const directEntry = "coalesce(" + plan.DirectEntrySQL + ", false)"
+
+func queuedUpTo(ctx context.Context, q Querier, targets []int32) (int64, error) {
+	return readInt(ctx, q, `SELECT coalesce(max(id), 0) FROM matcol.pending WHERE target_id = ANY($1) AND NOT (`+directEntry+`)`, targets)
+}
+
+func queuedLeft(ctx context.Context, q Querier, targets []int32, upTo int64) (int64, error) {
+	return readInt(ctx, q, `SELECT count(*) FROM matcol.pending WHERE target_id = ANY($1) AND id <= $2 AND NOT (`+directEntry+`)`, targets, upTo)
+}
+
+func readInt(ctx context.Context, q Querier, sql string, args ...any) (int64, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return 0, fmt.Errorf("verify: read the queue: %w", err)
+	}
+	n, err := pgx.CollectExactlyOneRow(rows, pgx.RowTo[int64])
+	if err != nil {
+		return 0, fmt.Errorf("verify: read the queue: %w", err)
+	}
+	return n, nil
 }
 
 func runOne(ctx context.Context, q Querier, t *plan.Target, e *plan.Enrichment, opts Options) ([]Drift, int, error) {
@@ -90,7 +228,7 @@ func runOne(ctx context.Context, q Querier, t *plan.Target, e *plan.Enrichment, 
 		}
 		keysSQL = fmt.Sprintf("SELECT %s FROM %s%s ORDER BY random() LIMIT %d", strings.Join(texts, ", "), t.Table.Sanitize(), w, opts.Sample)
 	}
-	cmp := compareSQL(t, e)
+	cmp := compareSQL(t, e, !opts.IncludeStale)
 	var out []Drift
 	checked := 0
 	start := time.Now()
@@ -112,9 +250,12 @@ func runOne(ctx context.Context, q Querier, t *plan.Target, e *plan.Enrichment, 
 		if n == 0 {
 			return out, checked, nil
 		}
-		args := make([]any, len(keys))
+		args := make([]any, len(keys), len(keys)+1)
 		for i, col := range keys {
 			args[i] = plan.ArrayLiteral(col)
+		}
+		if !opts.IncludeStale {
+			args = append(args, t.ID)
 		}
 		drift, err := compare(ctx, q, t, e, cmp, args)
 		if err != nil {
@@ -180,8 +321,11 @@ func compare(ctx context.Context, q Querier, t *plan.Target, e *plan.Enrichment,
 
 // compareSQL returns one row per (key, column) whose stored value differs from the fresh one.
 // Both sides are compared as text after the fresh value is cast to the column's type, so types
-// without an equality operator compare too.
-func compareSQL(t *plan.Target, e *plan.Enrichment) string {
+// without an equality operator compare too. With fresh, only rows matcol holds fresh: stamped,
+// and no key of theirs queued ($n+1 is the target's id), both read in the comparison's snapshot.
+// A queued key is matched as text, in the form either mode writes it (to_jsonb's in trigger
+// mode, the type's text output in logical mode), which never fails the way a cast could.
+func compareSQL(t *plan.Target, e *plan.Enrichment, fresh bool) string {
 	id := func(s string) string { return pgx.Identifier{s}.Sanitize() }
 	keyText := make([]string, len(t.Key))
 	join := make([]string, len(t.Key))
@@ -204,17 +348,28 @@ func compareSQL(t *plan.Target, e *plan.Enrichment) string {
 	for i, k := range t.Key {
 		keyNames[i] = id(k.Name)
 	}
+	only := ""
+	if fresh {
+		queued := make([]string, len(t.Key))
+		for i, k := range t.Key {
+			queued[i] = fmt.Sprintf("p.vals->>%d IN (k.%s::text, jsonb_build_array(k.%s)->>0)", i, id(k.Name), id(k.Name))
+		}
+		only = fmt.Sprintf(`
+  AND s.materialized_at IS NOT NULL
+  AND NOT EXISTS (SELECT FROM matcol.pending p WHERE p.target_id = $%d AND p.%s AND %s)`,
+			len(t.Key)+1, strings.ReplaceAll(plan.DirectEntrySQL, " AND ", " AND p."), strings.Join(queued, " AND "))
+	}
 	return fmt.Sprintf(`WITH f AS (%s)
 SELECT ARRAY[%s], c.col, c.stored, c.fresh
 FROM unnest(%s) AS k(%s)
 JOIN %s AS s ON %s
 LEFT JOIN f ON %s
 CROSS JOIN LATERAL (VALUES %s) AS c(col, stored, fresh)
-WHERE c.stored IS DISTINCT FROM c.fresh
+WHERE c.stored IS DISTINCT FROM c.fresh%s
 ORDER BY 1, 2`,
 		strings.TrimRight(strings.TrimSpace(e.SQL), "; \t\n"), strings.Join(keyText, ", "),
 		strings.Join(params, ", "), strings.Join(keyNames, ", "),
-		t.Table.Sanitize(), strings.Join(join, " AND "), strings.Join(fjoin, " AND "), strings.Join(checks, ", "))
+		t.Table.Sanitize(), strings.Join(join, " AND "), strings.Join(fjoin, " AND "), strings.Join(checks, ", "), only)
 }
 
 func columnType(t *plan.Target, name string) string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -128,6 +129,7 @@ func newVerify(g *globals) *cobra.Command {
 	var enrichment string
 	var sample, rate int
 	var all, asJSON, includeStale bool
+	var settle time.Duration
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Compare stored values with fresh ones; exit 1 on drift",
@@ -156,7 +158,8 @@ func newVerify(g *globals) *cobra.Command {
 				return err
 			}
 			drift, checked, err := verify.Run(cmd.Context(), conn, p, verify.Options{
-				Enrichment: enrichment, Sample: sample, RowsPerSecond: rate, IncludeStale: includeStale})
+				Enrichment: enrichment, Sample: sample, RowsPerSecond: rate, IncludeStale: includeStale, Settle: settle,
+				Note: func(msg string) { fmt.Fprintln(cmd.ErrOrStderr(), msg) }})
 			if err != nil {
 				return err
 			}
@@ -188,7 +191,8 @@ func newVerify(g *globals) *cobra.Command {
 	f.BoolVar(&all, "all", false, "check every row")
 	f.IntVar(&sample, "sample", 0, "check this many random rows per table (default 1000)")
 	f.IntVar(&rate, "rate", 5000, "rows per second at most; 0 for no limit")
-	f.BoolVar(&includeStale, "include-stale", false, "also check rows waiting for matcol (materialized_at IS NULL)")
+	f.BoolVar(&includeStale, "include-stale", false, "also check rows waiting for matcol (materialized_at IS NULL, or a key queued)")
+	f.DurationVar(&settle, "settle", 10*time.Second, "compare differing values again once the invalidations queued for their tables are applied, waiting this long at most; 0 reports them at once")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
