@@ -54,6 +54,11 @@ func TestWALWaitsThrottle(t *testing.T) {
 	require.Zero(t, second(h, sample{appConns: 8}), "an idle application leaves nothing to spare")
 
 	h = &harm{factor: 4}
+	half(h, sample{appTx: 6, walWaits: 2, appConns: 11})
+	require.Equal(t, maxLevel, half(h, sample{appTx: 6, walWaits: 2, appConns: 11}),
+		"8 closed-loop clients, 6 of them in a transaction, beside 3 idle connections: saturated")
+
+	h = &harm{factor: 4}
 	require.Zero(t, second(h, sample{appTx: 1, walWaits: 1, appConns: 1}), "a lone writer waiting on its own commits is not a queue")
 	h = &harm{factor: -1}
 	require.Zero(t, second(h, sample{appTx: 8, walWaits: 4, appConns: 8}), "latency_factor: 0 turns the load signals off")
