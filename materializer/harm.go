@@ -37,7 +37,9 @@ import (
 // harmSQL counts, in one read: application backends waiting on a lock held by a matcol backend,
 // application backends inside a transaction, application backends waiting to insert, write or
 // flush WAL (wait event names of PostgreSQL 13 and 14+), and the application's connections to
-// this database. All but the WAL waits need no privilege: the wait events of other roles'
+// this database that are in use: idle for a second or more, a connection is a pool's spare or a
+// tool's, not part of the load (pgbench's clients beside three idle ones read 5 of 11 busy as
+// its load began, and batches ran for its first two seconds). All but the WAL waits need no privilege: the wait events of other roles'
 // backends show only to members of pg_read_all_stats. Background processes have no user;
 // matcol's sessions are told apart by application_name.
 const harmSQL = `SELECT
@@ -55,6 +57,7 @@ const harmSQL = `SELECT
 	   AND coalesce(a.application_name, '') NOT LIKE 'matcol%')::int,
 	(SELECT count(*) FROM pg_stat_activity a
 	 WHERE a.backend_type = 'client backend' AND a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+	   AND (a.state IS DISTINCT FROM 'idle' OR a.state_change > now() - interval '1 second')
 	   AND coalesce(a.application_name, '') NOT LIKE 'matcol%')::int`
 
 // probeSQL is the timed statement.
