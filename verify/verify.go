@@ -350,14 +350,18 @@ func compareSQL(t *plan.Target, e *plan.Enrichment, fresh bool) string {
 	}
 	only := ""
 	if fresh {
-		queued := make([]string, len(t.Key))
-		for i, k := range t.Key {
-			queued[i] = fmt.Sprintf("p.vals->>%d IN (k.%s::text, jsonb_build_array(k.%s)->>0)", i, id(k.Name), id(k.Name))
+		// One anti-join per form, each an equality the planner can hash: a big queue is read once
+		// per chunk, not once per row.
+		only = "\n  AND s.materialized_at IS NOT NULL"
+		direct := strings.ReplaceAll(plan.DirectEntrySQL, " AND ", " AND p.")
+		for _, form := range []string{"k.%s::text", "jsonb_build_array(k.%s)->>0"} {
+			queued := make([]string, len(t.Key))
+			for i, k := range t.Key {
+				queued[i] = fmt.Sprintf("p.vals->>%d = "+form, i, id(k.Name))
+			}
+			only += fmt.Sprintf("\n  AND NOT EXISTS (SELECT FROM matcol.pending p WHERE p.target_id = $%d AND p.%s AND %s)",
+				len(t.Key)+1, direct, strings.Join(queued, " AND "))
 		}
-		only = fmt.Sprintf(`
-  AND s.materialized_at IS NOT NULL
-  AND NOT EXISTS (SELECT FROM matcol.pending p WHERE p.target_id = $%d AND p.%s AND %s)`,
-			len(t.Key)+1, strings.ReplaceAll(plan.DirectEntrySQL, " AND ", " AND p."), strings.Join(queued, " AND "))
 	}
 	return fmt.Sprintf(`WITH f AS (%s)
 SELECT ARRAY[%s], c.col, c.stored, c.fresh
