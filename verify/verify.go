@@ -5,6 +5,7 @@ package verify
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -90,83 +91,24 @@ func Run(ctx context.Context, q Querier, p *plan.Plan, opts Options) ([]Drift, i
 // a moment without anything wrong: its change committed, and its invalidation is still on its way
 // (mapped by the drainer, or decoded and flushed by the logical listener).
 func recheck(ctx context.Context, q Querier, p *plan.Plan, drift []Drift, opts Options) ([]Drift, error) {
-	type group struct {
-		t    *plan.Target
-		e    *plan.Enrichment
-		keys map[string][]string
-	}
-	groups := map[string]*group{}
-	var order []string
-	ids := map[int]bool{}
-	for _, d := range drift {
-		gk := d.Table + "\x00" + d.Enrichment
-		g := groups[gk]
-		if g == nil {
-			for _, t := range p.Targets {
-				if t.Table.String() != d.Table {
-					continue
-				}
-				for _, e := range t.Enrichments {
-					if e.Name == d.Enrichment {
-						g = &group{t: t, e: e, keys: map[string][]string{}}
-					}
-				}
-			}
-			if g == nil {
-				return nil, fmt.Errorf("verify: drift on %s for %s, which the plan does not have", d.Table, d.Enrichment)
-			}
-			groups[gk] = g
-			order = append(order, gk)
-			ids[g.t.ID] = true
-		}
-		g.keys[strings.Join(d.Key, "\x00")] = d.Key
-	}
-	targets := make([]int32, 0, len(ids))
-	for id := range ids {
-		targets = append(targets, int32(id))
-	}
-	// Whatever was queued for these tables when the drift was seen, and a moment for what was
-	// committed and not yet queued (logical mode flushes its queue every 100 ms). Queued keys
-	// need no wait: the comparison leaves their rows out.
-	maxID, err := queuedUpTo(ctx, q, targets)
+	groups, err := groupDrift(p, drift)
 	if err != nil {
 		return nil, err
 	}
-	deadline := time.Now().Add(opts.Settle)
-	wait := func(d time.Duration) error {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(d):
-			return nil
+	targets := make([]int32, 0, len(groups))
+	for _, g := range groups {
+		if !slices.Contains(targets, int32(g.t.ID)) {
+			targets = append(targets, int32(g.t.ID))
 		}
 	}
-	if err := wait(min(time.Second, opts.Settle)); err != nil {
+	left, err := settle(ctx, q, targets, opts.Settle)
+	if err != nil {
 		return nil, err
 	}
-	var left int64
-	for {
-		if left, err = queuedLeft(ctx, q, targets, maxID); err != nil {
-			return nil, err
-		}
-		if left == 0 || !time.Now().Before(deadline) {
-			break
-		}
-		if err := wait(100 * time.Millisecond); err != nil {
-			return nil, err
-		}
-	}
 	var out []Drift
-	for _, gk := range order {
-		g := groups[gk]
-		keys := make([][]*string, len(g.t.Key))
-		for _, k := range g.keys {
-			for i := range k {
-				keys[i] = append(keys[i], &k[i])
-			}
-		}
-		args := make([]any, len(keys), len(keys)+1)
-		for i, col := range keys {
+	for _, g := range groups {
+		args := make([]any, len(g.keys), len(g.keys)+1)
+		for i, col := range g.keys {
 			args[i] = plan.ArrayLiteral(col)
 		}
 		d, err := compare(ctx, q, g.t, g.e, compareSQL(g.t, g.e, true), append(args, g.t.ID))
@@ -185,6 +127,69 @@ func recheck(ctx context.Context, q Querier, p *plan.Plan, drift []Drift, opts O
 		opts.Note(fmt.Sprintf("%s: %d still differ", msg, len(out)))
 	}
 	return out, nil
+}
+
+// driftGroup is the rows of one enrichment that differed: keys[i] holds key column i.
+type driftGroup struct {
+	t    *plan.Target
+	e    *plan.Enrichment
+	keys [][]*string
+}
+
+func groupDrift(p *plan.Plan, drift []Drift) ([]*driftGroup, error) {
+	byName := map[[2]string]*driftGroup{}
+	seen := map[string]bool{}
+	var out []*driftGroup
+	for _, d := range drift {
+		g := byName[[2]string{d.Table, d.Enrichment}]
+		if g == nil {
+			for _, t := range p.Targets {
+				for _, e := range t.Enrichments {
+					if t.Table.String() == d.Table && e.Name == d.Enrichment {
+						g = &driftGroup{t: t, e: e, keys: make([][]*string, len(t.Key))}
+					}
+				}
+			}
+			if g == nil {
+				return nil, fmt.Errorf("verify: drift on %s for %s, which the plan does not have", d.Table, d.Enrichment)
+			}
+			byName[[2]string{d.Table, d.Enrichment}] = g
+			out = append(out, g)
+		}
+		// One row per key: a row differs in as many values as columns.
+		if id := d.Table + "\x00" + d.Enrichment + "\x00" + strings.Join(d.Key, "\x00"); !seen[id] {
+			seen[id] = true
+			for i := range d.Key {
+				g.keys[i] = append(g.keys[i], &d.Key[i])
+			}
+		}
+	}
+	return out, nil
+}
+
+// settle waits, up to limit, until the invalidations queued for targets other than target keys
+// have been applied, after a moment for changes committed and not yet queued (logical mode
+// flushes its queue every 100 ms); it returns how many of them are still queued. Queued keys
+// need no wait: the comparison leaves their rows out.
+func settle(ctx context.Context, q Querier, targets []int32, limit time.Duration) (int64, error) {
+	upTo, err := queuedUpTo(ctx, q, targets)
+	if err != nil {
+		return 0, err
+	}
+	deadline := time.Now().Add(limit)
+	pause := min(time.Second, limit)
+	for {
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(pause):
+		}
+		left, err := queuedLeft(ctx, q, targets, upTo)
+		if err != nil || left == 0 || !time.Now().Before(deadline) {
+			return left, err
+		}
+		pause = 100 * time.Millisecond
+	}
 }
 
 // directEntry picks target keys, whose rows the comparison leaves out while they wait; the
