@@ -39,9 +39,10 @@ import (
 // flush WAL (wait event names of PostgreSQL 13 and 14+), and the application's connections to
 // this database that are in use: idle for a second or more, a connection is a pool's spare or a
 // tool's, not part of the load (pgbench's clients beside three idle ones read 5 of 11 busy as
-// its load began, and batches ran for its first two seconds). All but the WAL waits need no privilege: the wait events of other roles'
-// backends show only to members of pg_read_all_stats. Background processes have no user;
-// matcol's sessions are told apart by application_name.
+// its load began, and batches ran for its first two seconds). All but the WAL waits need no
+// privilege: the wait events of other roles' backends show only to members of
+// pg_read_all_stats. Background processes have no user; matcol's sessions are told apart by
+// application_name.
 const harmSQL = `SELECT
 	(SELECT count(*) FROM pg_locks w
 	 WHERE NOT w.granted
