@@ -358,14 +358,14 @@ func compareSQL(t *plan.Target, e *plan.Enrichment, fresh bool) string {
 		// One anti-join per form, each an equality the planner can hash: a big queue is read once
 		// per chunk, not once per row.
 		only = "\n  AND s.materialized_at IS NOT NULL"
-		direct := strings.ReplaceAll(plan.DirectEntrySQL, " AND ", " AND p.")
 		for _, form := range []string{"k.%s::text", "jsonb_build_array(k.%s)->>0"} {
 			queued := make([]string, len(t.Key))
 			for i, k := range t.Key {
 				queued[i] = fmt.Sprintf("p.vals->>%d = "+form, i, id(k.Name))
 			}
-			only += fmt.Sprintf("\n  AND NOT EXISTS (SELECT FROM matcol.pending p WHERE p.target_id = $%d AND p.%s AND %s)",
-				len(t.Key)+1, direct, strings.Join(queued, " AND "))
+			// DirectEntrySQL's bare names resolve to p, the innermost FROM, as in the queue's own SQL.
+			only += fmt.Sprintf("\n  AND NOT EXISTS (SELECT FROM matcol.pending p WHERE p.target_id = $%d AND %s AND %s)",
+				len(t.Key)+1, plan.DirectEntrySQL, strings.Join(queued, " AND "))
 		}
 	}
 	return fmt.Sprintf(`WITH f AS (%s)
