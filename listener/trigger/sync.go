@@ -296,11 +296,7 @@ func ownRowFunction(t *plan.Target, name string) string {
 	if t == nil {
 		return ""
 	}
-	base := name
-	if i := strings.LastIndexByte(name, '_'); i > 0 {
-		base = name[:i]
-	}
-	switch base {
+	switch baseName(name) {
 	case TrigSelf:
 		return SelfFunction(t)
 	case TrigStaleUpdate:
@@ -327,4 +323,12 @@ func named(base, create string) (string, string) {
 	sum := sha256.Sum256([]byte(create))
 	name := base + "_" + hex.EncodeToString(sum[:4])
 	return name, strings.Replace(create, "CREATE TRIGGER "+base+" ", "CREATE TRIGGER "+name+" ", 1)
+}
+
+// baseName is the base a trigger name was made from by named.
+func baseName(name string) string {
+	if i := strings.LastIndexByte(name, '_'); i > 0 {
+		return name[:i]
+	}
+	return name
 }
