@@ -351,6 +351,10 @@ func TestVerifyLooksPastQueuedInvalidations(t *testing.T) {
 	require.Zero(t, r.code, r.stdout+r.stderr)
 	require.Contains(t, r.stderr, "once the invalidations queued for their tables had been applied: 0 still differ")
 
+	r = matcol(t, env, "verify", "-c", cfg, "--settle", "-1s")
+	require.NotZero(t, r.code)
+	require.Contains(t, r.stderr, "--settle -1s: give 0 or a positive duration")
+
 	// Nobody drains: after --settle, what differs is drift, and verify says what was still queued.
 	pgtest.Exec(t, conn, `UPDATE cinema SET name = name || ' again' WHERE id = $1`, cinema)
 	pgtest.Exec(t, conn, `UPDATE venue SET materialized_at = now() WHERE cinema_id = $1 AND id <> 42`, cinema)

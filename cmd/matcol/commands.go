@@ -138,6 +138,9 @@ func newVerify(g *globals) *cobra.Command {
 			if all && sample > 0 {
 				return errors.New("--all and --sample exclude each other")
 			}
+			if settle < 0 {
+				return fmt.Errorf("--settle %s: give 0 or a positive duration", settle)
+			}
 			if !all && sample == 0 {
 				sample = 1000
 			}
