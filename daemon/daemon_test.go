@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -48,21 +49,32 @@ func (w testWriter) Write(p []byte) (int, error) {
 // startDaemon runs the daemon until the test ends.
 func startDaemon(t *testing.T, cfg *config.Config) *daemon.Daemon {
 	t.Helper()
+	d, _ := startStoppableDaemon(t, cfg)
+	return d
+}
+
+// startStoppableDaemon also returns a stop that waits for the daemon to end; cleanup calls it too.
+func startStoppableDaemon(t *testing.T, cfg *config.Config) (*daemon.Daemon, func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	d, err := daemon.Start(ctx, cfg, testLogger(t))
 	require.NoError(t, err)
 	done := make(chan error, 1)
 	go func() { done <- d.Wait(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(15 * time.Second):
-			t.Error("daemon did not stop within 15s")
-		}
-	})
-	return d
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				require.NoError(t, err)
+			case <-time.After(15 * time.Second):
+				t.Error("daemon did not stop within 15s")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return d, stop
 }
 
 // waitFresh polls until no row of any target is stale and verify finds no drift.

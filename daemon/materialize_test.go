@@ -67,8 +67,10 @@ func testBackfillResumes(t *testing.T, jobs int) {
 	ctx := context.Background()
 	pgtest.Exec(t, conn, orderSchema)
 	cfg := loadConfig(t, dsn, orderConfig)
-	d := startDaemon(t, cfg)
+	d, stop := startStoppableDaemon(t, cfg)
 	waitFresh(t, conn, d, 60*time.Second)
+	// A running daemon adopts a backfill whose process died; stopped, it cannot race the rerun below.
+	stop()
 
 	// The new column arrives; the registered order_total values are marked so a rerun would show.
 	pgtest.Exec(t, conn, `ALTER TABLE orders DISABLE TRIGGER USER; UPDATE orders SET total = -7; ALTER TABLE orders ENABLE TRIGGER USER`)
