@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -112,6 +113,7 @@ func testBackfillResumes(t *testing.T, jobs int) {
 	defer other.Close(ctx)
 	_, err = materializer.OpenBackfill(ctx, other, spec, false, hclog.NewNullLogger())
 	require.ErrorIs(t, err, materializer.ErrBackfillRunning)
+	require.Contains(t, err.Error(), fmt.Sprintf("pid %d", bconn.PgConn().PID()), "the error names the holder")
 
 	rctx, cancel := context.WithCancel(ctx)
 	batches := 0

@@ -143,6 +143,12 @@ func claimBackfill(ctx context.Context, conn *pgx.Conn, spec BackfillSpec, id in
 		return nil, err
 	}
 	if !got {
+		// Name the holder: after a kill, a running daemon may have taken the backfill over.
+		var owner *string
+		_ = conn.QueryRow(ctx, `SELECT owner FROM matcol.backfill WHERE id = $1`, id).Scan(&owner)
+		if owner != nil && *owner != "" {
+			return nil, fmt.Errorf("backfill %d: %w (last taken by %s; matcol status shows its progress)", id, ErrBackfillRunning, *owner)
+		}
 		return nil, fmt.Errorf("backfill %d: %w", id, ErrBackfillRunning)
 	}
 	b := &Backfill{ID: id, spec: spec, conn: conn, log: log}
