@@ -39,19 +39,35 @@ import (
 // flush WAL (wait event names of PostgreSQL 13 and 14+), and the application's connections to
 // this database that are in use: idle for a second or more, a connection is a pool's spare or a
 // tool's, not part of the load (pgbench's clients beside three idle ones read 5 of 11 busy as
-// its load began, and batches ran for its first two seconds). All but the WAL waits need no
-// privilege: the wait events of other roles' backends show only to members of
-// pg_read_all_stats. Background processes have no user; matcol's sessions are told apart by
-// application_name.
+// its load began, and batches ran for its first two seconds). Background processes have no user;
+// matcol's sessions are told apart by application_name.
+//
+// pg_locks and pg_blocking_pids take every lock-manager partition lock while they copy its
+// tables, so every writer that takes or releases a lock meanwhile (each one that commits)
+// waits, and on busy cores the copier may lose its CPU holding them. So the lock waits are read
+// only while a matcol backend other than the probe's is inside a transaction (one of another
+// role, whose state is hidden without pg_read_all_stats, counts), and with pg_read_all_stats the
+// transactions in flight come from pg_stat_activity: a yielding daemon's probes then touch no
+// lock table. Without it, other roles' transactions show only as their virtualxid locks; the WAL
+// waits need it either way. Uncorrelated subqueries run only when their CASE branch is taken.
 const harmSQL = `SELECT
-	(SELECT count(*) FROM pg_locks w
+	CASE WHEN EXISTS (SELECT FROM pg_stat_activity m
+	                  WHERE m.application_name LIKE 'matcol%' AND m.pid <> pg_backend_pid()
+	                    AND (m.xact_start IS NOT NULL OR m.state IS NULL))
+	THEN (SELECT count(*) FROM pg_locks w
 	 WHERE NOT w.granted
 	   AND w.pid NOT IN (SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'matcol%')
 	   AND EXISTS (SELECT FROM unnest(pg_blocking_pids(w.pid)) AS b(pid) JOIN pg_stat_activity a ON a.pid = b.pid
-	               WHERE a.application_name LIKE 'matcol%'))::int,
-	(SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+	               WHERE a.application_name LIKE 'matcol%'))::int
+	ELSE 0 END,
+	CASE WHEN pg_has_role('pg_read_all_stats', 'USAGE')
+	THEN (SELECT count(*) FROM pg_stat_activity a
+	 WHERE a.xact_start IS NOT NULL AND a.usesysid IS NOT NULL
+	   AND coalesce(a.application_name, '') NOT LIKE 'matcol%')::int
+	ELSE (SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 	 WHERE l.locktype = 'virtualxid' AND l.granted AND a.usesysid IS NOT NULL
-	   AND coalesce(a.application_name, '') NOT LIKE 'matcol%')::int,
+	   AND coalesce(a.application_name, '') NOT LIKE 'matcol%')::int
+	END,
 	(SELECT count(*) FROM pg_stat_activity a
 	 WHERE a.backend_type = 'client backend' AND a.state = 'active'
 	   AND a.wait_event IN ('WALWrite', 'WALSync', 'WALInsert', 'WALBufMapping', 'WALWriteLock', 'WALBufMappingLock')
