@@ -98,6 +98,14 @@ func (s BackfillSpec) EnrichmentNames() []string {
 // ErrBackfillRunning means another live process runs that backfill.
 var ErrBackfillRunning = errors.New("backfill is running in another process")
 
+// ErrBackfillEnded means the backfill is no longer queued or running: done, failed or cancelled.
+var ErrBackfillEnded = errors.New("backfill has ended")
+
+// ClaimBackfill takes backfill id, queued or running, when no live process holds it.
+func ClaimBackfill(ctx context.Context, conn *pgx.Conn, spec BackfillSpec, id int64, log hclog.Logger) (*Backfill, error) {
+	return claimBackfill(ctx, conn, spec, id, log)
+}
+
 // QueueBackfill records a backfill for a running daemon to take (--async), or returns the one
 // already queued or running for the same enrichments.
 func QueueBackfill(ctx context.Context, conn *pgx.Conn, spec BackfillSpec, restart bool) (int64, error) {
@@ -155,9 +163,13 @@ func claimBackfill(ctx context.Context, conn *pgx.Conn, spec BackfillSpec, id in
 	var total *int64
 	err := conn.QueryRow(ctx, `UPDATE matcol.backfill SET status = 'running', started_at = coalesce(started_at, now()),
 			owner = current_setting('application_name') || ' pid ' || pg_backend_pid(), updated_at = now()
-		WHERE id = $1 RETURNING cursor, rows_done, rows_total`, id).Scan(&b.cursor, &b.done, &total)
+		WHERE id = $1 AND status IN ('queued', 'running') RETURNING cursor, rows_done, rows_total`, id).Scan(&b.cursor, &b.done, &total)
 	if err != nil {
 		_, _ = conn.Exec(ctx, `SELECT pg_advisory_unlock($1, $2)`, int32(lockBackfill), int32(id))
+		if errors.Is(err, pgx.ErrNoRows) {
+			// Its holder finished or cancelled it between our read and our lock.
+			return nil, fmt.Errorf("backfill %d: %w", id, ErrBackfillEnded)
+		}
 		return nil, fmt.Errorf("start backfill %d: %w", id, err)
 	}
 	if total != nil {
@@ -588,7 +600,7 @@ func runOneQueued(ctx context.Context, connect func(context.Context) (*pgx.Conn,
 		spec.Where, spec.BatchSize, spec.Rate = x.where, x.batch, x.rate
 		spec.MaxReplicaLag, spec.LatencyFactor = maxLag, latencyFactor
 		b, err := claimBackfill(ctx, conn, spec, x.id, log)
-		if errors.Is(err, ErrBackfillRunning) {
+		if errors.Is(err, ErrBackfillRunning) || errors.Is(err, ErrBackfillEnded) {
 			continue
 		}
 		if err != nil {

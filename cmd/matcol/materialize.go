@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/jackc/pgx/v5"
 	"github.com/mattn/go-isatty"
 	"github.com/spf13/cobra"
@@ -77,7 +79,15 @@ and it resumes (--restart starts over). materialized_at is left alone.`,
 				return nil
 			}
 			b, err := materializer.OpenBackfill(ctx, conn, spec, restart, log)
-			if err != nil {
+			if errors.Is(err, materializer.ErrBackfillRunning) {
+				// Usually the daemon, which took over a run that was killed: follow it, and take it
+				// over in turn if its process goes away.
+				fmt.Fprintf(out, "%v\nfollowing its progress; interrupting stops following, not the backfill\n", err)
+				b, err = followBackfill(ctx, conn, spec, out, log)
+				if b == nil || err != nil {
+					return err
+				}
+			} else if err != nil {
 				return err
 			}
 			verb := "starting"
@@ -160,6 +170,82 @@ func backfillSpec(p *plan.Plan, enrichment, table string) (materializer.Backfill
 		}
 	}
 	return materializer.BackfillSpec{}, fmt.Errorf("table %s has no registered enrichment", table)
+}
+
+// followBackfill reports the progress of the backfill of spec that another process runs, once
+// a second, until it ends (nil, nil when it is done) or nobody holds it any more: then it is taken
+// here and returned.
+func followBackfill(ctx context.Context, conn *pgx.Conn, spec materializer.BackfillSpec, out io.Writer, log hclog.Logger) (*materializer.Backfill, error) {
+	tty := isatty.IsTerminal(os.Stdout.Fd())
+	var id int64
+	err := conn.QueryRow(ctx, `SELECT id FROM matcol.backfill WHERE target_id = $1 AND enrichments = $2
+		AND status IN ('queued', 'running')`, spec.Target.ID, spec.EnrichmentNames()).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, errors.New("the backfill ended meanwhile; run the command again to start a new one")
+	}
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	var last time.Time
+	first := int64(-1)
+	for {
+		b, err := materializer.ClaimBackfill(ctx, conn, spec, id, log)
+		if err == nil {
+			if tty {
+				fmt.Fprintln(out)
+			}
+			fmt.Fprintf(out, "backfill %d: its process went away; continuing here\n", id)
+			return b, nil
+		}
+		if !errors.Is(err, materializer.ErrBackfillRunning) && !errors.Is(err, materializer.ErrBackfillEnded) {
+			return nil, err
+		}
+		var status string
+		var done int64
+		var total *int64
+		var failure *string
+		if err := conn.QueryRow(ctx, `SELECT status, rows_done, rows_total, error FROM matcol.backfill WHERE id = $1`, id).
+			Scan(&status, &done, &total, &failure); err != nil {
+			return nil, err
+		}
+		if status != "queued" && status != "running" && tty {
+			fmt.Fprintln(out)
+		}
+		switch status {
+		case "done":
+			fmt.Fprintf(out, "backfill %d done by another process: %d rows\n", id, done)
+			return nil, nil
+		case "failed", "cancelled":
+			msg := ""
+			if failure != nil {
+				msg = ": " + *failure
+			}
+			return nil, fmt.Errorf("backfill %d %s in another process%s", id, status, msg)
+		}
+		if first < 0 {
+			first = done
+		}
+		p := materializer.BackfillProgress{ID: id, Done: done, Elapsed: time.Since(start)}
+		if secs := p.Elapsed.Seconds(); secs >= 1 {
+			p.Rate = float64(done-first) / secs
+		}
+		if total != nil {
+			p.Total = *total
+		}
+		switch {
+		case tty:
+			fmt.Fprintf(out, "\r%s", progressBar(p))
+		case time.Since(last) >= 10*time.Second:
+			last = time.Now()
+			log.Info("backfill progress (another process)", "backfill", id, "rows", p.Done, "total", p.Total)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 func progressBar(p materializer.BackfillProgress) string {

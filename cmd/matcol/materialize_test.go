@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -109,4 +110,61 @@ func TestBackfillKilledResumesAndFailuresList(t *testing.T) {
 	r = matcol(t, env, "retry", "-c", cfg)
 	require.Zero(t, r.code, r.stderr)
 	require.Contains(t, r.stdout, "1 rows re-queued")
+}
+
+// A second `matcol backfill` of a backfill another process runs (after a kill, usually the
+// daemon that took it over) follows its progress, takes it over when that process dies, and
+// reports when the other process finishes it.
+func TestBackfillFollowsAndTakesOver(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	ctx := context.Background()
+	pgtest.Exec(t, conn, `CREATE TABLE orders (id bigint PRIMARY KEY, total bigint, inv numeric, materialized_at timestamptz);
+		CREATE TABLE line (id bigserial PRIMARY KEY, order_id bigint NOT NULL, cents bigint NOT NULL);
+		CREATE INDEX ON line (order_id);
+		INSERT INTO orders (id, inv, materialized_at) SELECT g, 0, now() FROM generate_series(1, 20000) g;
+		INSERT INTO line (order_id, cents) SELECT 1 + g % 20000, g FROM generate_series(1, 60000) g;`)
+	env := []string{"MATCOL_DATABASE_URL=" + dsn, "MATCOL_STATUS_LISTEN=", "MATCOL_LOG_FORMAT=text"}
+	cfg := writeConfig(t, ordersConfig)
+	r := matcol(t, env, "apply", "-c", cfg)
+	require.Zero(t, r.code, r.stderr)
+	start := func(args ...string) (*exec.Cmd, *lockedBuffer) {
+		cmd := exec.Command(binary, append([]string{"backfill", "-c", cfg, "--enrichment", "order_total"}, args...)...)
+		cmd.Env = append(os.Environ(), env...)
+		var out lockedBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		require.NoError(t, cmd.Start())
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd, &out
+	}
+	doneRows := func() int64 {
+		var done int64
+		_ = conn.QueryRow(ctx, `SELECT coalesce(max(rows_done), 0) FROM matcol.backfill WHERE status = 'running'`).Scan(&done)
+		return done
+	}
+
+	first, _ := start("--rate", "2000", "--batch", "500", "--jobs", "1")
+	require.Eventually(t, func() bool { return doneRows() >= 1000 }, 30*time.Second, 50*time.Millisecond)
+	second, out := start()
+	require.Eventually(t, func() bool { return strings.Contains(out.String(), "following its progress") }, 30*time.Second, 50*time.Millisecond)
+	require.Contains(t, out.String(), "backfill is running in another process (last taken by matcol backfill pid")
+	require.NoError(t, first.Process.Signal(syscall.SIGKILL))
+	_ = first.Wait()
+	require.NoError(t, second.Wait(), out.String())
+	require.Contains(t, out.String(), "backfill 1: its process went away; continuing here")
+	require.Contains(t, out.String(), "resuming backfill 1")
+	require.Contains(t, out.String(), "backfill 1 done: 20000 rows")
+	var wrong int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM orders o
+		WHERE total IS DISTINCT FROM (SELECT sum(cents) FROM line l WHERE l.order_id = o.id)`).Scan(&wrong))
+	require.Zero(t, wrong)
+
+	// The other process finishes: the follower says so and succeeds.
+	first, _ = start("--restart", "--rate", "5000", "--batch", "500", "--jobs", "1")
+	require.Eventually(t, func() bool { return doneRows() >= 500 }, 30*time.Second, 50*time.Millisecond)
+	second, out = start()
+	require.NoError(t, second.Wait(), out.String())
+	require.NoError(t, first.Wait())
+	require.Contains(t, out.String(), "following its progress")
+	require.Regexp(t, `backfill \d+ done by another process: 20000 rows`, out.String())
 }
