@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/matcol/matcol/internal/pgtest"
@@ -29,21 +31,29 @@ enrichments:
     sql: SELECT id, 1 / (id - 777)::numeric AS inv FROM orders WHERE id = ANY($1)
 `
 
-// The issue's scenario: a new column on otherwise fresh rows is filled by one enrichment; a
-// backfill killed with SIGKILL resumes and finishes; a failing row shows in matcol failures.
-func TestBackfillKilledResumesAndFailuresList(t *testing.T) {
+// ordersDB makes a database of n fresh orders, three lines each, with ordersConfig applied, and
+// returns a connection to it, the environment that points matcol at it and the config's path.
+func ordersDB(t *testing.T, n int) (*pgx.Conn, []string, string) {
+	t.Helper()
 	dsn := pgtest.NewDB(t)
 	conn := pgtest.Connect(t, dsn)
-	ctx := context.Background()
-	pgtest.Exec(t, conn, `CREATE TABLE orders (id bigint PRIMARY KEY, total bigint, inv numeric, materialized_at timestamptz);
+	pgtest.Exec(t, conn, fmt.Sprintf(`CREATE TABLE orders (id bigint PRIMARY KEY, total bigint, inv numeric, materialized_at timestamptz);
 		CREATE TABLE line (id bigserial PRIMARY KEY, order_id bigint NOT NULL, cents bigint NOT NULL);
 		CREATE INDEX ON line (order_id);
-		INSERT INTO orders (id, inv, materialized_at) SELECT g, 0, now() FROM generate_series(1, 30000) g;
-		INSERT INTO line (order_id, cents) SELECT 1 + g % 30000, g FROM generate_series(1, 90000) g;`)
+		INSERT INTO orders (id, inv, materialized_at) SELECT g, 0, now() FROM generate_series(1, %[1]d) g;
+		INSERT INTO line (order_id, cents) SELECT 1 + g %% %[1]d, g FROM generate_series(1, 3 * %[1]d) g;`, n))
 	env := []string{"MATCOL_DATABASE_URL=" + dsn, "MATCOL_STATUS_LISTEN=", "MATCOL_LOG_FORMAT=text"}
 	cfg := writeConfig(t, ordersConfig)
 	r := matcol(t, env, "apply", "-c", cfg)
 	require.Zero(t, r.code, r.stderr)
+	return conn, env, cfg
+}
+
+// The issue's scenario: a new column on otherwise fresh rows is filled by one enrichment; a
+// backfill killed with SIGKILL resumes and finishes; a failing row shows in matcol failures.
+func TestBackfillKilledResumesAndFailuresList(t *testing.T) {
+	conn, env, cfg := ordersDB(t, 30000)
+	ctx := context.Background()
 
 	cmd := exec.Command(binary, "backfill", "-c", cfg, "--enrichment", "order_total", "--rate", "5000", "--batch", "500")
 	cmd.Env = append(os.Environ(), env...)
@@ -61,7 +71,7 @@ func TestBackfillKilledResumesAndFailuresList(t *testing.T) {
 	require.NoError(t, conn.QueryRow(ctx, `SELECT rows_done FROM matcol.backfill`).Scan(&done))
 	require.Less(t, done, int64(30000), "killed halfway")
 
-	r = matcol(t, env, "backfill", "-c", cfg, "--enrichment", "order_total", "--jobs", "0")
+	r := matcol(t, env, "backfill", "-c", cfg, "--enrichment", "order_total", "--jobs", "0")
 	require.NotZero(t, r.code)
 	require.Contains(t, r.stderr, "--jobs 0: give at least 1")
 	r = matcol(t, env, "backfill", "-c", cfg, "--enrichment", "order_total", "--jobs", "2", "--async")
@@ -116,18 +126,8 @@ func TestBackfillKilledResumesAndFailuresList(t *testing.T) {
 // daemon that took it over) follows its progress, takes it over when that process dies, and
 // reports when the other process finishes it.
 func TestBackfillFollowsAndTakesOver(t *testing.T) {
-	dsn := pgtest.NewDB(t)
-	conn := pgtest.Connect(t, dsn)
+	conn, env, cfg := ordersDB(t, 20000)
 	ctx := context.Background()
-	pgtest.Exec(t, conn, `CREATE TABLE orders (id bigint PRIMARY KEY, total bigint, inv numeric, materialized_at timestamptz);
-		CREATE TABLE line (id bigserial PRIMARY KEY, order_id bigint NOT NULL, cents bigint NOT NULL);
-		CREATE INDEX ON line (order_id);
-		INSERT INTO orders (id, inv, materialized_at) SELECT g, 0, now() FROM generate_series(1, 20000) g;
-		INSERT INTO line (order_id, cents) SELECT 1 + g % 20000, g FROM generate_series(1, 60000) g;`)
-	env := []string{"MATCOL_DATABASE_URL=" + dsn, "MATCOL_STATUS_LISTEN=", "MATCOL_LOG_FORMAT=text"}
-	cfg := writeConfig(t, ordersConfig)
-	r := matcol(t, env, "apply", "-c", cfg)
-	require.Zero(t, r.code, r.stderr)
 	start := func(args ...string) (*exec.Cmd, *lockedBuffer) {
 		cmd := exec.Command(binary, append([]string{"backfill", "-c", cfg, "--enrichment", "order_total"}, args...)...)
 		cmd.Env = append(os.Environ(), env...)
