@@ -101,10 +101,20 @@ var ErrBackfillRunning = errors.New("backfill is running in another process")
 // ErrBackfillEnded means the backfill is no longer queued or running: done, failed or cancelled.
 var ErrBackfillEnded = errors.New("backfill has ended")
 
-// ClaimBackfill takes backfill id, queued or running, when no live process holds it.
-func ClaimBackfill(ctx context.Context, conn *pgx.Conn, spec BackfillSpec, id int64, log hclog.Logger) (*Backfill, error) {
-	return claimBackfill(ctx, conn, spec, id, log)
+// RunningError says which backfill another live process holds, and who took it last.
+type RunningError struct {
+	ID    int64
+	Owner string // application_name and pid; empty when unknown
 }
+
+func (e *RunningError) Error() string {
+	if e.Owner == "" {
+		return fmt.Sprintf("backfill %d: %v", e.ID, ErrBackfillRunning)
+	}
+	return fmt.Sprintf("backfill %d: %v (last taken by %s; matcol status shows its progress)", e.ID, ErrBackfillRunning, e.Owner)
+}
+
+func (e *RunningError) Unwrap() error { return ErrBackfillRunning }
 
 // QueueBackfill records a backfill for a running daemon to take (--async), or returns the one
 // already queued or running for the same enrichments.
@@ -142,22 +152,20 @@ func OpenBackfill(ctx context.Context, conn *pgx.Conn, spec BackfillSpec, restar
 	if err != nil {
 		return nil, err
 	}
-	return claimBackfill(ctx, conn, spec, id, log)
+	return ClaimBackfill(ctx, conn, spec, id, log)
 }
 
-func claimBackfill(ctx context.Context, conn *pgx.Conn, spec BackfillSpec, id int64, log hclog.Logger) (*Backfill, error) {
+// ClaimBackfill takes backfill id, queued or running, when no live process holds it.
+func ClaimBackfill(ctx context.Context, conn *pgx.Conn, spec BackfillSpec, id int64, log hclog.Logger) (*Backfill, error) {
 	var got bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, $2)`, int32(lockBackfill), int32(id)).Scan(&got); err != nil {
 		return nil, err
 	}
 	if !got {
 		// Name the holder: after a kill, a running daemon may have taken the backfill over.
-		var owner *string
-		_ = conn.QueryRow(ctx, `SELECT owner FROM matcol.backfill WHERE id = $1`, id).Scan(&owner)
-		if owner != nil && *owner != "" {
-			return nil, fmt.Errorf("backfill %d: %w (last taken by %s; matcol status shows its progress)", id, ErrBackfillRunning, *owner)
-		}
-		return nil, fmt.Errorf("backfill %d: %w", id, ErrBackfillRunning)
+		e := &RunningError{ID: id}
+		_ = conn.QueryRow(ctx, `SELECT coalesce(owner, '') FROM matcol.backfill WHERE id = $1`, id).Scan(&e.Owner)
+		return nil, e
 	}
 	b := &Backfill{ID: id, spec: spec, conn: conn, log: log}
 	var total *int64
@@ -599,7 +607,7 @@ func runOneQueued(ctx context.Context, connect func(context.Context) (*pgx.Conn,
 		}
 		spec.Where, spec.BatchSize, spec.Rate = x.where, x.batch, x.rate
 		spec.MaxReplicaLag, spec.LatencyFactor = maxLag, latencyFactor
-		b, err := claimBackfill(ctx, conn, spec, x.id, log)
+		b, err := ClaimBackfill(ctx, conn, spec, x.id, log)
 		if errors.Is(err, ErrBackfillRunning) || errors.Is(err, ErrBackfillEnded) {
 			continue
 		}

@@ -78,12 +78,14 @@ and it resumes (--restart starts over). materialized_at is left alone.`,
 					strings.Join(spec.EnrichmentNames(), ", "))
 				return nil
 			}
+			tty := isatty.IsTerminal(os.Stdout.Fd())
 			b, err := materializer.OpenBackfill(ctx, conn, spec, restart, log)
-			if errors.Is(err, materializer.ErrBackfillRunning) {
+			var running *materializer.RunningError
+			if errors.As(err, &running) {
 				// Usually the daemon, which took over a run that was killed: follow it, and take it
 				// over in turn if its process goes away.
 				fmt.Fprintf(out, "%v\nfollowing its progress; interrupting stops following, not the backfill\n", err)
-				b, err = followBackfill(ctx, conn, spec, out, log)
+				b, err = followBackfill(ctx, conn, spec, running.ID, newProgress(out, tty, log, "backfill progress (another process)"))
 				if b == nil || err != nil {
 					return err
 				}
@@ -95,23 +97,13 @@ and it resumes (--restart starts over). materialized_at is left alone.`,
 				verb = "resuming"
 			}
 			fmt.Fprintf(out, "%s backfill %d of %s (%s)\n", verb, b.ID, spec.Target.Table, strings.Join(spec.EnrichmentNames(), ", "))
-			tty := isatty.IsTerminal(os.Stdout.Fd())
-			var last time.Time
 			var final materializer.BackfillProgress
+			show := newProgress(out, tty, log, "backfill progress")
 			err = b.Run(ctx, func(p materializer.BackfillProgress) {
 				final = p
-				switch {
-				case tty:
-					fmt.Fprintf(out, "\r%s", progressBar(p))
-				case time.Since(last) >= 10*time.Second || p.Finished:
-					last = time.Now()
-					log.Info("backfill progress", "backfill", p.ID, "rows", p.Done, "total", p.Total,
-						"rows_per_second", int(p.Rate))
-				}
+				show.report(p)
 			})
-			if tty {
-				fmt.Fprintln(out)
-			}
+			show.end()
 			if err != nil {
 				return err
 			}
@@ -172,30 +164,49 @@ func backfillSpec(p *plan.Plan, enrichment, table string) (materializer.Backfill
 	return materializer.BackfillSpec{}, fmt.Errorf("table %s has no registered enrichment", table)
 }
 
-// followBackfill reports the progress of the backfill of spec that another process runs, once
-// a second, until it ends (nil, nil when it is done) or nobody holds it any more: then it is taken
-// here and returned.
-func followBackfill(ctx context.Context, conn *pgx.Conn, spec materializer.BackfillSpec, out io.Writer, log hclog.Logger) (*materializer.Backfill, error) {
-	tty := isatty.IsTerminal(os.Stdout.Fd())
-	var id int64
-	err := conn.QueryRow(ctx, `SELECT id FROM matcol.backfill WHERE target_id = $1 AND enrichments = $2
-		AND status IN ('queued', 'running')`, spec.Target.ID, spec.EnrichmentNames()).Scan(&id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, errors.New("the backfill ended meanwhile; run the command again to start a new one")
+// progress shows a backfill's progress: a bar redrawn on a terminal, else a log line every 10 s.
+type progress struct {
+	out   io.Writer
+	tty   bool
+	log   hclog.Logger
+	msg   string
+	last  time.Time
+	shown bool
+}
+
+func newProgress(out io.Writer, tty bool, log hclog.Logger, msg string) *progress {
+	return &progress{out: out, tty: tty, log: log, msg: msg}
+}
+
+func (s *progress) report(p materializer.BackfillProgress) {
+	switch {
+	case s.tty:
+		fmt.Fprintf(s.out, "\r%s", progressBar(p))
+		s.shown = true
+	case time.Since(s.last) >= 10*time.Second || p.Finished:
+		s.last = time.Now()
+		s.log.Info(s.msg, "backfill", p.ID, "rows", p.Done, "total", p.Total, "rows_per_second", int(p.Rate))
 	}
-	if err != nil {
-		return nil, err
+}
+
+// end ends the bar's line, so that what follows starts on a line of its own.
+func (s *progress) end() {
+	if s.shown {
+		fmt.Fprintln(s.out)
+		s.shown = false
 	}
+}
+
+// followBackfill shows, once a second, the progress of backfill id that another process runs,
+// until it ends (nil, nil when it is done) or nobody holds it any more: then it is taken here.
+func followBackfill(ctx context.Context, conn *pgx.Conn, spec materializer.BackfillSpec, id int64, show *progress) (*materializer.Backfill, error) {
 	start := time.Now()
-	var last time.Time
 	first := int64(-1)
 	for {
-		b, err := materializer.ClaimBackfill(ctx, conn, spec, id, log)
+		b, err := materializer.ClaimBackfill(ctx, conn, spec, id, show.log)
 		if err == nil {
-			if tty {
-				fmt.Fprintln(out)
-			}
-			fmt.Fprintf(out, "backfill %d: its process went away; continuing here\n", id)
+			show.end()
+			fmt.Fprintf(show.out, "backfill %d: its process went away; continuing here\n", id)
 			return b, nil
 		}
 		if !errors.Is(err, materializer.ErrBackfillRunning) && !errors.Is(err, materializer.ErrBackfillEnded) {
@@ -209,14 +220,13 @@ func followBackfill(ctx context.Context, conn *pgx.Conn, spec materializer.Backf
 			Scan(&status, &done, &total, &failure); err != nil {
 			return nil, err
 		}
-		if status != "queued" && status != "running" && tty {
-			fmt.Fprintln(out)
-		}
 		switch status {
 		case "done":
-			fmt.Fprintf(out, "backfill %d done by another process: %d rows\n", id, done)
+			show.end()
+			fmt.Fprintf(show.out, "backfill %d done by another process: %d rows\n", id, done)
 			return nil, nil
 		case "failed", "cancelled":
+			show.end()
 			msg := ""
 			if failure != nil {
 				msg = ": " + *failure
@@ -233,13 +243,7 @@ func followBackfill(ctx context.Context, conn *pgx.Conn, spec materializer.Backf
 		if total != nil {
 			p.Total = *total
 		}
-		switch {
-		case tty:
-			fmt.Fprintf(out, "\r%s", progressBar(p))
-		case time.Since(last) >= 10*time.Second:
-			last = time.Now()
-			log.Info("backfill progress (another process)", "backfill", id, "rows", p.Done, "total", p.Total)
-		}
+		show.report(p)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
