@@ -5,6 +5,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -31,6 +32,9 @@ type coalescingConn struct {
 	coalesce atomic.Bool
 	long     atomic.Bool // wait coalesceYielding instead of coalesce
 
+	raw   syscall.RawConn // for SO_RCVLOWAT; nil where the socket has none
+	quiet bool            // SO_RCVLOWAT is up: arrivals do not wake the poller
+
 	mu       sync.Mutex
 	deadline time.Time
 	short    time.Time     // when the last read came back short of its buffer; zero after a full one
@@ -38,7 +42,11 @@ type coalescingConn struct {
 }
 
 func newCoalescingConn(c net.Conn) *coalescingConn {
-	return &coalescingConn{Conn: c, moved: make(chan struct{}, 1)}
+	cc := &coalescingConn{Conn: c, moved: make(chan struct{}, 1)}
+	if sc, ok := c.(syscall.Conn); ok {
+		cc.raw, _ = sc.SyscallConn()
+	}
+	return cc
 }
 
 func (c *coalescingConn) SetReadDeadline(t time.Time) error {
@@ -66,10 +74,13 @@ func (c *coalescingConn) setDeadline(t time.Time) {
 }
 
 func (c *coalescingConn) Read(p []byte) (int, error) {
-	if c.coalesce.Load() {
+	on := c.coalesce.Load()
+	if on {
 		if err := c.wait(); err != nil {
 			return 0, err
 		}
+		// Should this read find nothing and park, the next byte must wake it.
+		c.setQuiet(false)
 	}
 	n, err := c.Conn.Read(p)
 	c.mu.Lock()
@@ -79,7 +90,34 @@ func (c *coalescingConn) Read(p []byte) (int, error) {
 		c.short = time.Time{}
 	}
 	c.mu.Unlock()
+	if on && n < len(p) && err == nil {
+		c.setQuiet(true)
+	}
 	return n, err
+}
+
+// quietLowat is the socket's SO_RCVLOWAT while the next read waits out its window. Every segment
+// that arrives otherwise wakes Go's network poller, whether or not a read waits: with the
+// walsender's send per message that was one idle wake-up per message, on the cores the
+// application runs on. The kernel still wakes a reader early when the receive buffer fills.
+const quietLowat = 1 << 20
+
+// setQuiet raises SO_RCVLOWAT for the coalescing window or lowers it back to one byte, where the
+// platform has it (TCP on Linux; elsewhere it changes nothing).
+func (c *coalescingConn) setQuiet(quiet bool) {
+	if c.raw == nil || c.quiet == quiet {
+		return
+	}
+	n := 1
+	if quiet {
+		n = quietLowat
+	}
+	var serr error
+	if err := c.raw.Control(func(fd uintptr) { serr = setRcvLowat(fd, n) }); err != nil || serr != nil {
+		c.raw = nil // not a socket that has it: coalesce by the timer alone
+		return
+	}
+	c.quiet = quiet
 }
 
 // wait sleeps until coalesce (or coalesceYielding) after the last short read, or until the read
