@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/matcol/matcol/daemon"
@@ -198,4 +199,50 @@ func TestNoAckBeforeApply(t *testing.T) {
 		require.True(t, time.Now().Before(deadline), "slot did not advance after the entries landed")
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Invariant 4 across a crash: the listener's inserts commit durably even where the database's
+// default is synchronous_commit = off, so the entries of an acked change survive an immediate
+// restart. With the WAL writer asleep for 10 s, an asynchronous commit would be lost.
+func TestAckedEntriesSurviveCrash(t *testing.T) {
+	c := pgtest.Cluster(t)
+	if c == nil {
+		t.Skip("needs the throwaway cluster")
+	}
+	b := setup(t)
+	ctx := context.Background()
+	_, err := daemon.Apply(ctx, b.cfg, testLogger(t, "apply"))
+	require.NoError(t, err)
+	p, _, err := daemon.LoadPlan(ctx, b.conn)
+	require.NoError(t, err)
+	pgtest.Exec(t, b.conn, `ALTER SYSTEM SET wal_writer_delay = '10s'`)
+	pgtest.Exec(t, b.conn, `SELECT pg_reload_conf()`)
+	t.Cleanup(func() {
+		admin := pgtest.Connect(t, b.dsn)
+		pgtest.Exec(t, admin, `ALTER SYSTEM RESET wal_writer_delay`)
+		pgtest.Exec(t, admin, `SELECT pg_reload_conf()`)
+	})
+	var db string
+	require.NoError(t, b.conn.QueryRow(ctx, `SELECT current_database()`).Scan(&db))
+	pgtest.Exec(t, b.conn, `ALTER DATABASE `+pgx.Identifier{db}.Sanitize()+` SET synchronous_commit = off`)
+
+	stop := runListener(t, b, p, false)
+	waitPending(t, b, "vals IS NULL", len(p.Targets), 20*time.Second) // streaming, first resync done
+	pgtest.Exec(t, b.conn, `UPDATE event SET seat_count = seat_count + 1 WHERE id = 42`)
+	var changeLSN string
+	require.NoError(t, b.conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&changeLSN))
+	w, _ := pglogrepl.ParseLSN(changeLSN)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		confirmed, _ := slotLag(t, b.conn, b.slot)
+		if c, _ := pglogrepl.ParseLSN(confirmed); c >= w {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "slot did not ack the change")
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop()
+	require.NoError(t, c.Restart(ctx, "immediate"))
+	b.conn = pgtest.Connect(t, b.dsn)
+	require.Positive(t, pendingCount(t, b, "vals IS NOT NULL"), "the acked change's entries were lost in the crash")
 }

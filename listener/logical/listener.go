@@ -280,31 +280,33 @@ func (l *Listener) flush(ctx context.Context, conn *pgx.Conn, m *mapper, clearRe
 			vals[i] = &v
 		}
 	}
-	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		// The ack that follows is only sound if this commit is on disk first: with
-		// synchronous_commit off, a crash could keep the slot's new position and lose the entries.
-		if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = on`); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO matcol.pending (target_id, dependency_id, vals)
-			SELECT t, nullif(d, 0), v::jsonb FROM unnest($1::int[], $2::int[], $3::text[]) AS u(t, d, v)`,
-			tids, deps, vals); err != nil {
-			return err
-		}
-		if clearResync {
-			if _, err := tx.Exec(ctx, `DELETE FROM matcol.setting WHERE name = $1`, l.resyncKey()); err != nil {
-				return err
-			}
-		}
-		_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2) FROM matcol.wake WHERE sleeping`, listener.Channel, listener.PayloadQueue)
-		return err
-	})
-	if err != nil {
+	resync := ""
+	if clearResync {
+		resync = l.resyncKey()
+	}
+	// One statement, so one round trip: it commits on its own (an implicit transaction).
+	if _, err := conn.Exec(ctx, flushSQL, tids, deps, vals, resync, listener.Channel, listener.PayloadQueue); err != nil {
 		return fmt.Errorf("queue invalidations: %w", err)
 	}
 	l.Sink.QueueFilled()
 	return nil
 }
+
+// flushSQL queues entries $1-$3, deletes setting $4 (a recorded resync, or empty) and wakes a
+// sleeping daemon. The ack that follows a flush is only sound if its commit is on disk first:
+// with synchronous_commit off, a crash could keep the slot's new position and lose the entries.
+// set_config(…, true) holds until the statement's own transaction ends, commit included; the
+// CTE that calls it is the first one every branch reads.
+const flushSQL = `WITH durable AS MATERIALIZED (SELECT set_config('synchronous_commit', 'on', true) AS sync),
+queued AS (
+	INSERT INTO matcol.pending (target_id, dependency_id, vals)
+	SELECT t, nullif(d, 0), v::jsonb FROM durable, unnest($1::int[], $2::int[], $3::text[]) AS u(t, d, v)
+	RETURNING 1),
+cleared AS (
+	DELETE FROM matcol.setting WHERE name = $4 AND $4 <> '' AND (SELECT sync FROM durable) IS NOT NULL
+	RETURNING 1)
+SELECT pg_notify($5, $6) FROM matcol.wake
+WHERE sleeping AND (SELECT sync FROM durable) IS NOT NULL`
 
 // guard reads the slot and reports whether streaming must stop for a recreate.
 func (l *Listener) guard(ctx context.Context, conn *pgx.Conn) error {
