@@ -41,6 +41,31 @@ func runListener(t *testing.T, b *bundle, p *plan.Plan, noAck bool) (stop func()
 	}
 }
 
+// appliedPlan applies b's config and returns the plan it registered.
+func appliedPlan(t *testing.T, b *bundle) *plan.Plan {
+	t.Helper()
+	ctx := context.Background()
+	_, err := daemon.Apply(ctx, b.cfg, testLogger(t, "apply"))
+	require.NoError(t, err)
+	p, _, err := daemon.LoadPlan(ctx, b.conn)
+	require.NoError(t, err)
+	return p
+}
+
+// waitAcked waits up to 10 s for b's slot to confirm lsn.
+func waitAcked(t *testing.T, b *bundle, lsn pglogrepl.LSN, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		confirmed, _ := slotLag(t, b.conn, b.slot)
+		if c, _ := pglogrepl.ParseLSN(confirmed); c >= lsn {
+			return
+		}
+		require.True(t, time.Now().Before(deadline), msg)
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func pendingCount(t *testing.T, b *bundle, where string) int {
 	var n int
 	require.NoError(t, b.conn.QueryRow(context.Background(), `SELECT count(*) FROM matcol.pending WHERE `+where).Scan(&n))
@@ -166,10 +191,7 @@ func TestTriggerModeRetiresSlot(t *testing.T) {
 func TestNoAckBeforeApply(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
-	_, err := daemon.Apply(ctx, b.cfg, testLogger(t, "apply"))
-	require.NoError(t, err)
-	p, _, err := daemon.LoadPlan(ctx, b.conn)
-	require.NoError(t, err)
+	p := appliedPlan(t, b)
 	stop := runListener(t, b, p, false)
 	defer stop()
 	waitPending(t, b, "vals IS NULL", len(p.Targets), 20*time.Second) // streaming, first resync done
@@ -189,16 +211,7 @@ func TestNoAckBeforeApply(t *testing.T) {
 
 	pgtest.Exec(t, locker, `COMMIT`)
 	waitPending(t, b, "vals IS NOT NULL", 1, 10*time.Second)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		confirmed, _ = slotLag(t, b.conn, b.slot)
-		c, _ = pglogrepl.ParseLSN(confirmed)
-		if c >= w {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "slot did not advance after the entries landed")
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitAcked(t, b, w, "slot did not advance after the entries landed")
 }
 
 // Invariant 4 across a crash: the listener's inserts commit durably even where the database's
@@ -211,10 +224,7 @@ func TestAckedEntriesSurviveCrash(t *testing.T) {
 	}
 	b := setup(t)
 	ctx := context.Background()
-	_, err := daemon.Apply(ctx, b.cfg, testLogger(t, "apply"))
-	require.NoError(t, err)
-	p, _, err := daemon.LoadPlan(ctx, b.conn)
-	require.NoError(t, err)
+	p := appliedPlan(t, b)
 	pgtest.Exec(t, b.conn, `ALTER SYSTEM SET wal_writer_delay = '10s'`)
 	pgtest.Exec(t, b.conn, `SELECT pg_reload_conf()`)
 	t.Cleanup(func() {
@@ -232,15 +242,7 @@ func TestAckedEntriesSurviveCrash(t *testing.T) {
 	var changeLSN string
 	require.NoError(t, b.conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&changeLSN))
 	w, _ := pglogrepl.ParseLSN(changeLSN)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		confirmed, _ := slotLag(t, b.conn, b.slot)
-		if c, _ := pglogrepl.ParseLSN(confirmed); c >= w {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "slot did not ack the change")
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitAcked(t, b, w, "slot did not ack the change")
 	stop()
 	require.NoError(t, c.Restart(ctx, "immediate"))
 	b.conn = pgtest.Connect(t, b.dsn)
