@@ -24,9 +24,9 @@ func main() {
 }
 
 // oneProc runs Go on one processor unless GOMAXPROCS says otherwise. matcol's work is waiting on
-// PostgreSQL; with a second processor the Go scheduler wakes a second thread to look for work on
-// every wake-up from the network, and on a virtual machine those context switches were most of the
-// daemon's CPU on the cores the application runs on (docs/operations.md).
+// PostgreSQL; with a second processor the Go scheduler also wakes a second thread to look for work
+// at wake-ups from the network, context switches that cost the cores the application runs on
+// (docs/operations.md).
 func oneProc() {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
