@@ -80,11 +80,11 @@ func TestProbeReadsLocksOnlyWhileMatcolWorks(t *testing.T) {
 	var db string
 	require.NoError(t, self.QueryRow(ctx, `SELECT current_database()`).Scan(&db))
 	role := "probe_" + strings.TrimPrefix(db, "matcol_test_")
-	pgtest.Exec(t, self, `CREATE ROLE `+role+` LOGIN`)
+	pgtest.Exec(t, self, `CREATE ROLE `+pgx.Identifier{role}.Sanitize()+` LOGIN`)
 	t.Cleanup(func() {
 		c, err := pgx.Connect(context.Background(), dsn)
 		if err == nil {
-			_, _ = c.Exec(context.Background(), `DROP ROLE IF EXISTS `+role)
+			_, _ = c.Exec(context.Background(), `DROP ROLE IF EXISTS `+pgx.Identifier{role}.Sanitize())
 			_ = c.Close(context.Background())
 		}
 	})

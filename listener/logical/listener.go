@@ -280,9 +280,10 @@ func (l *Listener) flush(ctx context.Context, conn *pgx.Conn, m *mapper, clearRe
 			vals[i] = &v
 		}
 	}
-	resync := ""
+	var resync *string // the resync record to remove, if any
 	if clearResync {
-		resync = l.resyncKey()
+		k := l.resyncKey()
+		resync = &k
 	}
 	// One statement, so one round trip: it commits on its own (an implicit transaction).
 	if _, err := conn.Exec(ctx, flushSQL, tids, deps, vals, resync, listener.Channel, listener.PayloadQueue); err != nil {
@@ -292,7 +293,7 @@ func (l *Listener) flush(ctx context.Context, conn *pgx.Conn, m *mapper, clearRe
 	return nil
 }
 
-// flushSQL queues entries $1-$3, deletes setting $4 (a recorded resync, or empty) and wakes a
+// flushSQL queues entries $1-$3, deletes setting $4 (a recorded resync; NULL names none) and wakes a
 // sleeping daemon. The ack that follows a flush is only sound if its commit is on disk first:
 // with synchronous_commit off, a crash could keep the slot's new position and lose the entries.
 // set_config(…, true) holds until the statement's own transaction ends, commit included; the
@@ -303,7 +304,7 @@ queued AS (
 	SELECT t, nullif(d, 0), v::jsonb FROM durable, unnest($1::int[], $2::int[], $3::text[]) AS u(t, d, v)
 	RETURNING 1),
 cleared AS (
-	DELETE FROM matcol.setting WHERE name = $4 AND $4 <> '' AND (SELECT sync FROM durable) IS NOT NULL
+	DELETE FROM matcol.setting WHERE name = $4::text AND (SELECT sync FROM durable) IS NOT NULL
 	RETURNING 1)
 SELECT pg_notify($5, $6) FROM matcol.wake
 WHERE sleeping AND (SELECT sync FROM durable) IS NOT NULL`
