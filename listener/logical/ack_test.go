@@ -90,12 +90,7 @@ func waitPending(t *testing.T, b *bundle, where string, atLeast int, within time
 // listener receives the same changes again (at least once), and the end state is fresh.
 func TestCrashBetweenApplyAndAck(t *testing.T) {
 	b := setup(t)
-	ctx := context.Background()
-	_, err := daemon.Apply(ctx, b.cfg, testLogger(t, "apply"))
-	require.NoError(t, err)
-	pool := pgtest.Connect(t, b.dsn)
-	p, _, err := daemon.LoadPlan(ctx, pool)
-	require.NoError(t, err)
+	p := appliedPlan(t, b)
 
 	stop := runListener(t, b, p, true)
 	waitSlot(t, b.conn, b.slot, 20*time.Second)
@@ -195,6 +190,10 @@ func TestNoAckBeforeApply(t *testing.T) {
 	stop := runListener(t, b, p, false)
 	defer stop()
 	waitPending(t, b, "vals IS NULL", len(p.Targets), 20*time.Second) // streaming, first resync done
+	var marked bool
+	require.NoError(t, b.conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM matcol.setting WHERE name = $1)`,
+		"logical.resync."+b.slot).Scan(&marked))
+	require.False(t, marked, "the resync's record goes with the commit that queues it")
 	time.Sleep(1500 * time.Millisecond)
 
 	locker := pgtest.Connect(t, b.dsn)
