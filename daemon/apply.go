@@ -171,8 +171,11 @@ func apply(ctx context.Context, cfg *config.Config, log hclog.Logger, explain bo
 				rep.Unregistered = append(rep.Unregistered, t.Name)
 			}
 		}
-		// New tenants of a template, and new partitions of a partitioned source, are heard at once.
-		if rep.DDLTrigger, err = trigger.SyncDDLTrigger(ctx, tx, len(rep.Plan.Templates) > 0 || slices.ContainsFunc(rep.Plan.Sources, (*plan.Source).Partitioned)); err != nil {
+		// New tenants of a template, and new partitions of a partitioned source or target, are
+		// heard at once.
+		if rep.DDLTrigger, err = trigger.SyncDDLTrigger(ctx, tx, len(rep.Plan.Templates) > 0 ||
+			slices.ContainsFunc(rep.Plan.Sources, (*plan.Source).Partitioned) ||
+			slices.ContainsFunc(rep.Plan.Targets, (*plan.Target).Partitioned)); err != nil {
 			return err
 		}
 		if cfg.Invalidation.Mode == "logical" {

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/matcol/matcol/internal/pgtest"
 )
 
@@ -82,5 +84,62 @@ func waitFor(t *testing.T, within time.Duration, what string, ok func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no %s after %s", what, within)
 		}
+	}
+}
+
+const partTargetSchema = `
+CREATE TABLE acct (id bigint PRIMARY KEY, total bigint, materialized_at timestamptz) PARTITION BY RANGE (id);
+CREATE INDEX ON acct (id) WHERE materialized_at IS NULL;
+CREATE TABLE acct_1 PARTITION OF acct FOR VALUES FROM (0) TO (1000);
+CREATE TABLE tx (id bigserial PRIMARY KEY, acct_id bigint NOT NULL, amount bigint NOT NULL);
+INSERT INTO acct (id) SELECT generate_series(1, 50);
+INSERT INTO tx (acct_id, amount) SELECT 1 + g % 60, g FROM generate_series(1, 600) g;
+INSERT INTO tx (acct_id, amount) SELECT 1000 + g % 10, g FROM generate_series(1, 100) g;
+`
+
+const partTargetConfig = `
+enrichments:
+  - name: acct_total
+    table: public.acct
+    columns: [total]
+    sql: SELECT a.id, (SELECT sum(amount) FROM tx WHERE tx.acct_id = a.id)::bigint AS total FROM acct a WHERE a.id = ANY($1)
+    depends_on: [{table: public.tx, columns: [acct_id]}]
+`
+
+// Rows that arrive with a partition attached to a partitioned target carry whatever they were
+// stamped with elsewhere, and no trigger or WAL record reports them: the daemon queues the keys
+// of a partition that arrives with rows. Detached, a partition's rows miss every change; attached
+// again, they are recomputed too. A partition created empty queues nothing.
+func TestPartitionedTargetAttachWithRows(t *testing.T) {
+	for _, mode := range []string{"trigger", "logical"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			dsn := pgtest.NewDB(t)
+			conn := pgtest.Connect(t, dsn)
+			pgtest.Exec(t, conn, partTargetSchema)
+			cfg := configFor(t, dsn, mode, partTargetConfig)
+			startDaemon(t, cfg)
+			waitExactTables(t, dsn, []string{"acct"}, 30*time.Second)
+
+			pgtest.Exec(t, conn, `CREATE TABLE acct_2 (LIKE acct INCLUDING ALL);
+				INSERT INTO acct_2 SELECT g, -1, now() FROM generate_series(1000, 1009) g;
+				ALTER TABLE acct ATTACH PARTITION acct_2 FOR VALUES FROM (1000) TO (2000)`)
+			waitExactTables(t, dsn, []string{"acct"}, 20*time.Second)
+
+			pgtest.Exec(t, conn, `ALTER TABLE acct DETACH PARTITION acct_1`)
+			pgtest.Exec(t, conn, `UPDATE tx SET amount = amount + 100 WHERE acct_id IN (5, 6)`)
+			waitExactTables(t, dsn, []string{"acct"}, 20*time.Second)
+			pgtest.Exec(t, conn, `ALTER TABLE acct ATTACH PARTITION acct_1 FOR VALUES FROM (0) TO (1000)`)
+			waitExactTables(t, dsn, []string{"acct"}, 20*time.Second)
+			var same bool
+			require.NoError(t, conn.QueryRow(ctx, `SELECT total = (SELECT sum(amount) FROM tx WHERE acct_id = 5) FROM acct WHERE id = 5`).Scan(&same))
+			require.True(t, same, "the change made while acct_1 was detached")
+
+			pgtest.Exec(t, conn, `CREATE TABLE acct_3 PARTITION OF acct FOR VALUES FROM (2000) TO (3000)`)
+			time.Sleep(2 * time.Second)
+			var queued int
+			require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM matcol.pending`).Scan(&queued))
+			require.Zero(t, queued, "an empty partition queues nothing")
+		})
 	}
 }

@@ -263,7 +263,7 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 	// What the partitions are now, so that one attached or detached before the first rescan
 	// counts as a change.
 	if conn, err := dial.Connect(ctx, d.cfg.DatabaseURL, "rescan"); err == nil {
-		st.partitions, _ = sourcePartitions(ctx, conn, d.Mat.Plan())
+		st.partitions, _ = partitionTrees(ctx, conn, d.Mat.Plan())
 		conn.Close(context.WithoutCancel(ctx))
 	}
 	tick := time.NewTicker(d.cfg.Materializer.RescanInterval)
@@ -297,10 +297,10 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 }
 
 // rescanState is what the last rescan saw: the catalog probe, the plan's fingerprint and the
-// partitions of its partitioned sources.
+// partitions of its partitioned sources and targets.
 type rescanState struct {
 	probe, fingerprint string
-	partitions         map[uint32]string // per partitioned source, nil before the first rescan
+	partitions         map[uint32][]string // per partitioned source or target, nil before the first rescan
 }
 
 // rescan reads the registry and the catalog and applies a changed plan. Catalog reads over
@@ -326,18 +326,21 @@ func (d *Daemon) rescan(ctx context.Context, forced bool, st *rescanState) error
 	}
 	st.probe = probe
 	fp := fingerprint(p)
-	parts, err := sourcePartitions(ctx, conn, p)
+	parts, err := partitionTrees(ctx, conn, p)
 	if err != nil {
 		return err
 	}
-	partsChanged := !maps.Equal(parts, st.partitions)
+	partsChanged := !maps.EqualFunc(parts, st.partitions, slices.Equal)
 	if fp == st.fingerprint && !partsChanged {
 		return nil
 	}
 	if partsChanged && st.partitions != nil {
-		// A partition attached with rows, detached or dropped changes what the source holds
-		// without a row change that a trigger or the WAL would report.
+		// A partition attached with rows, detached or dropped changes what a source or target
+		// holds without a row change that a trigger or the WAL would report.
 		if err := invalidatePartitioned(ctx, conn, p, st.partitions, parts, d.log); err != nil {
+			return err
+		}
+		if err := queueArrivedRows(ctx, conn, p, st.partitions, parts, d.log); err != nil {
 			return err
 		}
 	}
@@ -358,49 +361,6 @@ func (d *Daemon) rescan(ctx context.Context, forced bool, st *rescanState) error
 	if fp != st.fingerprint {
 		d.Mat.SetPlan(p)
 		st.fingerprint = fp
-	}
-	return nil
-}
-
-// sourcePartitions fingerprints the partitions of each of p's partitioned sources.
-func sourcePartitions(ctx context.Context, q discovery.Querier, p *plan.Plan) (map[uint32]string, error) {
-	out := map[uint32]string{}
-	for _, s := range p.Sources {
-		if !s.Partitioned() {
-			continue
-		}
-		parts, err := discovery.Partitions(ctx, q, s.OID)
-		if err != nil {
-			return nil, err
-		}
-		b, _ := json.Marshal(parts)
-		sum := sha256.Sum256(b)
-		out[s.OID] = hex.EncodeToString(sum[:])
-	}
-	return out, nil
-}
-
-// invalidatePartitioned queues "every row" of the targets of each partitioned source whose
-// partitions changed between was and now.
-func invalidatePartitioned(ctx context.Context, conn *pgx.Conn, p *plan.Plan, was, now map[uint32]string, log hclog.Logger) error {
-	for _, s := range p.Sources {
-		h, ok := now[s.OID]
-		if !ok || was[s.OID] == h {
-			continue
-		}
-		if _, known := was[s.OID]; !known {
-			continue // a source new to the plan: its registration started from every row
-		}
-		var ids []int32
-		for _, dep := range s.Deps {
-			if !slices.Contains(ids, int32(dep.Target.ID)) {
-				ids = append(ids, int32(dep.Target.ID))
-			}
-		}
-		if _, err := conn.Exec(ctx, `SELECT matcol.enqueue_all($1::int[])`, ids); err != nil {
-			return fmt.Errorf("invalidate the targets of %s after its partitions changed: %w", s.Table, err)
-		}
-		log.Info("partitions of a source changed; recomputing every row of its targets", "source", s.Table.String(), "targets", len(ids))
 	}
 	return nil
 }
@@ -447,8 +407,8 @@ func (d *Daemon) probe(ctx context.Context, conn *pgx.Conn) (string, error) {
 		if err != nil {
 			return err
 		}
-		// Without the DDL event trigger, a new partition of a source shows only here.
-		parts, err := sourcePartitions(ctx, tx, d.Mat.Plan())
+		// Without the DDL event trigger, a new partition of a source or target shows only here.
+		parts, err := partitionTrees(ctx, tx, d.Mat.Plan())
 		if err != nil {
 			return err
 		}

@@ -93,6 +93,9 @@ type Source struct {
 // Partitioned reports a partitioned table, whose rows live in its partitions.
 func (s *Source) Partitioned() bool { return s.Relation.Kind == 'p' }
 
+// Partitioned reports a partitioned target, whose rows live in its partitions.
+func (t *Target) Partitioned() bool { return t.Relation != nil && t.Relation.Kind == 'p' }
+
 // Dep is one dependency of an enrichment on a source.
 type Dep struct {
 	registry.Dependency

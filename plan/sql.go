@@ -342,6 +342,14 @@ func RangeCountSQL(t *Target) string {
 	return fmt.Sprintf("SELECT count(*) FROM %s AS %s WHERE %s", t.Table.Sanitize(), aliasTarget, rangeCond(t, aliasTarget, ""))
 }
 
+// QueueWhereSQL queues, as direct invalidations of target $1, the keys of t's rows that satisfy
+// cond: a partition's constraint as PostgreSQL renders it (pg_get_partition_constraintdef), over
+// columns every partition shares with t, so that the planner reads only that partition.
+func QueueWhereSQL(t *Target, cond string) string {
+	return fmt.Sprintf("INSERT INTO matcol.pending (target_id, vals) SELECT $1, pg_catalog.jsonb_build_array(%s) FROM %s AS %s WHERE %s",
+		keyTexts(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, cond)
+}
+
 // RequeueKeysSQL queues the keys in $2 (JSON arrays of key values, as text) of target $1 as
 // direct invalidations, for rows a pass could not take.
 const RequeueKeysSQL = `INSERT INTO matcol.pending (target_id, vals) SELECT $1, v::jsonb FROM unnest($2::text[]) AS v`
