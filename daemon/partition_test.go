@@ -143,3 +143,21 @@ func TestPartitionedTargetAttachWithRows(t *testing.T) {
 		})
 	}
 }
+
+// A partition attached while no daemon runs is compared with what the last daemon saw, which it
+// recorded, not with what the next one first sees.
+func TestPartitionAttachedWhileDaemonDown(t *testing.T) {
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	pgtest.Exec(t, conn, partTargetSchema)
+	cfg := configFor(t, dsn, "trigger", partTargetConfig)
+	_, stop := startStoppableDaemon(t, cfg)
+	waitExactTables(t, dsn, []string{"acct"}, 30*time.Second)
+	stop()
+
+	pgtest.Exec(t, conn, `CREATE TABLE acct_2 (LIKE acct INCLUDING ALL);
+		INSERT INTO acct_2 SELECT g, -1, now() FROM generate_series(1000, 1009) g;
+		ALTER TABLE acct ATTACH PARTITION acct_2 FOR VALUES FROM (1000) TO (2000)`)
+	startDaemon(t, cfg)
+	waitExactTables(t, dsn, []string{"acct"}, 20*time.Second)
+}

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -138,6 +140,39 @@ func queueArrivedRows(ctx context.Context, conn *pgx.Conn, p *plan.Plan, was, no
 			log.Info("a partition came into a target with rows; queued their keys", "table", t.Table.String(),
 				"partition", part.name, "rows", tag.RowsAffected())
 		}
+	}
+	return nil
+}
+
+// partitionsKey names the matcol.setting row that keeps the partitions the last rescan saw.
+const partitionsKey = "partitions"
+
+// savedPartitions reads the partitions the last rescan of any daemon saw; nil when none did.
+func savedPartitions(ctx context.Context, q discovery.Querier) (map[uint32][]string, error) {
+	var b []byte
+	err := q.QueryRow(ctx, `SELECT value FROM matcol.setting WHERE name = $1`, partitionsKey).Scan(&b)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the partitions last seen: %w", err)
+	}
+	var out map[uint32][]string
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, fmt.Errorf("read the partitions last seen: %w", err)
+	}
+	return out, nil
+}
+
+// savePartitions records parts as the partitions last seen, after what they changed is queued.
+func savePartitions(ctx context.Context, conn *pgx.Conn, parts map[uint32][]string) error {
+	b, err := json.Marshal(parts)
+	if err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO matcol.setting (name, value) VALUES ($1, $2::jsonb)
+		ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = now()`, partitionsKey, string(b)); err != nil {
+		return fmt.Errorf("record the partitions seen: %w", err)
 	}
 	return nil
 }

@@ -260,10 +260,14 @@ func (d *Daemon) Wait(ctx context.Context) error {
 // event trigger or a vanished table says the catalog moved.
 func (d *Daemon) rescanLoop(ctx context.Context) {
 	st := rescanState{fingerprint: fingerprint(d.Mat.Plan())}
-	// What the partitions are now, so that one attached or detached before the first rescan
-	// counts as a change.
+	// What the partitions were at the last look of any daemon, so that one attached or
+	// detached while none ran counts as a change; without that record, what they are now.
 	if conn, err := dial.Connect(ctx, d.cfg.DatabaseURL, "rescan"); err == nil {
-		st.partitions, _ = partitionTrees(ctx, conn, d.Mat.Plan())
+		if st.partitions, err = savedPartitions(ctx, conn); err == nil && st.partitions != nil {
+			d.RescanNow()
+		} else if st.partitions, err = partitionTrees(ctx, conn, d.Mat.Plan()); err == nil {
+			_ = savePartitions(ctx, conn, st.partitions) // else the next change records them
+		}
 		conn.Close(context.WithoutCancel(ctx))
 	}
 	tick := time.NewTicker(d.cfg.Materializer.RescanInterval)
@@ -341,6 +345,11 @@ func (d *Daemon) rescan(ctx context.Context, forced bool, st *rescanState) error
 			return err
 		}
 		if err := queueArrivedRows(ctx, conn, p, st.partitions, parts, d.log); err != nil {
+			return err
+		}
+	}
+	if partsChanged {
+		if err := savePartitions(ctx, conn, parts); err != nil {
 			return err
 		}
 	}
