@@ -117,6 +117,10 @@ func Load(ctx context.Context, q interface {
 // Changes summarises what Sync did.
 type Changes struct {
 	Added, Updated, Removed []string
+	// Backfill are the enrichments whose columns in rows stamped before keep values their
+	// current sql did not compute: its sql or columns changed, or it was added to a table that
+	// other enrichments already keep. Those rows are right again after matcol backfill.
+	Backfill []string
 }
 
 // Sync makes the registry hold exactly defs: new ones are added, changed ones updated, missing ones
@@ -176,8 +180,14 @@ func Sync(ctx context.Context, tx pgx.Tx, defs []Enrichment) (Changes, error) {
 		switch {
 		case !had:
 			ch.Added = append(ch.Added, d.Name)
+			if slices.ContainsFunc(existing, func(e Enrichment) bool { return e.Target == d.Target }) {
+				ch.Backfill = append(ch.Backfill, d.Name)
+			}
 		case tag.RowsAffected() > 0 || !depsEqual(old.DependsOn, d.DependsOn):
 			ch.Updated = append(ch.Updated, d.Name)
+			if old.SQL != d.SQL || !slices.Equal(old.Columns, d.Columns) {
+				ch.Backfill = append(ch.Backfill, d.Name)
+			}
 		}
 	}
 	for _, e := range existing {

@@ -13,6 +13,7 @@ import (
 	"github.com/matcol/matcol/config"
 	"github.com/matcol/matcol/daemon"
 	"github.com/matcol/matcol/internal/dial"
+	"github.com/matcol/matcol/plan"
 	"github.com/matcol/matcol/registry"
 	"github.com/matcol/matcol/verify"
 )
@@ -84,6 +85,10 @@ func newApply(g *globals) *cobra.Command {
 			}
 			for _, n := range rep.Changes.Removed {
 				fmt.Fprintf(out, "removed enrichment %s\n", n)
+			}
+			for _, n := range rep.Changes.Backfill {
+				fmt.Fprintf(out, "enrichment %s: rows stamped before this apply keep the values of its previous definition until a backfill: %s\n",
+					n, backfillHint(rep.Plan, n))
 			}
 			for _, c := range rep.Triggers {
 				fmt.Fprintf(out, "%s on %s\n", c.Action, c.Table)
@@ -233,4 +238,18 @@ func (g *globals) loadDB(cmd *cobra.Command) (*config.Config, error) {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// backfillHint is the command that brings the rows stamped before an apply up to enrichment
+// name's definition.
+func backfillHint(p *plan.Plan, name string) string {
+	cmd := "matcol backfill --enrichment " + name
+	for _, t := range p.Targets {
+		for _, e := range t.Enrichments {
+			if e.Name == name && e.Schema != "" {
+				return cmd + " --table " + t.Table.String() + ", and so for each table of the template"
+			}
+		}
+	}
+	return cmd + " (--async: by the running daemon)"
 }

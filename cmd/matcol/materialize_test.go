@@ -168,3 +168,37 @@ func TestBackfillFollowsAndTakesOver(t *testing.T) {
 	require.Contains(t, out.String(), "following its progress")
 	require.Regexp(t, `backfill \d+ done by another process: 20000 rows`, out.String())
 }
+
+// apply names the backfill that brings rows stamped before it up to a changed definition: a new
+// sql, or an enrichment added to a table others already keep; not a change of settings, nor a
+// table registered for the first time.
+func TestApplyNamesTheBackfillsItLeaves(t *testing.T) {
+	conn, env, _ := ordersDB(t, 10)
+	hint := func(out, name string) bool {
+		return strings.Contains(out, "enrichment "+name+": rows stamped before this apply keep the values of its previous definition until a backfill: matcol backfill --enrichment "+name)
+	}
+
+	settings := strings.Replace(ordersConfig, "    table: orders\n    columns: [inv]", "    table: orders\n    batch_size: 7\n    columns: [inv]", 1)
+	r := matcol(t, env, "apply", "-c", writeConfig(t, settings))
+	require.Zero(t, r.code, r.stderr)
+	require.Contains(t, r.stdout, "updated enrichment order_inverse")
+	require.NotContains(t, r.stdout, "rows stamped before", "a setting changes no value")
+
+	changed := strings.Replace(settings, "::bigint AS total", "::bigint + 0 AS total", 1)
+	r = matcol(t, env, "apply", "-c", writeConfig(t, changed))
+	require.Zero(t, r.code, r.stderr)
+	require.True(t, hint(r.stdout, "order_total"), r.stdout)
+	require.False(t, hint(r.stdout, "order_inverse"), r.stdout)
+
+	added := changed + `  - name: order_lines
+    table: orders
+    columns: [lines]
+    sql: SELECT o.id, (SELECT count(*) FROM line l WHERE l.order_id = o.id) AS lines FROM orders o WHERE o.id = ANY($1)
+    depends_on: [{table: line, columns: [order_id]}]
+`
+	pgtest.Exec(t, conn, `ALTER TABLE orders ADD COLUMN lines bigint`)
+	r = matcol(t, env, "apply", "-c", writeConfig(t, added))
+	require.Zero(t, r.code, r.stderr)
+	require.True(t, hint(r.stdout, "order_lines"), r.stdout)
+	require.False(t, hint(r.stdout, "order_total"), r.stdout)
+}
