@@ -121,9 +121,10 @@ func TestPartitionedTargetAttachWithRows(t *testing.T) {
 			startDaemon(t, cfg)
 			waitExactTables(t, dsn, []string{"acct"}, 30*time.Second)
 
+			// More rows than one statement queues.
 			pgtest.Exec(t, conn, `CREATE TABLE acct_2 (LIKE acct INCLUDING ALL);
-				INSERT INTO acct_2 SELECT g, -1, now() FROM generate_series(1000, 1009) g;
-				ALTER TABLE acct ATTACH PARTITION acct_2 FOR VALUES FROM (1000) TO (2000)`)
+				INSERT INTO acct_2 SELECT g, -1, now() FROM generate_series(1000, 13000) g;
+				ALTER TABLE acct ATTACH PARTITION acct_2 FOR VALUES FROM (1000) TO (20000)`)
 			waitExactTables(t, dsn, []string{"acct"}, 20*time.Second)
 
 			pgtest.Exec(t, conn, `ALTER TABLE acct DETACH PARTITION acct_1`)
@@ -135,7 +136,7 @@ func TestPartitionedTargetAttachWithRows(t *testing.T) {
 			require.NoError(t, conn.QueryRow(ctx, `SELECT total = (SELECT sum(amount) FROM tx WHERE acct_id = 5) FROM acct WHERE id = 5`).Scan(&same))
 			require.True(t, same, "the change made while acct_1 was detached")
 
-			pgtest.Exec(t, conn, `CREATE TABLE acct_3 PARTITION OF acct FOR VALUES FROM (2000) TO (3000)`)
+			pgtest.Exec(t, conn, `CREATE TABLE acct_3 PARTITION OF acct FOR VALUES FROM (20000) TO (30000)`)
 			time.Sleep(2 * time.Second)
 			var queued int
 			require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM matcol.pending`).Scan(&queued))

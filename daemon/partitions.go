@@ -133,15 +133,59 @@ func queueArrivedRows(ctx context.Context, conn *pgx.Conn, p *plan.Plan, was, no
 			return fmt.Errorf("read the partitions attached to %s: %w", t.Table, err)
 		}
 		for _, part := range full {
-			tag, err := conn.Exec(ctx, plan.QueueWhereSQL(t, part.cond), t.ID)
+			n, err := queueKeysWhere(ctx, conn, t, part.cond)
 			if err != nil {
 				return fmt.Errorf("queue the rows of partition %s attached to %s: %w", part.name, t.Table, err)
 			}
 			log.Info("a partition came into a target with rows; queued their keys", "table", t.Table.String(),
-				"partition", part.name, "rows", tag.RowsAffected())
+				"partition", part.name, "rows", n)
 		}
 	}
 	return nil
+}
+
+// arrivedChunk is how many keys one statement queues: each commits on its own, so none holds
+// a snapshot long, however many rows a partition brings.
+const arrivedChunk = 10000
+
+// queueKeysWhere queues, as direct invalidations, the keys of t's rows that satisfy cond (a
+// partition's constraint as PostgreSQL renders it, over columns every partition shares with t,
+// so that the planner reads only that partition), in key order, a chunk at a time.
+func queueKeysWhere(ctx context.Context, conn *pgx.Conn, t *plan.Target, cond string) (int, error) {
+	sql, width := plan.NextKeysSQL(t, cond), len(t.Key)
+	args := make([]any, width+2)
+	args[width], args[width+1] = false, arrivedChunk
+	total := 0
+	for {
+		keys, err := plan.CollectKeys(ctx, conn, sql, width, args...)
+		if err != nil {
+			return total, err
+		}
+		n := len(keys[0])
+		if n == 0 {
+			return total, nil
+		}
+		vals := make([]string, n)
+		row := make([]*string, width)
+		for i := range vals {
+			for c := range row {
+				row[c] = keys[c][i]
+			}
+			b, _ := json.Marshal(row)
+			vals[i] = string(b)
+		}
+		if _, err := conn.Exec(ctx, plan.RequeueKeysSQL, t.ID, vals); err != nil {
+			return total, err
+		}
+		total += n
+		if n < arrivedChunk {
+			return total, nil
+		}
+		for c := range row {
+			args[c] = *keys[c][n-1]
+		}
+		args[width] = true
+	}
 }
 
 // partitionsKey names the matcol.setting row that keeps the partitions the last rescan saw.

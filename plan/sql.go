@@ -165,7 +165,7 @@ func KeysWithStampSQL(t *Target) string {
 
 // NextKeysSQL returns, in key order, the keys after the cursor ($1..$n as text, or all rows when
 // $n+1 is false), at most $n+2 of them. Apply's sample, verify and whole-table invalidation walk
-// the table with it.
+// the table with it, and the daemon the rows a partition brings into a target.
 func NextKeysSQL(t *Target, where string) string {
 	cursor := make([]string, len(t.Key))
 	for i, k := range t.Key {
@@ -342,16 +342,8 @@ func RangeCountSQL(t *Target) string {
 	return fmt.Sprintf("SELECT count(*) FROM %s AS %s WHERE %s", t.Table.Sanitize(), aliasTarget, rangeCond(t, aliasTarget, ""))
 }
 
-// QueueWhereSQL queues, as direct invalidations of target $1, the keys of t's rows that satisfy
-// cond: a partition's constraint as PostgreSQL renders it (pg_get_partition_constraintdef), over
-// columns every partition shares with t, so that the planner reads only that partition.
-func QueueWhereSQL(t *Target, cond string) string {
-	return fmt.Sprintf("INSERT INTO matcol.pending (target_id, vals) SELECT $1, pg_catalog.jsonb_build_array(%s) FROM %s AS %s WHERE %s",
-		keyTexts(t.Key, aliasTarget), t.Table.Sanitize(), aliasTarget, cond)
-}
-
 // RequeueKeysSQL queues the keys in $2 (JSON arrays of key values, as text) of target $1 as
-// direct invalidations, for rows a pass could not take.
+// direct invalidations: rows a pass could not take, rows a partition brought in.
 const RequeueKeysSQL = `INSERT INTO matcol.pending (target_id, vals) SELECT $1, v::jsonb FROM unnest($2::text[]) AS v`
 
 // ArrayLiteral renders values as a PostgreSQL array literal ({"a","b",NULL}), for parameters whose
