@@ -2,6 +2,9 @@ package daemon_test
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
@@ -161,4 +164,68 @@ func TestPartitionAttachedWhileDaemonDown(t *testing.T) {
 		ALTER TABLE acct ATTACH PARTITION acct_2 FOR VALUES FROM (1000) TO (2000)`)
 	startDaemon(t, cfg)
 	waitExactTables(t, dsn, []string{"acct"}, 20*time.Second)
+}
+
+// Writers change a partitioned target's sources while its partitions are detached and attached
+// again, and new ones arrive with rows stamped elsewhere; when the writes stop every row is right.
+func TestPartitionedTargetUnderWritersAndAttaches(t *testing.T) {
+	for _, mode := range []string{"trigger", "logical"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			dsn := pgtest.NewDB(t)
+			conn := pgtest.Connect(t, dsn)
+			pgtest.Exec(t, conn, partTargetSchema)
+			cfg := configFor(t, dsn, mode, partTargetConfig)
+			cfg.Materializer.BatchSize = 20
+			startDaemon(t, cfg)
+			waitExactTables(t, dsn, []string{"acct"}, 30*time.Second)
+
+			wctx, stop := context.WithTimeout(ctx, 6*time.Second)
+			defer stop()
+			var wg sync.WaitGroup
+			for i := 0; i < 3; i++ {
+				wg.Add(1)
+				go func(seed uint64) {
+					defer wg.Done()
+					wc := pgtest.Connect(t, dsn)
+					r := rand.New(rand.NewPCG(seed, 7))
+					for wctx.Err() == nil {
+						acct := 1 + r.IntN(60)
+						if r.IntN(2) == 0 {
+							acct = 1000 + 100*r.IntN(4) + r.IntN(10)
+						}
+						var err error
+						switch r.IntN(3) {
+						case 0:
+							_, err = wc.Exec(wctx, `INSERT INTO tx (acct_id, amount) VALUES ($1, $2)`, acct, r.IntN(100))
+						case 1:
+							_, err = wc.Exec(wctx, `UPDATE tx SET amount = amount + 1 WHERE acct_id = $1`, acct)
+						default:
+							_, err = wc.Exec(wctx, `DELETE FROM tx WHERE id = (SELECT min(id) FROM tx WHERE acct_id = $1)`, acct)
+						}
+						if err != nil && wctx.Err() == nil {
+							t.Errorf("write: %v", err)
+							return
+						}
+					}
+				}(uint64(i))
+			}
+			for n := 0; wctx.Err() == nil; n++ {
+				pgtest.Exec(t, conn, `ALTER TABLE acct DETACH PARTITION acct_1`)
+				time.Sleep(time.Duration(100*(n%4)) * time.Millisecond)
+				pgtest.Exec(t, conn, `ALTER TABLE acct ATTACH PARTITION acct_1 FOR VALUES FROM (0) TO (1000)`)
+				if n < 4 {
+					lo := 1000 + 100*n
+					// Rows the writers name, and rows nothing but the attach brings to matcol.
+					pgtest.Exec(t, conn, fmt.Sprintf(`CREATE TABLE acct_%[1]d (LIKE acct INCLUDING ALL);
+						INSERT INTO acct_%[1]d SELECT g, -1, now() FROM generate_series(%[1]d, %[1]d + 9) g;
+						INSERT INTO acct_%[1]d SELECT g, -1, now() FROM generate_series(%[1]d + 50, %[1]d + 59) g;
+						ALTER TABLE acct ATTACH PARTITION acct_%[1]d FOR VALUES FROM (%[1]d) TO (%[2]d)`, lo, lo+100))
+				}
+				time.Sleep(300 * time.Millisecond)
+			}
+			wg.Wait()
+			waitExactTables(t, dsn, []string{"acct"}, 60*time.Second)
+		})
+	}
 }
