@@ -27,8 +27,8 @@ type Config struct {
 	// TableWorkers caps the concurrent batches of one table's backlog once it has lasted
 	// RampAfter; 0 leaves it at Workers.
 	TableWorkers int
-	// RampAfter is how long one worker has a table's backlog to itself. Defaults to rampBatches
-	// times TargetBatchDuration.
+	// RampAfter is how long one worker has a table's backlog to itself; 0, the default, lets up
+	// to TableWorkers share it from its first batch (see tableCap).
 	RampAfter time.Duration
 	// BatchSize is the starting rows per batch. Defaults to 500.
 	BatchSize int
@@ -74,9 +74,6 @@ func (c *Config) defaults() {
 	}
 	if c.TargetBatchDuration <= 0 {
 		c.TargetBatchDuration = 100 * time.Millisecond
-	}
-	if c.RampAfter <= 0 {
-		c.RampAfter = rampBatches * c.TargetBatchDuration
 	}
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = 5 * time.Second
@@ -436,15 +433,14 @@ func (m *Materializer) next() *target {
 	return t
 }
 
-// rampBatches is how many batches' time (target_batch_duration each) one worker has a table's
-// backlog to itself (Config.RampAfter). A burst that one backend works off in that time runs
-// faster there than spread over several, each of which first faults in the shared memory the
-// change touched; a longer backlog gets up to TableWorkers. On two cores, a 1% change of 200k
-// rows caught up at 0.9-1.05x the set-based UPDATE with one worker and 0.5-0.7x with two or
-// four, while a 30% change ran at 0.75x with one and 0.95x with two (docs/benchmarks.md).
-const rampBatches = 5
-
-// tableCap is how many batches of t may run at once.
+// tableCap is how many batches of t may run at once: for a backlog, up to TableWorkers from its
+// first batch (after RampAfter when set). One worker alone for a backlog's first five batches'
+// time, the default before, kept a burst on one backend, which wins when that backend has mapped
+// the pages the change touched already, as when the same rows change twice; rows no worker has
+// touched are as cold for one backend as for two, and two on two cores share the page faults. On
+// the catch-up bench, a 1% change of 200k rows, first runs: 339-369 ms with one worker, 290-328
+// ms with two (0.45-0.53x and 0.54-0.63x the set-based UPDATE); the same change again, 75-88 ms
+// with one and 159-176 ms with two, half its rows landing on the other backend.
 func (m *Materializer) tableCap(t *target, now time.Time) int {
 	if !t.more || now.Sub(t.backlogAt) < m.cfg.RampAfter {
 		return 1
