@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/matcol/matcol/config"
 	"github.com/matcol/matcol/internal/pgtest"
 )
 
@@ -109,6 +111,15 @@ enrichments:
     depends_on: [{table: public.tx, columns: [acct_id]}]
 `
 
+// partTargetDB makes a database with partTargetSchema, and its config in mode.
+func partTargetDB(t *testing.T, mode string) (*pgx.Conn, string, *config.Config) {
+	t.Helper()
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	pgtest.Exec(t, conn, partTargetSchema)
+	return conn, dsn, configFor(t, dsn, mode, partTargetConfig)
+}
+
 // Rows that arrive with a partition attached to a partitioned target carry whatever they were
 // stamped with elsewhere, and no trigger or WAL record reports them: the daemon queues the keys
 // of a partition that arrives with rows. Detached, a partition's rows miss every change; attached
@@ -117,10 +128,7 @@ func TestPartitionedTargetAttachWithRows(t *testing.T) {
 	for _, mode := range []string{"trigger", "logical"} {
 		t.Run(mode, func(t *testing.T) {
 			ctx := context.Background()
-			dsn := pgtest.NewDB(t)
-			conn := pgtest.Connect(t, dsn)
-			pgtest.Exec(t, conn, partTargetSchema)
-			cfg := configFor(t, dsn, mode, partTargetConfig)
+			conn, dsn, cfg := partTargetDB(t, mode)
 			startDaemon(t, cfg)
 			waitExactTables(t, dsn, []string{"acct"}, 30*time.Second)
 
@@ -151,10 +159,7 @@ func TestPartitionedTargetAttachWithRows(t *testing.T) {
 // A partition attached while no daemon runs is compared with what the last daemon saw, which it
 // recorded, not with what the next one first sees.
 func TestPartitionAttachedWhileDaemonDown(t *testing.T) {
-	dsn := pgtest.NewDB(t)
-	conn := pgtest.Connect(t, dsn)
-	pgtest.Exec(t, conn, partTargetSchema)
-	cfg := configFor(t, dsn, "trigger", partTargetConfig)
+	conn, dsn, cfg := partTargetDB(t, "trigger")
 	_, stop := startStoppableDaemon(t, cfg)
 	waitExactTables(t, dsn, []string{"acct"}, 30*time.Second)
 	stop()
@@ -172,10 +177,7 @@ func TestPartitionedTargetUnderWritersAndAttaches(t *testing.T) {
 	for _, mode := range []string{"trigger", "logical"} {
 		t.Run(mode, func(t *testing.T) {
 			ctx := context.Background()
-			dsn := pgtest.NewDB(t)
-			conn := pgtest.Connect(t, dsn)
-			pgtest.Exec(t, conn, partTargetSchema)
-			cfg := configFor(t, dsn, mode, partTargetConfig)
+			conn, dsn, cfg := partTargetDB(t, mode)
 			cfg.Materializer.BatchSize = 20
 			startDaemon(t, cfg)
 			waitExactTables(t, dsn, []string{"acct"}, 30*time.Second)
