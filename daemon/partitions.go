@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/jackc/pgx/v5"
@@ -16,21 +14,8 @@ import (
 	"github.com/matcol/matcol/plan"
 )
 
-// partitionTreesSQL lists the partitions, at every level, of each partitioned table in $1, each
-// with the xmin of the pg_inherits rows that attach it and its ancestors under the root: ATTACH
-// writes that row anew, so a partition detached and attached again reads as a new one, while
-// ALTER TABLE of the parent, which rewrites every partition's pg_class row, does not.
-const partitionTreesSQL = `WITH RECURSIVE tree AS (
-	SELECT r.root, i.inhrelid AS part, i.xmin::text AS path
-	FROM unnest($1::oid[]) AS r(root) JOIN pg_catalog.pg_inherits i ON i.inhparent = r.root
-	UNION ALL
-	SELECT t.root, i.inhrelid, t.path || '.' || i.xmin::text
-	FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.part)
-SELECT root, part, path FROM tree ORDER BY 1, 2`
-
-// partitionTrees reads the partitions of p's partitioned sources and targets, by table OID, in
-// one query however many there are: each as "oid@attachments", sorted.
-func partitionTrees(ctx context.Context, q discovery.Querier, p *plan.Plan) (map[uint32][]string, error) {
+// partitionTrees reads the partitions of p's partitioned sources and targets, by table OID.
+func partitionTrees(ctx context.Context, q discovery.Querier, p *plan.Plan) (map[uint32][]discovery.Attached, error) {
 	var roots []uint32
 	for _, s := range p.Sources {
 		if s.Partitioned() {
@@ -42,32 +27,12 @@ func partitionTrees(ctx context.Context, q discovery.Querier, p *plan.Plan) (map
 			roots = append(roots, t.OID)
 		}
 	}
-	out := make(map[uint32][]string, len(roots))
-	for _, r := range roots {
-		out[r] = []string{} // a partitioned table without partitions is one too
-	}
-	if len(roots) == 0 {
-		return out, nil
-	}
-	rows, err := q.Query(ctx, partitionTreesSQL, roots)
-	if err != nil {
-		return nil, fmt.Errorf("read partitions: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var root, part uint32
-		var path string
-		if err := rows.Scan(&root, &part, &path); err != nil {
-			return nil, fmt.Errorf("read partitions: %w", err)
-		}
-		out[root] = append(out[root], fmt.Sprintf("%d@%s", part, path))
-	}
-	return out, rows.Err()
+	return discovery.AttachedTrees(ctx, q, roots)
 }
 
 // invalidatePartitioned queues "every row" of the targets of each partitioned source whose
 // partitions changed between was and now.
-func invalidatePartitioned(ctx context.Context, conn *pgx.Conn, p *plan.Plan, was, now map[uint32][]string, log hclog.Logger) error {
+func invalidatePartitioned(ctx context.Context, conn *pgx.Conn, p *plan.Plan, was, now map[uint32][]discovery.Attached, log hclog.Logger) error {
 	for _, s := range p.Sources {
 		parts, ok := now[s.OID]
 		before, known := was[s.OID]
@@ -89,20 +54,12 @@ func invalidatePartitioned(ctx context.Context, conn *pgx.Conn, p *plan.Plan, wa
 	return nil
 }
 
-// arrivedSQL returns, of the partitions in $1, the tables that hold rows (they have pages) with
-// the constraint their partition bounds imply, ancestors' included.
-const arrivedSQL = `SELECT c.oid::pg_catalog.regclass::pg_catalog.text, pg_catalog.pg_get_partition_constraintdef(c.oid)
-FROM pg_catalog.pg_class c WHERE c.oid = ANY ($1::oid[]) AND c.relkind = 'r'
-  AND pg_catalog.pg_relation_size(c.oid) > 0
-  AND pg_catalog.pg_get_partition_constraintdef(c.oid) IS NOT NULL
-ORDER BY c.oid`
-
 // queueArrivedRows queues the keys of the rows that came into a partitioned target with a
 // partition attached since the last look (a table that holds rows, or one detached and attached
 // again, or under a partition that was). Their stamps were earned elsewhere, or before their
 // sources changed, and no trigger or WAL record reports them. A partition created empty queues
 // nothing; one that took rows since it was created has them queued, and computed once more.
-func queueArrivedRows(ctx context.Context, conn *pgx.Conn, p *plan.Plan, was, now map[uint32][]string, log hclog.Logger) error {
+func queueArrivedRows(ctx context.Context, conn *pgx.Conn, p *plan.Plan, was, now map[uint32][]discovery.Attached, log hclog.Logger) error {
 	for _, t := range p.Targets {
 		parts, ok := now[t.OID]
 		before, known := was[t.OID]
@@ -112,33 +69,23 @@ func queueArrivedRows(ctx context.Context, conn *pgx.Conn, p *plan.Plan, was, no
 		var arrived []uint32
 		for _, part := range parts {
 			if !slices.Contains(before, part) {
-				oid, _, _ := strings.Cut(part, "@")
-				n, _ := strconv.ParseUint(oid, 10, 32)
-				arrived = append(arrived, uint32(n))
+				arrived = append(arrived, part.OID)
 			}
 		}
 		if len(arrived) == 0 {
 			continue
 		}
-		type partition struct{ name, cond string }
-		rows, err := conn.Query(ctx, arrivedSQL, arrived)
-		if err != nil {
-			return fmt.Errorf("read the partitions attached to %s: %w", t.Table, err)
-		}
-		full, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (partition, error) {
-			var p partition
-			return p, r.Scan(&p.name, &p.cond)
-		})
+		full, err := discovery.FilledPartitions(ctx, conn, arrived)
 		if err != nil {
 			return fmt.Errorf("read the partitions attached to %s: %w", t.Table, err)
 		}
 		for _, part := range full {
-			n, err := queueKeysWhere(ctx, conn, t, part.cond)
+			n, err := queueKeysWhere(ctx, conn, t, part.Cond)
 			if err != nil {
-				return fmt.Errorf("queue the rows of partition %s attached to %s: %w", part.name, t.Table, err)
+				return fmt.Errorf("queue the rows of partition %s attached to %s: %w", part.Name, t.Table, err)
 			}
 			log.Info("a partition came into a target with rows; queued their keys", "table", t.Table.String(),
-				"partition", part.name, "rows", n)
+				"partition", part.Name, "rows", n)
 		}
 	}
 	return nil
@@ -192,7 +139,7 @@ func queueKeysWhere(ctx context.Context, conn *pgx.Conn, t *plan.Target, cond st
 const partitionsKey = "partitions"
 
 // savedPartitions reads the partitions the last rescan of any daemon saw; nil when none did.
-func savedPartitions(ctx context.Context, q discovery.Querier) (map[uint32][]string, error) {
+func savedPartitions(ctx context.Context, q discovery.Querier) (map[uint32][]discovery.Attached, error) {
 	var b []byte
 	err := q.QueryRow(ctx, `SELECT value FROM matcol.setting WHERE name = $1`, partitionsKey).Scan(&b)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -201,7 +148,7 @@ func savedPartitions(ctx context.Context, q discovery.Querier) (map[uint32][]str
 	if err != nil {
 		return nil, fmt.Errorf("read the partitions last seen: %w", err)
 	}
-	var out map[uint32][]string
+	var out map[uint32][]discovery.Attached
 	if err := json.Unmarshal(b, &out); err != nil {
 		return nil, fmt.Errorf("read the partitions last seen: %w", err)
 	}
@@ -209,7 +156,7 @@ func savedPartitions(ctx context.Context, q discovery.Querier) (map[uint32][]str
 }
 
 // savePartitions records parts as the partitions last seen, after what they changed is queued.
-func savePartitions(ctx context.Context, conn *pgx.Conn, parts map[uint32][]string) error {
+func savePartitions(ctx context.Context, conn *pgx.Conn, parts map[uint32][]discovery.Attached) error {
 	b, err := json.Marshal(parts)
 	if err != nil {
 		return err

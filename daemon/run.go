@@ -261,12 +261,20 @@ func (d *Daemon) Wait(ctx context.Context) error {
 func (d *Daemon) rescanLoop(ctx context.Context) {
 	st := rescanState{fingerprint: fingerprint(d.Mat.Plan())}
 	// What the partitions were at the last look of any daemon, so that one attached or
-	// detached while none ran counts as a change; without that record, what they are now.
+	// detached while none ran counts as a change; without that record, what they are now. A
+	// rescan answers at once only when they differ.
 	if conn, err := dial.Connect(ctx, d.cfg.DatabaseURL, "rescan"); err == nil {
-		if st.partitions, err = savedPartitions(ctx, conn); err == nil && st.partitions != nil {
-			d.RescanNow()
-		} else if st.partitions, err = partitionTrees(ctx, conn, d.Mat.Plan()); err == nil {
-			_ = savePartitions(ctx, conn, st.partitions) // else the next change records them
+		saved, serr := savedPartitions(ctx, conn)
+		if st.partitions, err = partitionTrees(ctx, conn, d.Mat.Plan()); err == nil {
+			switch {
+			case serr == nil && saved == nil:
+				_ = savePartitions(ctx, conn, st.partitions) // else the next change records them
+			case serr == nil && !maps.EqualFunc(saved, st.partitions, slices.Equal):
+				st.partitions = saved
+				d.RescanNow()
+			}
+		} else if serr == nil {
+			st.partitions = saved
 		}
 		conn.Close(context.WithoutCancel(ctx))
 	}
@@ -304,7 +312,7 @@ func (d *Daemon) rescanLoop(ctx context.Context) {
 // partitions of its partitioned sources and targets.
 type rescanState struct {
 	probe, fingerprint string
-	partitions         map[uint32][]string // per partitioned source or target, nil before the first rescan
+	partitions         map[uint32][]discovery.Attached // per partitioned source or target, nil before the first rescan
 }
 
 // rescan reads the registry and the catalog and applies a changed plan. Catalog reads over

@@ -248,3 +248,69 @@ type Partition struct {
 	Name pgident.Table
 	Leaf bool
 }
+
+// Attached identifies a partition as attached now: its OID, and the xmin of the pg_inherits rows
+// that attach it and its ancestors under the root. ATTACH writes that row anew, so a partition
+// detached and attached again reads as another, while ALTER TABLE of the parent, which rewrites
+// every partition's pg_class row, changes nothing here.
+type Attached struct {
+	OID uint32 `json:"oid"`
+	By  string `json:"by"`
+}
+
+// AttachedTrees returns, for each partitioned table in roots, its partitions at every level in
+// OID order, in one query however many roots there are. A root without partitions maps to an
+// empty list.
+func AttachedTrees(ctx context.Context, q Querier, roots []uint32) (map[uint32][]Attached, error) {
+	out := make(map[uint32][]Attached, len(roots))
+	for _, r := range roots {
+		out[r] = []Attached{}
+	}
+	if len(roots) == 0 {
+		return out, nil
+	}
+	rows, err := q.Query(ctx, `WITH RECURSIVE tree AS (
+		SELECT r.root, i.inhrelid AS part, i.xmin::text AS path
+		FROM unnest($1::oid[]) AS r(root) JOIN pg_catalog.pg_inherits i ON i.inhparent = r.root
+		UNION ALL
+		SELECT t.root, i.inhrelid, t.path || '.' || i.xmin::text
+		FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.part)
+	SELECT root, part, path FROM tree ORDER BY 1, 2`, roots)
+	if err != nil {
+		return nil, fmt.Errorf("read partitions: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var root uint32
+		var a Attached
+		if err := rows.Scan(&root, &a.OID, &a.By); err != nil {
+			return nil, fmt.Errorf("read partitions: %w", err)
+		}
+		out[root] = append(out[root], a)
+	}
+	return out, rows.Err()
+}
+
+// FilledPartition is a table partition that holds pages, with the condition its bounds imply
+// (ancestors' included) as PostgreSQL renders it, over columns every partition shares with the
+// root.
+type FilledPartition struct {
+	Name, Cond string
+}
+
+// FilledPartitions returns those of oids that are plain tables with pages: partitions that may
+// hold rows. A foreign table's contents are not known and it is left out.
+func FilledPartitions(ctx context.Context, q Querier, oids []uint32) ([]FilledPartition, error) {
+	rows, err := q.Query(ctx, `SELECT c.oid::pg_catalog.regclass::pg_catalog.text, pg_catalog.pg_get_partition_constraintdef(c.oid)
+		FROM pg_catalog.pg_class c WHERE c.oid = ANY ($1::oid[]) AND c.relkind = 'r'
+		  AND pg_catalog.pg_relation_size(c.oid) > 0
+		  AND pg_catalog.pg_get_partition_constraintdef(c.oid) IS NOT NULL
+		ORDER BY c.oid`, oids)
+	if err != nil {
+		return nil, fmt.Errorf("read partitions: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (FilledPartition, error) {
+		var p FilledPartition
+		return p, r.Scan(&p.Name, &p.Cond)
+	})
+}
