@@ -8,24 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pairs=${1:-8}; secs=${2:-8}
 
-bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-work=$(mktemp -d /tmp/matcol-bench-XXXX)
-go build -o "$work/matcol" ./cmd/matcol
-as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
-[ "$(id -u)" = 0 ] && chown postgres "$work"
-port=$(( 20000 + RANDOM % 20000 ))
-as_pg "$bindir/initdb -D $work/data -U postgres -A trust --no-sync >/dev/null"
-cat >>"$work/data/postgresql.conf" <<CONF
-port = $port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$work'
-shared_buffers = 1GB
+source bench/cluster.sh
+start_cluster "shared_buffers = 1GB
 max_wal_size = 8GB
 checkpoint_timeout = 30min
-synchronous_commit = on
-CONF
-as_pg "$bindir/pg_ctl -D $work/data -l $work/log -w start >/dev/null"
-trap 'as_pg "$bindir/pg_ctl -D $work/data -m immediate stop" >/dev/null 2>&1; rm -rf "$work"' EXIT
+synchronous_commit = on"
+go build -o "$work/matcol" ./cmd/matcol
 su_dsn="postgres://postgres@127.0.0.1:$port/tp?sslmode=disable"
 app_dsn="postgres://app@127.0.0.1:$port/tp?sslmode=disable"
 psql() { command psql -X -q -v ON_ERROR_STOP=1 "$su_dsn" "$@"; }

@@ -9,23 +9,11 @@ secs=${1:-10}; shift || true
 clients=("${@:-1 8}")
 [ ${#clients[@]} -eq 1 ] && read -r -a clients <<<"${clients[0]}"
 
-bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-work=$(mktemp -d /tmp/matcol-bench-XXXX)
-as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
-[ "$(id -u)" = 0 ] && chown postgres "$work"
-port=$(( 20000 + RANDOM % 20000 ))
-as_pg "$bindir/initdb -D $work/data -U postgres -A trust --no-sync >/dev/null"
-cat >>"$work/data/postgresql.conf" <<CONF
-port = $port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$work'
-shared_buffers = 256MB
+source bench/cluster.sh
+start_cluster "shared_buffers = 256MB
 max_connections = 100
 wal_level = logical
-${PGSETTINGS:-}
-CONF
-as_pg "$bindir/pg_ctl -D $work/data -l $work/log -w start >/dev/null"
-trap 'as_pg "$bindir/pg_ctl -D $work/data -m immediate stop" >/dev/null 2>&1; rm -rf "$work"' EXIT
+${PGSETTINGS:-}"
 dsn="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
 psql() { command psql -X -q -v ON_ERROR_STOP=1 "$dsn" "$@"; }
 
