@@ -133,8 +133,8 @@ func TestPartitionedTargetAttachAsDocumentedRole(t *testing.T) {
 			var db string
 			require.NoError(t, conn.QueryRow(ctx, `SELECT current_database()`).Scan(&db))
 			role := "matcol_" + strings.TrimPrefix(db, "matcol_test_")
-			pgtest.Exec(t, conn, fmt.Sprintf(`CREATE ROLE %[1]s LOGIN;
-				GRANT CREATE ON DATABASE %[2]s TO %[1]s;
+			roleDSN := pgtest.LoginRole(t, dsn, role)
+			pgtest.Exec(t, conn, fmt.Sprintf(`GRANT CREATE ON DATABASE %[2]s TO %[1]s;
 				GRANT USAGE ON SCHEMA public TO %[1]s;
 				GRANT SELECT, TRIGGER ON acct, tx TO %[1]s;
 				GRANT TRIGGER ON acct_1 TO %[1]s;
@@ -144,15 +144,12 @@ func TestPartitionedTargetAttachAsDocumentedRole(t *testing.T) {
 				// changes) owned by a role it is a member of; tx gets REPLICA IDENTITY FULL from
 				// its owner.
 				owner := role + "_owner"
-				pgtest.Exec(t, conn, fmt.Sprintf(`ALTER ROLE %[1]s REPLICATION; CREATE ROLE %[2]s;
+				pgtest.LoginRole(t, dsn, owner)
+				pgtest.Exec(t, conn, fmt.Sprintf(`ALTER ROLE %[1]s REPLICATION;
 					GRANT %[2]s TO %[1]s; ALTER TABLE tx OWNER TO %[2]s; ALTER TABLE acct OWNER TO %[2]s;
 					ALTER TABLE tx REPLICA IDENTITY FULL`, role, owner))
-				t.Cleanup(func() { dropRole(dsn, owner) })
 			}
-			t.Cleanup(func() { dropRole(dsn, role) })
-			pc, err := pgx.ParseConfig(dsn)
-			require.NoError(t, err)
-			cfg := configFor(t, strings.Replace(dsn, "://"+pc.User+"@", "://"+role+"@", 1), mode, partTargetConfig)
+			cfg := configFor(t, roleDSN, mode, partTargetConfig)
 			cfg.Materializer.RescanInterval = time.Second
 			cfg.Invalidation.FixReplicaIdentity = false
 			startDaemon(t, cfg)
@@ -166,16 +163,6 @@ func TestPartitionedTargetAttachAsDocumentedRole(t *testing.T) {
 			waitExactTables(t, dsn, []string{"acct"}, 20*time.Second)
 		})
 	}
-}
-
-// dropRole drops role and what it owns, for a test's cleanup.
-func dropRole(dsn, role string) {
-	c, err := pgx.Connect(context.Background(), dsn)
-	if err != nil {
-		return
-	}
-	defer c.Close(context.Background())
-	_, _ = c.Exec(context.Background(), fmt.Sprintf(`DROP OWNED BY %[1]s CASCADE; DROP ROLE IF EXISTS %[1]s`, role))
 }
 
 // Rows that arrive with a partition attached to a partitioned target carry whatever they were

@@ -434,13 +434,8 @@ func (m *Materializer) next() *target {
 }
 
 // tableCap is how many batches of t may run at once: for a backlog, up to TableWorkers from its
-// first batch (after RampAfter when set). One worker alone for a backlog's first five batches'
-// time, the default before, kept a burst on one backend, which wins when that backend has mapped
-// the pages the change touched already, as when the same rows change twice; rows no worker has
-// touched are as cold for one backend as for two, and two on two cores share the page faults. On
-// the catch-up bench, a 1% change of 200k rows, first runs: 339-369 ms with one worker, 290-328
-// ms with two (0.45-0.53x and 0.54-0.63x the set-based UPDATE); the same change again, 75-88 ms
-// with one and 159-176 ms with two, half its rows landing on the other backend.
+// first batch (after RampAfter when set). Rows no worker has touched are as cold for one backend
+// as for two, and two on two cores share the page faults (docs/architecture.md has the figures).
 func (m *Materializer) tableCap(t *target, now time.Time) int {
 	if !t.more || now.Sub(t.backlogAt) < m.cfg.RampAfter {
 		return 1

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -23,20 +22,11 @@ func rolePool(t *testing.T, b *bundle) (*pgxpool.Pool, string) {
 	var db string
 	require.NoError(t, b.conn.QueryRow(ctx, `SELECT current_database()`).Scan(&db))
 	role := "r_" + strings.TrimPrefix(db, "matcol_test_")
-	pgtest.Exec(t, b.conn, fmt.Sprintf(`CREATE ROLE %[1]s LOGIN;
-		GRANT USAGE ON SCHEMA matcol, public TO %[1]s;
+	roleDSN := pgtest.LoginRole(t, b.dsn, role)
+	pgtest.Exec(t, b.conn, fmt.Sprintf(`GRANT USAGE ON SCHEMA matcol, public TO %[1]s;
 		GRANT ALL ON ALL TABLES IN SCHEMA matcol, public TO %[1]s;
 		GRANT ALL ON ALL SEQUENCES IN SCHEMA matcol, public TO %[1]s`, role))
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), b.dsn)
-		if err == nil {
-			_, _ = c.Exec(context.Background(), `DROP OWNED BY `+role+`; DROP ROLE IF EXISTS `+role)
-			_ = c.Close(context.Background())
-		}
-	})
-	cfg, err := pgx.ParseConfig(b.dsn)
-	require.NoError(t, err)
-	pool, err := dial.Pool(ctx, strings.Replace(b.dsn, "://"+cfg.User+"@", "://"+role+"@", 1), "test", dial.PoolOptions{MaxConns: 4})
+	pool, err := dial.Pool(ctx, roleDSN, "test", dial.PoolOptions{MaxConns: 4})
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	return pool, role

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -137,4 +138,30 @@ func DropSlot(dsn, slot string) {
 			return
 		}
 	}
+}
+
+// LoginRole creates login role name on dsn's cluster, with no privileges, and returns dsn with
+// that role as its user. Cleanup drops what the role owns in dsn's database, and the role.
+func LoginRole(t testing.TB, dsn, name string) string {
+	t.Helper()
+	role := pgx.Identifier{name}.Sanitize()
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	Exec(t, conn, `CREATE ROLE `+role+` LOGIN`)
+	_ = conn.Close(context.Background())
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), dsn)
+		if err != nil {
+			return
+		}
+		defer c.Close(context.Background())
+		_, _ = c.Exec(context.Background(), `DROP OWNED BY `+role+` CASCADE; DROP ROLE IF EXISTS `+role)
+	})
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatalf("parse dsn: %v", err)
+	}
+	return strings.Replace(dsn, "://"+cfg.User+"@", "://"+name+"@", 1)
 }
