@@ -178,7 +178,8 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 	if cfg.Invalidation.Mode == "logical" {
 		d.Logical = &logical.Listener{DSN: cfg.DatabaseURL, Slot: cfg.Invalidation.Slot,
 			Publication: cfg.Invalidation.Publication, MaxRetainedWAL: int64(cfg.Invalidation.MaxRetainedWAL),
-			Plan: m.Plan, Sink: m, Log: log.Named("listener"), Reload: d.ReloadNow, Yielding: m.Yielding}
+			Plan: m.Plan, Sink: m, Log: log.Named("listener"), Reload: d.ReloadNow, Yielding: m.Yielding,
+			MaxHold: maxDelay(cfg.Throttle.MaxDelay)}
 	}
 	return d, nil
 }

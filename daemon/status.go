@@ -24,7 +24,7 @@ func (d *Daemon) statusSource(streaming func() bool, rep *reporter) *status.Sour
 			return status.Process{RowsMaterialized: d.Mat.Stats.RowsMaterialized.Load(),
 				LastBatchSeconds: time.Duration(d.Mat.Stats.LastBatchNanos.Load()).Seconds(), Paused: d.Mat.Paused(),
 				ReplicaLagKnown: d.Mat.ReplicaLagKnown(), ThrottleLevel: d.Mat.ThrottleLevel(),
-				Throttled: d.Mat.Stats.Throttled.Load(), EntriesDropped: d.Mat.Stats.EntriesDropped.Load()}
+				Throttled: d.Mat.Stats.Throttled.Load(), EntriesDropped: d.Mat.Stats.EntriesDropped.Load(), DecodingHolds: d.holds()}
 		},
 		Ready: func(ctx context.Context) error {
 			if err := d.pool.Ping(ctx); err != nil {
@@ -50,7 +50,7 @@ func (d *Daemon) live(r *status.Report, rep *reporter) {
 	}
 	if d.Logical != nil {
 		s := d.Logical.Stats()
-		r.Listener.Leader, r.Listener.Streaming, r.Listener.Resyncs = &s.Leader, &s.Streaming, &s.Resyncs
+		r.Listener.Leader, r.Listener.Streaming, r.Listener.Resyncs, r.Listener.Holding = &s.Leader, &s.Streaming, &s.Resyncs, &s.Holding
 	}
 	now := time.Now()
 	up := now.Sub(d.started).Seconds()
@@ -144,4 +144,12 @@ func (r *rates) observe(id int, rows int64, now time.Time) float64 {
 		return float64(rows-first.rows) / secs
 	}
 	return 0
+}
+
+// holds is how often this process's slot stream stopped decoding for a saturated application.
+func (d *Daemon) holds() int64 {
+	if d.Logical == nil {
+		return 0
+	}
+	return int64(d.Logical.Stats().Holds)
 }

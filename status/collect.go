@@ -65,9 +65,10 @@ type Listener struct {
 	// replay_lag), 0 when caught up; absent in trigger mode or with no reader attached.
 	LagSeconds *float64 `json:"lag_seconds,omitempty"`
 	Streaming  *bool    `json:"streaming,omitempty"`
-	// Leader and Resyncs are known only to a running daemon in logical mode.
+	// Leader, Resyncs and Holding are known only to a running daemon in logical mode.
 	Leader  *bool `json:"leader,omitempty"`
 	Resyncs *int  `json:"resyncs,omitempty"`
+	Holding *bool `json:"holding,omitempty"`
 }
 
 // Matview is one scheduled materialized view.

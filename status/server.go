@@ -71,6 +71,8 @@ type Process struct {
 	Throttled     int64
 	// EntriesDropped counts queued invalidations that could not be applied as they were.
 	EntriesDropped int64
+	// DecodingHolds counts the times logical decoding stopped for a saturated application.
+	DecodingHolds int64
 }
 
 // Attach makes the server report on a running daemon; nil detaches it.
@@ -250,6 +252,7 @@ var (
 	descLagKnown  = newDesc("gauge", false, "matcol_replica_lag_known", "0 while standbys exist whose replay lag matcol cannot read, so throttle.max_replica_lag is not enforced.")
 	descLevel     = newDesc("gauge", false, "matcol_throttle_level", "The throttle level: 0 runs flat out; at k one worker runs and pauses k times as long as each batch took.")
 	descThrottled = newDesc("counter", false, "matcol_throttled_total", "Pauses the throttle made after a batch.")
+	descHolds     = newDesc("counter", false, "matcol_decoding_holds_total", "Logical mode: times this process stopped its slot's decoding while the application was saturated.")
 	descDropped   = newDesc("counter", false, "matcol_invalidations_unreadable_total", "Queued invalidations that could not be applied as they were: values that are no key (dropped) or that mapping SQL failed on (the whole table invalidated).")
 )
 
@@ -275,7 +278,7 @@ func Metrics() []Metric {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuild, descUp, descLeader, descRows, descBatch, descPaused, descLagKnown, descLevel, descThrottled, descDropped,
+	for _, d := range []*prometheus.Desc{descBuild, descUp, descLeader, descRows, descBatch, descPaused, descLagKnown, descLevel, descThrottled, descHolds, descDropped,
 		descStale, descExact, descOldest, descPending, descFailures, descWAL, descWALState, descLag, descBackfill, descFreshness} {
 		ch <- d
 	}
@@ -298,6 +301,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLevel, prometheus.GaugeValue, float64(p.ThrottleLevel))
 		ch <- prometheus.MustNewConstMetric(descThrottled, prometheus.CounterValue, float64(p.Throttled))
 		ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(p.EntriesDropped))
+		ch <- prometheus.MustNewConstMetric(descHolds, prometheus.CounterValue, float64(p.DecodingHolds))
 	}
 	if src.Freshness != nil {
 		src.Freshness.Collect(ch)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/matcol/matcol/internal/dial"
@@ -38,8 +39,13 @@ type Listener struct {
 	Sink   listener.Sink
 	Log    hclog.Logger
 	// Yielding, when set, reports that the materializer yields to a saturated application; the
-	// stream then reads less often (see coalesceYielding).
+	// stream then reads less often (see coalesceYielding), and holds decoding (MaxHold).
 	Yielding func() bool
+	// MaxHold bounds how long decoding stops while Yielding: the walsender's decoding runs on the
+	// application's cores, so a saturated application gets them back, and the changes it makes
+	// meanwhile are decoded once it has room or when the oldest of them has waited this long. 0
+	// never holds. The daemon sets it to throttle.max_delay.
+	MaxHold time.Duration
 	// GuardInterval is how often the slot's retained WAL is checked. Defaults to 10s.
 	GuardInterval time.Duration
 	// StatusInterval is how often the position is reported while idle. Defaults to 1s.
@@ -67,6 +73,10 @@ type Stats struct {
 	WALStatus         string
 	// Resyncs counts slot recreations by this process, each followed by a resync of every target.
 	Resyncs int
+	// Holding is true while decoding stops for a saturated application (Listener.MaxHold); Holds
+	// counts those stops.
+	Holding bool
+	Holds   int
 }
 
 // Stats returns the latest figures.
@@ -177,7 +187,11 @@ func (l *Listener) session(ctx context.Context, conn *pgx.Conn, streaming func()
 	if err != nil {
 		return err
 	}
-	defer rc.close(ctx)
+	defer func() { // the one in use: a hold replaces it
+		if rc != nil {
+			rc.close(ctx)
+		}
+	}()
 	st, err := readSlot(ctx, conn, l.Slot)
 	if err != nil {
 		return err
@@ -237,8 +251,64 @@ func (l *Listener) session(ctx context.Context, conn *pgx.Conn, streaming func()
 	l.update(func(s *Stats) { s.Streaming = true })
 	defer l.update(func(s *Stats) { s.Streaming = false })
 	l.Log.Info("streaming invalidations", "slot", l.Slot, "from", start.String())
-	return l.stream(ctx, conn, rc, m, start)
+	for {
+		err := l.stream(ctx, conn, rc, m, start)
+		var h *holdError
+		if !errors.As(err, &h) {
+			return err
+		}
+		// Ending the walsender ends its decoding; the slot keeps the WAL from h.at on.
+		rc.close(ctx)
+		if err := l.hold(ctx, conn, h.until); err != nil {
+			return err
+		}
+		next, err := connectRepl(ctx, l.DSN)
+		if err != nil {
+			rc = nil
+			return err
+		}
+		rc, start = next, h.at
+		if err := rc.start(ctx, l.Slot, l.Publication, start); err != nil {
+			return err
+		}
+	}
 }
+
+// holdError ends a stream for a hold: everything before at is queued and acked, and decoding
+// resumes at the latest at until (a local time).
+type holdError struct {
+	at    pglogrepl.LSN
+	until time.Time
+}
+
+func (h *holdError) Error() string { return "decoding held for a saturated application" }
+
+// hold waits while the materializer yields, until until at the latest, or until the slot retains
+// a quarter of MaxRetainedWAL: a hold never brings the slot near its recreation.
+func (l *Listener) hold(ctx context.Context, conn *pgx.Conn, until time.Time) error {
+	l.update(func(s *Stats) { s.Holding = true; s.Holds++ })
+	defer l.update(func(s *Stats) { s.Holding = false })
+	start := time.Now()
+	l.Log.Debug("holding decoding while the application is saturated", "until", until.Format(time.RFC3339))
+	defer func() { l.Log.Debug("decoding resumes", "held", time.Since(start).Round(time.Millisecond)) }()
+	for time.Now().Before(until) && l.Yielding() {
+		if !dial.Sleep(ctx, min(holdCheck, time.Until(until))) {
+			return ctx.Err()
+		}
+		st, err := readSlot(ctx, conn, l.Slot)
+		if err != nil {
+			return err
+		}
+		l.update(func(s *Stats) { s.RetainedWALBytes, s.WALStatus = st.retained, st.walStatus })
+		if !st.exists || st.retained >= l.MaxRetainedWAL/4 {
+			return nil
+		}
+	}
+	return nil
+}
+
+// holdCheck is how often a hold reads the slot and the throttle.
+const holdCheck = 250 * time.Millisecond
 
 func (l *Listener) markResync(ctx context.Context, conn *pgx.Conn) error {
 	err := execDurable(ctx, conn, `INSERT INTO matcol.setting (name, value) VALUES ($1, 'true')
@@ -265,6 +335,12 @@ func execDurable(ctx context.Context, conn *pgx.Conn, sql string, args ...any) e
 // a recorded resync when it carries one, and wakes a sleeping daemon. When it returns nil the
 // entries are durable.
 func (l *Listener) flush(ctx context.Context, conn *pgx.Conn, m *mapper, clearResync bool) error {
+	return l.flushAt(ctx, conn, m, clearResync, time.Time{})
+}
+
+// flushAt is flush whose entries were enqueued at committed, the commit time of the earliest
+// transaction among them (the server's clock; zero for now).
+func (l *Listener) flushAt(ctx context.Context, conn *pgx.Conn, m *mapper, clearResync bool, committed time.Time) error {
 	entries := m.take()
 	if len(entries) == 0 && !clearResync {
 		return nil
@@ -286,22 +362,27 @@ func (l *Listener) flush(ctx context.Context, conn *pgx.Conn, m *mapper, clearRe
 		resync = &k
 	}
 	// One statement, so one round trip: it commits on its own (an implicit transaction).
-	if _, err := conn.Exec(ctx, flushSQL, tids, deps, vals, resync, listener.Channel, listener.PayloadQueue); err != nil {
+	var at *time.Time
+	if !committed.IsZero() {
+		at = &committed
+	}
+	if _, err := conn.Exec(ctx, flushSQL, tids, deps, vals, resync, listener.Channel, listener.PayloadQueue, at); err != nil {
 		return fmt.Errorf("queue invalidations: %w", err)
 	}
 	l.Sink.QueueFilled()
 	return nil
 }
 
-// flushSQL queues entries $1-$3, deletes setting $4 (a recorded resync; NULL names none) and wakes a
-// sleeping daemon. The ack that follows a flush is only sound if its commit is on disk first:
+// flushSQL queues entries $1-$3, enqueued at $7 (never later than now; NULL: now), deletes
+// setting $4 (a recorded resync; NULL names none) and wakes a sleeping daemon. The ack that follows a flush is only sound if its commit is on disk first:
 // with synchronous_commit off, a crash could keep the slot's new position and lose the entries.
 // set_config(…, true) holds until the statement's own transaction ends, commit included; the
 // CTE that calls it is the first one every branch reads.
 const flushSQL = `WITH durable AS MATERIALIZED (SELECT set_config('synchronous_commit', 'on', true) AS sync),
 queued AS (
-	INSERT INTO matcol.pending (target_id, dependency_id, vals)
-	SELECT t, nullif(d, 0), v::jsonb FROM durable, unnest($1::int[], $2::int[], $3::text[]) AS u(t, d, v)
+	INSERT INTO matcol.pending (target_id, dependency_id, vals, enqueued_at)
+	SELECT t, nullif(d, 0), v::jsonb, least($7::timestamptz, clock_timestamp())
+	FROM durable, unnest($1::int[], $2::int[], $3::text[]) AS u(t, d, v)
 	RETURNING 1),
 cleared AS (
 	DELETE FROM matcol.setting WHERE name = $4::text AND (SELECT sync FROM durable) IS NOT NULL

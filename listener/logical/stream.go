@@ -25,6 +25,14 @@ func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *
 	nextGuard := now
 	lastFlush := now
 	var gapsWarned time.Time
+	// For holds: since when the materializer yields, and the last commit decoded, when it came and
+	// how long after the commit the server sent it (both times the server's).
+	var yieldSince, lastCommit time.Time
+	var commitLag time.Duration
+	// The commit time of the first transaction whose entries wait for the next flush: the
+	// entries' enqueued_at, so that how long a change waits counts from its commit, decoding
+	// and holds included.
+	var txCommit, oldest time.Time
 	flush := func() error {
 		if m.identityGaps > 0 && time.Since(gapsWarned) > time.Minute {
 			l.Log.Warn("changes without the old values of dependency columns invalidated every row of their target; "+
@@ -32,9 +40,10 @@ func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *
 				"changes", m.identityGaps)
 			m.identityGaps, gapsWarned = 0, time.Now()
 		}
-		if err := l.flush(ctx, conn, m, false); err != nil {
+		if err := l.flushAt(ctx, conn, m, false, oldest); err != nil {
 			return err
 		}
+		oldest = time.Time{}
 		lastFlush = time.Now()
 		if committed > acked {
 			acked = committed
@@ -70,8 +79,26 @@ func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *
 		if m.len() > 0 && lastFlush.Add(flushDelay).Before(deadline) {
 			deadline = lastFlush.Add(flushDelay)
 		}
-		if l.Yielding != nil && rc.sock != nil {
-			rc.sock.long.Store(l.Yielding())
+		yielding := l.Yielding != nil && l.Yielding()
+		if rc.sock != nil {
+			rc.sock.long.Store(yielding)
+		}
+		switch {
+		case !yielding:
+			yieldSince = time.Time{}
+		case yieldSince.IsZero():
+			yieldSince = now
+		case l.MaxHold > 0 && !inTx && now.Sub(yieldSince) >= holdAfter && commitLag < holdCaughtUp &&
+			now.Sub(lastCommit) < holdCaughtUp:
+			// Caught up with a saturated application: stop decoding until it has room. The
+			// changes not yet decoded committed after lastCommit.
+			if err := flush(); err != nil {
+				return err
+			}
+			if err := report(false); err != nil {
+				return err
+			}
+			return &holdError{at: acked, until: lastCommit.Add(l.MaxHold - commitLag)}
 		}
 		msg, err := rc.receive(ctx, deadline)
 		if err != nil {
@@ -114,8 +141,10 @@ func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *
 			switch dm := dm.(type) {
 			case *pglogrepl.BeginMessage:
 				inTx = true
+				txCommit = dm.CommitTime
 			case *pglogrepl.CommitMessage:
 				inTx = false
+				lastCommit, commitLag = time.Now(), max(xld.ServerTime.Sub(dm.CommitTime), 0)
 				if dm.TransactionEndLSN > committed {
 					committed = dm.TransactionEndLSN
 				}
@@ -129,6 +158,9 @@ func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *
 			default:
 				m.setPlan(l.Plan())
 				m.handle(dm)
+				if oldest.IsZero() && m.len() > 0 {
+					oldest = txCommit
+				}
 				if m.planAt > 0 {
 					// Changes before the registry change are mapped with the plan they were made
 					// under; the ones after it wait for the new plan.
@@ -150,6 +182,14 @@ func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *
 		}
 	}
 }
+
+// A hold starts once the materializer has yielded for holdAfter, so that a passing peak does not
+// restart the walsender, and only while the last commit decoded is recent (holdCaughtUp): a
+// stream behind the application catches up first.
+const (
+	holdAfter    = time.Second
+	holdCaughtUp = time.Second
+)
 
 // awaitPlan waits until the plan is at least registry version v, asking for it every few seconds.
 // The stream stands still meanwhile: mapping later changes with an older plan could drop the
