@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -223,7 +224,7 @@ func tpcbBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) erro
 	r.add("")
 	for _, run := range runs {
 		if run.walsenderCPU > 0 {
-			r.add("In logical mode, round %d, the walsender that decodes for matcol used %.1f s of CPU over the run and the catch-up, on the same cores.", run.round+1, run.walsenderCPU)
+			r.add("In logical mode, round %d, the walsenders that decoded for matcol used %.1f s of CPU over the run and the catch-up, on the same cores.", run.round+1, run.walsenderCPU)
 			r.add("")
 		}
 		if run.stampedBefore {
@@ -231,7 +232,7 @@ func tpcbBench(ctx context.Context, r *report, admin *pgx.Conn, o liveOpts) erro
 			r.add("")
 		}
 	}
-	r.add("What the figures show: tpcb-like queues on WAL flushes, so about a second into the run matcol's throttle sees application backends waiting for the WAL and goes to its highest level, where its workers wait (up to `throttle.max_delay`, 30 s) and the recomputations happen in the catch-up after pgbench (once pgbench stops, an idle application drops the throttle at once). The daemon's workers run a few batches as the load begins (in trace logs of three rounds, 3 to 9 batches of 250 to 500 rows in all, 0.1 to 0.3 s of batch time), then hold until pgbench ends; the gap between trigger mode and the same triggers with the daemon started after pgbench is within what one variant moves from round to round (in an earlier run, a round of trigger mode that read 0.64× had the daemon holding from its second second on, and 17%% more WAL per transaction than its other rounds). What is left during the run is what each write pays in the application's own transaction: in trigger mode the statement trigger on `pgbench_history`, which runs while the transaction holds its `pgbench_branches` row lock (10 rows, 8 clients), the queue insert, and the `AFTER UPDATE` row trigger on `pgbench_accounts`, which compares the key (`bench/tpcb_triggers.sh` measures each part in pairs of runs against no trigger: [invalidation.md](invalidation.md#under-tpcb-like-where-the-writers-cost-goes)); in logical mode the walsender's decoding on the same cores and the listener's queue inserts, while the UPDATE of `pgbench_accounts` meets no matcol trigger (the enrichment reads that table only through its key, whose changes the stream shows: docs/logical.md). See docs/invalidation.md for the per-statement costs.")
+	r.add("What the figures show: tpcb-like queues on WAL flushes, so about a second into the run matcol's throttle sees application backends waiting for the WAL and goes to its highest level, where its workers wait (up to `throttle.max_delay`, 30 s) and the recomputations happen in the catch-up after pgbench (once pgbench stops, an idle application drops the throttle at once). The daemon's workers run a few batches as the load begins (in trace logs of three rounds, 3 to 9 batches of 250 to 500 rows in all, 0.1 to 0.3 s of batch time), then hold until pgbench ends; the gap between trigger mode and the same triggers with the daemon started after pgbench is within what one variant moves from round to round (in an earlier run, a round of trigger mode that read 0.64× had the daemon holding from its second second on, and 17%% more WAL per transaction than its other rounds). What is left during the run is what each write pays in the application's own transaction: in trigger mode the statement trigger on `pgbench_history`, which runs while the transaction holds its `pgbench_branches` row lock (10 rows, 8 clients), the queue insert, and the `AFTER UPDATE` row trigger on `pgbench_accounts`, which compares the key (`bench/tpcb_triggers.sh` measures each part in pairs of runs against no trigger: [invalidation.md](invalidation.md#under-tpcb-like-where-the-writers-cost-goes)); in logical mode nothing: the UPDATE of `pgbench_accounts` meets no matcol trigger (the enrichment reads that table only through its key, whose changes the stream shows: docs/logical.md), and a second after the throttle yields, the listener stops its walsender's decoding until pgbench ends (at most `throttle.max_delay`: [logical.md](logical.md#holding-decoding-while-the-application-is-saturated)), so what remains is the decoding of the run's first seconds; the rest of the decoding moves into the catch-up, and the walsender CPU line counts it there. See docs/invalidation.md for the per-statement costs.")
 	r.add("")
 	r.add("WAL is `pg_current_wal_lsn()` before and after pgbench over the transactions pgbench processed; \"with catch-up\" extends it to the moment matcol caught up. Catch-up runs from pgbench's exit until no account is stale and `matcol.pending` is empty (in logical mode also until the slot confirmed the WAL position at pgbench's exit). The daemon's CPU is its own process's user+system time from /proc/PID/stat; \"its backends\" adds the server backends it drives (application_name `matcol…`), sampled every second while pgbench ran (every 100 ms with `MATCOL_BENCH_SAMPLE` set, which also prints what they were busy with), its peak RSS the process's high-water mark (VmHWM). The machine has 2 cores shared by PostgreSQL, pgbench and matcol, and is shared with other work: the baseline runs of one invocation agree within about 5%%, and a variant's ratio moves by about as much from one invocation to the next.")
 	r.add("")
@@ -383,16 +384,13 @@ func tpcbVariant(ctx context.Context, admin *pgx.Conn, o liveOpts, db, kind stri
 	if err != nil {
 		return run, err
 	}
-	var cpu0, ws0 float64
-	wsPID := 0
+	var cpu0 float64
 	if d != nil {
 		cpu0 = procCPU(d.cmd.Process.Pid)
 	}
+	var ws *walsenders
 	if slot != "" {
-		if err := su.QueryRow(ctx, `SELECT coalesce(active_pid, 0) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&wsPID); err != nil {
-			return run, err
-		}
-		ws0 = procCPU(wsPID)
+		ws = watchWalsenders()
 	}
 	var sampler *backendSampler
 	if d != nil {
@@ -457,8 +455,8 @@ func tpcbVariant(ctx context.Context, admin *pgx.Conn, o liveOpts, db, kind stri
 		run.cpuCatchUp = procCPU(d.cmd.Process.Pid) - cpu1
 		run.peakRSS = d.peakRSS()
 	}
-	if wsPID != 0 {
-		run.walsenderCPU = procCPU(wsPID) - ws0
+	if ws != nil {
+		run.walsenderCPU = ws.end()
 	}
 	lsn2, err := lsn()
 	if err != nil {
@@ -533,4 +531,71 @@ func walStats(o liveOpts, kind, from, to string) {
 		fmt.Printf("pg_waldump for %s: %v\n", kind, err)
 	}
 	fmt.Printf("WAL of the %s run:\n%s\n", kind, out)
+}
+
+// walsenders adds up the CPU of the server's walsenders from its start to end, the ones that
+// start meanwhile included: matcol's listener ends its walsender while it holds decoding, and the
+// one it starts after decodes the held WAL.
+type walsenders struct {
+	mu    sync.Mutex
+	first map[int]float64 // CPU when first seen; 0 for a process started after the watch began
+	last  map[int]float64
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+func watchWalsenders() *walsenders {
+	w := &walsenders{first: map[int]float64{}, last: map[int]float64{}, stop: make(chan struct{}), done: make(chan struct{})}
+	w.scan(true)
+	go func() {
+		defer close(w.done)
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+				w.scan(false)
+			}
+		}
+	}()
+	return w
+}
+
+// scan reads the CPU of every walsender process (its title starts with "postgres: walsender").
+func (w *walsenders) scan(initial bool) {
+	dirs, _ := os.ReadDir("/proc")
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, e := range dirs {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !strings.HasPrefix(string(cmd), "postgres: walsender") {
+			continue
+		}
+		cpu := procCPU(pid)
+		if _, ok := w.first[pid]; !ok {
+			w.first[pid] = 0
+			if initial {
+				w.first[pid] = cpu
+			}
+		}
+		w.last[pid] = max(w.last[pid], cpu)
+	}
+}
+
+// end stops the watch and returns the CPU seconds the walsenders used meanwhile.
+func (w *walsenders) end() float64 {
+	w.scan(false)
+	close(w.stop)
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var sum float64
+	for pid, c := range w.last {
+		sum += c - w.first[pid]
+	}
+	return sum
 }

@@ -25,8 +25,8 @@ func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *
 	nextGuard := now
 	lastFlush := now
 	var gapsWarned time.Time
-	// For holds: since when the materializer yields, and the last commit decoded, when it came and
-	// how long after the commit the server sent it (both times the server's).
+	// For holds: since when the materializer yields; when the last commit decoded arrived, and how
+	// long after the commit the server sent it (by the server's clock, which may differ from ours).
 	var yieldSince, lastCommit time.Time
 	var commitLag time.Duration
 	// The commit time of the first transaction whose entries wait for the next flush: the
