@@ -289,8 +289,8 @@ func (l *Listener) hold(ctx context.Context, conn *pgx.Conn, until time.Time) er
 	l.update(func(s *Stats) { s.Holding = true; s.Holds++ })
 	defer l.update(func(s *Stats) { s.Holding = false })
 	start := time.Now()
-	l.Log.Debug("holding decoding while the application is saturated", "until", until.Format(time.RFC3339))
-	defer func() { l.Log.Debug("decoding resumes", "held", time.Since(start).Round(time.Millisecond)) }()
+	l.Log.Info("holding decoding while the application is saturated", "until", until.Format(time.RFC3339))
+	defer func() { l.Log.Info("decoding resumes", "held", time.Since(start).Round(time.Millisecond)) }()
 	for time.Now().Before(until) && l.Yielding() {
 		if !dial.Sleep(ctx, min(holdCheck, time.Until(until))) {
 			return ctx.Err()
