@@ -284,7 +284,8 @@ type holdError struct {
 func (h *holdError) Error() string { return "decoding held for a saturated application" }
 
 // hold waits while the materializer yields, until until at the latest, or until the slot retains
-// a quarter of MaxRetainedWAL: a hold never brings the slot near its recreation.
+// a quarter of MaxRetainedWAL or leaves wal_status "reserved": a hold never brings the slot near
+// its recreation or the server near removing its WAL.
 func (l *Listener) hold(ctx context.Context, conn *pgx.Conn, until time.Time) error {
 	l.update(func(s *Stats) { s.Holding = true; s.Holds++ })
 	defer l.update(func(s *Stats) { s.Holding = false })
@@ -300,7 +301,9 @@ func (l *Listener) hold(ctx context.Context, conn *pgx.Conn, until time.Time) er
 			return err
 		}
 		l.update(func(s *Stats) { s.RetainedWALBytes, s.WALStatus = st.retained, st.walStatus })
-		if !st.exists || st.retained >= l.MaxRetainedWAL/4 {
+		// Past "reserved" the slot's WAL outgrows max_wal_size and, with max_slot_wal_keep_size,
+		// nears removal.
+		if !st.exists || st.retained >= l.MaxRetainedWAL/4 || st.walStatus != "reserved" {
 			return nil
 		}
 	}
