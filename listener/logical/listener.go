@@ -377,8 +377,9 @@ func (l *Listener) flushAt(ctx context.Context, conn *pgx.Conn, m *mapper, clear
 }
 
 // flushSQL queues entries $1-$3, enqueued at $7 (never later than now; NULL: now), deletes
-// setting $4 (a recorded resync; NULL names none) and wakes a sleeping daemon. The ack that follows a flush is only sound if its commit is on disk first:
-// with synchronous_commit off, a crash could keep the slot's new position and lose the entries.
+// setting $4 (a recorded resync; NULL names none) and wakes a sleeping daemon. The ack that
+// follows a flush is only sound if its commit is on disk first: with synchronous_commit off, a
+// crash could keep the slot's new position and lose the entries.
 // set_config(…, true) holds until the statement's own transaction ends, commit included; the
 // CTE that calls it is the first one every branch reads.
 const flushSQL = `WITH durable AS MATERIALIZED (SELECT set_config('synchronous_commit', 'on', true) AS sync),
