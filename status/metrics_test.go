@@ -186,7 +186,9 @@ func TestOneInstanceExportsDatabaseFigures(t *testing.T) {
 	require.Len(t, series(bodies[0], "matcol_stale_rows"), 2)
 }
 
-// In logical mode listener.lag_seconds is filled in from the slot's walsender, and exported.
+// In logical mode listener.lag_seconds is filled in from the slot's walsender, and exported;
+// listener.holding and matcol_decoding_holds_total say whether decoding is held (it is not: the
+// application here is never saturated).
 func TestListenerLagInLogicalMode(t *testing.T) {
 	dsn := pgtest.NewDB(t)
 	conn := pgtest.Connect(t, dsn)
@@ -199,6 +201,7 @@ func TestListenerLagInLogicalMode(t *testing.T) {
 		"\n  fix_replica_identity: true\n"+yaml)
 	base := "http://" + cfg.Status.Listen
 	var lag *float64
+	var holding *bool
 	require.Eventually(t, func() bool {
 		pgtest.Exec(t, conn, `INSERT INTO line (order_id, cents) VALUES (3, 1)`)
 		code, body := get(t, base+"/status")
@@ -206,12 +209,15 @@ func TestListenerLagInLogicalMode(t *testing.T) {
 		if code != 200 || json.Unmarshal([]byte(body), &rep) != nil {
 			return false
 		}
-		lag = rep.Listener.LagSeconds
+		lag, holding = rep.Listener.LagSeconds, rep.Listener.Holding
 		return rep.Listener.Streaming != nil && *rep.Listener.Streaming && lag != nil
 	}, 60*time.Second, 250*time.Millisecond)
 	require.GreaterOrEqual(t, *lag, 0.0)
 	require.Less(t, *lag, 60.0)
+	require.NotNil(t, holding)
+	require.False(t, *holding)
 	_, body := get(t, base+"/metrics")
+	require.Equal(t, map[string]float64{"": 0}, series(body, "matcol_decoding_holds_total"), body)
 	require.Len(t, series(body, "matcol_listener_lag_seconds"), 1, body)
 	require.Contains(t, series(body, "matcol_listener_lag_seconds"), `{slot="`+slot+`"}`)
 }
