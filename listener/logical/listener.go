@@ -304,7 +304,20 @@ func (l *Listener) hold(ctx context.Context, conn *pgx.Conn, until time.Time) er
 		// Past "reserved" the slot's WAL outgrows max_wal_size and, with max_slot_wal_keep_size,
 		// nears removal.
 		if !st.exists || st.retained >= l.MaxRetainedWAL/4 || st.walStatus != "reserved" {
+			break
+		}
+	}
+	// The old walsender exits on its own time; starting before it has let go of the slot fails.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		st, err := readSlot(ctx, conn, l.Slot)
+		if err != nil {
+			return err
+		}
+		if !st.active {
 			return nil
+		}
+		if !dial.Sleep(ctx, 20*time.Millisecond) {
+			return ctx.Err()
 		}
 	}
 	return nil
