@@ -89,9 +89,10 @@ func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *
 		case yieldSince.IsZero():
 			yieldSince = now
 		case l.MaxHold > 0 && !inTx && now.Sub(yieldSince) >= holdAfter && commitLag < holdCaughtUp &&
-			now.Sub(lastCommit) < holdCaughtUp:
+			now.Sub(lastCommit) < holdCaughtUp && time.Until(lastCommit.Add(l.MaxHold-commitLag)) >= holdAfter:
 			// Caught up with a saturated application: stop decoding until it has room. The
-			// changes not yet decoded committed after lastCommit.
+			// changes not yet decoded committed after lastCommit. A hold shorter than holdAfter
+			// would cost more in walsender restarts than it spares.
 			if err := flush(); err != nil {
 				return err
 			}
