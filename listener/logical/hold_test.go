@@ -122,3 +122,53 @@ func TestHoldStopsDecodingWhileYielding(t *testing.T) {
 	r := startDaemon(t, b, "matcol")
 	waitFresh(t, b.conn, r.d.Mat.Plan(), 60*time.Second)
 }
+
+// A hold also ends when the slot's WAL outgrows max_wal_size (wal_status leaves "reserved"),
+// however far the slot is from a quarter of MaxRetainedWAL.
+func TestHoldEndsWhenWALOutgrowsMaxWALSize(t *testing.T) {
+	if pgtest.Cluster(t) == nil {
+		t.Skip("changes the server's max_wal_size: needs the throwaway cluster")
+	}
+	b := setup(t)
+	ctx := context.Background()
+	p := appliedPlan(t, b)
+	pgtest.Exec(t, b.conn, `ALTER SYSTEM SET max_wal_size = '32MB'`)
+	pgtest.Exec(t, b.conn, `SELECT pg_reload_conf()`)
+	t.Cleanup(func() {
+		admin := pgtest.Connect(t, b.dsn)
+		pgtest.Exec(t, admin, `ALTER SYSTEM RESET max_wal_size`)
+		pgtest.Exec(t, admin, `SELECT pg_reload_conf()`)
+	})
+	var yielding atomic.Bool
+	l := &logical.Listener{DSN: b.dsn, Slot: b.slot, Publication: b.cfg.Invalidation.Publication,
+		Plan: func() *plan.Plan { return p }, Sink: nopSink{}, Log: testLogger(t, "listener"),
+		Yielding: yielding.Load, MaxHold: time.Minute, MaxRetainedWAL: 8 << 30}
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- l.Run(lctx) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	waitPending(t, b, "vals IS NULL", len(p.Targets), 20*time.Second)
+
+	// A commit to decode now and then: a hold needs a recent one.
+	yielding.Store(true)
+	deadline := time.Now().Add(10 * time.Second)
+	for !l.Stats().Holding {
+		require.True(t, time.Now().Before(deadline), "no hold")
+		pgtest.Exec(t, b.conn, `UPDATE event SET seat_count = seat_count + 1 WHERE id = 1`)
+		time.Sleep(50 * time.Millisecond)
+	}
+	pgtest.Exec(t, b.conn, `CREATE TABLE noise AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 300000) g`)
+	pgtest.Exec(t, b.conn, `CHECKPOINT`)
+	var status string
+	require.NoError(t, b.conn.QueryRow(ctx, `SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1`, b.slot).Scan(&status))
+	t.Logf("wal_status after the burst: %s", status)
+	start := time.Now()
+	for l.Stats().Holding {
+		require.Less(t, time.Since(start), 5*time.Second, "the hold outlasted wal_status %s", status)
+		time.Sleep(20 * time.Millisecond)
+	}
+	yielding.Store(false)
+}
