@@ -239,7 +239,7 @@ func (l *Listener) session(ctx context.Context, conn *pgx.Conn, streaming func()
 	}
 	if pending {
 		m.resync()
-		if err := l.flush(ctx, conn, m, true); err != nil {
+		if err := l.flush(ctx, conn, m, true, time.Time{}); err != nil {
 			return err
 		}
 		l.Log.Warn("queued a resync of every target", "targets", len(m.plan.Targets))
@@ -349,14 +349,9 @@ func execDurable(ctx context.Context, conn *pgx.Conn, sql string, args ...any) e
 
 // flush inserts the collected entries into matcol.pending in one transaction, which also clears
 // a recorded resync when it carries one, and wakes a sleeping daemon. When it returns nil the
-// entries are durable.
-func (l *Listener) flush(ctx context.Context, conn *pgx.Conn, m *mapper, clearResync bool) error {
-	return l.flushAt(ctx, conn, m, clearResync, time.Time{})
-}
-
-// flushAt is flush whose entries were enqueued at committed, the commit time of the earliest
-// transaction among them (the server's clock; zero for now).
-func (l *Listener) flushAt(ctx context.Context, conn *pgx.Conn, m *mapper, clearResync bool, committed time.Time) error {
+// entries are durable. They are enqueued at committed, the commit time of the earliest transaction
+// among them (the server's clock; zero for now).
+func (l *Listener) flush(ctx context.Context, conn *pgx.Conn, m *mapper, clearResync bool, committed time.Time) error {
 	entries := m.take()
 	if len(entries) == 0 && !clearResync {
 		return nil

@@ -32,12 +32,13 @@ func readSlot(ctx context.Context, conn *pgx.Conn, slot string) (slotState, erro
 	var confirmed, current *string
 	var retained *int64
 	var status *string
-	var plugin, db *string
+	var plugin *string
+	// One round trip: a hold reads the slot four times a second.
 	err := conn.QueryRow(ctx, `
 		SELECT s.active, s.confirmed_flush_lsn::text, (pg_current_wal_lsn() - s.restart_lsn)::bigint,
-		       s.wal_status, pg_current_wal_lsn()::text, s.plugin::text, s.database::text
+		       s.wal_status, pg_current_wal_lsn()::text, s.plugin::text, s.database IS DISTINCT FROM current_database()
 		FROM pg_replication_slots s WHERE s.slot_name = $1`, slot).
-		Scan(&s.active, &confirmed, &retained, &status, &current, &plugin, &db)
+		Scan(&s.active, &confirmed, &retained, &status, &current, &plugin, &s.otherDB)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return s, nil
 	}
@@ -58,11 +59,6 @@ func readSlot(ctx context.Context, conn *pgx.Conn, slot string) (slotState, erro
 		s.walStatus = *status
 	}
 	s.wrongPlugin = plugin == nil || *plugin != "pgoutput"
-	var here string
-	if err := conn.QueryRow(ctx, `SELECT current_database()`).Scan(&here); err != nil {
-		return s, fmt.Errorf("read current database: %w", err)
-	}
-	s.otherDB = db == nil || *db != here
 	return s, nil
 }
 

@@ -40,7 +40,7 @@ func (l *Listener) stream(ctx context.Context, conn *pgx.Conn, rc *replConn, m *
 				"changes", m.identityGaps)
 			m.identityGaps, gapsWarned = 0, time.Now()
 		}
-		if err := l.flushAt(ctx, conn, m, false, oldest); err != nil {
+		if err := l.flush(ctx, conn, m, false, oldest); err != nil {
 			return err
 		}
 		oldest = time.Time{}
