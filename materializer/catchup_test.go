@@ -2,13 +2,17 @@ package materializer_test
 
 import (
 	"context"
+	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/matcol/matcol/internal/pgtest"
 	"github.com/matcol/matcol/materializer"
+	"github.com/matcol/matcol/plan"
 	"github.com/matcol/matcol/registry"
 )
 
@@ -156,6 +160,115 @@ func TestTakeSeesTheQueueEnd(t *testing.T) {
 	require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM venue
 		WHERE id BETWEEN 10 AND 110 AND seat_count = 1 AND materialized_at IS NOT NULL`).Scan(&fresh))
 	require.Equal(t, 101, fresh)
+}
+
+// The drainer's look tells a table with more than a batch of keys queued from one with a batch or
+// less, so that a burst gets its second worker at once, not after the first batch's take.
+func TestDrainerSeesABacklogOfKeys(t *testing.T) {
+	ctx := context.Background()
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 2, SweepInterval: time.Hour, BatchSize: 50})
+	id := b.plan.Targets[0].ID
+	pgtest.Exec(t, b.conn, `INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(10, 200) g`)
+	pgtest.Exec(t, b.conn, `DELETE FROM matcol.pending`)
+
+	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g, g, 1 FROM generate_series(10, 59) g`)
+	n, err := b.mat.NoteDirect(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	require.False(t, b.mat.Backlog(id), "exactly one batch waits")
+
+	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g, g, 1 FROM generate_series(60, 60) g`)
+	_, err = b.mat.NoteDirect(ctx)
+	require.NoError(t, err)
+	require.True(t, b.mat.Backlog(id), "one entry waits beyond a batch")
+
+	// The size it compares with is the table's own, as batches adapted it.
+	b.mat.SetBatchSize(id, 51)
+	_, more, err := b.mat.QueueBatchOf(ctx, id)
+	require.NoError(t, err)
+	require.False(t, more)
+	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g, g, 1 FROM generate_series(61, 111) g`)
+	_, err = b.mat.NoteDirect(ctx)
+	require.NoError(t, err)
+	require.False(t, b.mat.Backlog(id), "51 entries are one batch of 51")
+	b.mat.SetBatchSize(id, 50)
+	_, err = b.mat.NoteDirect(ctx)
+	require.NoError(t, err)
+	require.True(t, b.mat.Backlog(id))
+
+	// Under a big batch size, two shares of a take are a backlog: a second worker takes one.
+	b.mat.SetBatchSize(id, 1000)
+	_, more, err = b.mat.QueueBatchOf(ctx, id)
+	require.NoError(t, err)
+	require.False(t, more)
+	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g, g, 1 FROM generate_series(112, 112+2*`+strconv.Itoa(plan.SplitMin)+`-1) g`)
+	_, err = b.mat.NoteDirect(ctx)
+	require.NoError(t, err)
+	require.False(t, b.mat.Backlog(id), "two shares are left to one batch")
+	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT 113+2*`+strconv.Itoa(plan.SplitMin)+`, 1, 1`)
+	_, err = b.mat.NoteDirect(ctx)
+	require.NoError(t, err)
+	require.True(t, b.mat.Backlog(id))
+}
+
+// The last entries of a burst are shared among the table's workers: a take of fewer than a batch
+// per worker takes its share and leaves the rest to another, where one batch used to take them
+// all while the other worker found nothing.
+func TestLastEntriesAreShared(t *testing.T) {
+	ctx := context.Background()
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 2, TableWorkers: 2, SweepInterval: time.Hour, BatchSize: 5000})
+	id := b.plan.Targets[0].ID
+	split := plan.SplitMin
+	events := func(from, n int) {
+		pgtest.Exec(t, b.conn, fmt.Sprintf(`INSERT INTO event SELECT g, g, 1 FROM generate_series(%d, %d) g`, from, from+n-1))
+	}
+	take := func(size, want int, wantMore bool, msg string) {
+		t.Helper()
+		b.mat.SetBatchSize(id, size) // quick batches grow it
+		n, more, err := b.mat.QueueBatchOf(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, want, n, msg)
+		require.Equal(t, wantMore, more, msg)
+	}
+	pgtest.Exec(t, b.conn, `INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(10, 30000) g`)
+	pgtest.Exec(t, b.conn, `DELETE FROM matcol.pending`)
+
+	events(10, 6*split)
+	take(5000, 3*split, true, "half of the entries, for two workers")
+	// Alone, the next take shares again, until two shares of SplitMin are left: a worker that
+	// runs beside it would have counted the first batch's entries in its whole.
+	take(5000, 3*split/2, true, "half again")
+	take(5000, 3*split/2, false, "up to two shares go to one batch")
+
+	events(10000, 6*split)
+	take(2*split, 2*split, true, "a share of a full batch or more takes a batch")
+	pgtest.Exec(t, b.conn, `DELETE FROM matcol.pending`)
+
+	// Side by side, the second take counts the entries the first took but has not committed, and
+	// takes the other half.
+	events(20000, 4*split)
+	sql := plan.QueueTakeSQL(b.plan.Targets[0])
+	locked := func(tx pgx.Tx) (n int) {
+		rows, err := tx.Query(ctx, sql, id, 5000, 2)
+		require.NoError(t, err)
+		for rows.Next() {
+			vals, err := rows.Values()
+			require.NoError(t, err)
+			if vals[0] == "l" {
+				n++
+			}
+		}
+		require.NoError(t, rows.Err())
+		return n
+	}
+	first, err := b.pool.Begin(ctx)
+	require.NoError(t, err)
+	defer first.Rollback(ctx) //nolint:errcheck // nothing to keep
+	second, err := b.pool.Begin(ctx)
+	require.NoError(t, err)
+	defer second.Rollback(ctx) //nolint:errcheck // nothing to keep
+	require.Equal(t, 2*split, locked(first))
+	require.Equal(t, 2*split-1, locked(second), "the other half, but for the entry the first holds as its look beyond")
 }
 
 // One table's backlog runs on one worker for its first RampAfter, then on at most TableWorkers at

@@ -36,3 +36,17 @@ func (m *Materializer) Passing(id int) bool {
 	defer m.mu.Unlock()
 	return m.byID[id].walk != nil
 }
+
+// NoteDirect runs the drainer's look for tables with direct entries waiting.
+func (m *Materializer) NoteDirect(ctx context.Context) (int, error) {
+	n, _, err := m.noteDirect(ctx)
+	return n, err
+}
+
+// Backlog reports whether target id is known to have more than a batch waiting, which lets a
+// second worker take it at once.
+func (m *Materializer) Backlog(id int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.byID[id].more
+}

@@ -512,6 +512,13 @@ const DirectEntrySQL = "dependency_id IS NULL AND vals IS NOT NULL AND vals <> '
 // the changes the taken entries announce (committed before this statement's snapshot). The
 // queue's statistics say little about how many entries wait: nothing here joins two of its CTEs
 // by a nested loop.
+//
+// With $3 workers sharing the table, a take of the last entries leaves the others a share: when
+// fewer than $3 batches of entries wait, it takes its share of them (all of them up to two
+// SplitMin, at least SplitMin), so that
+// the burst's last batches end together rather than one running alone while the others find
+// nothing. The count sees entries other batches have taken but not committed, so that each
+// takes a share of the whole. The "m" row carries the size it took in its first key column.
 func QueueTakeSQL(t *Target) string {
 	casts := make([]string, len(t.Key))
 	for i, k := range t.Key {
@@ -521,12 +528,21 @@ func QueueTakeSQL(t *Target) string {
 	// statistics are often those of an empty queue (autovacuum ran after it drained), and with
 	// them the planner joined the picked ids to the whole queue, a scan of every entry per batch.
 	// A TID scan does not depend on them. The picked rows are locked, so their ctids hold.
-	return fmt.Sprintf(`WITH p AS MATERIALIZED (
+	return fmt.Sprintf(`WITH k AS (
+  SELECT CASE WHEN $3::int4 > 1 THEN (
+    SELECT CASE WHEN c.n >= $2::int8 * $3 THEN $2
+      WHEN c.n <= `+fmt.Sprint(2*SplitMin)+` THEN least($2, c.n)
+      ELSE least($2, greatest((c.n + $3 - 1) / $3, `+fmt.Sprint(SplitMin)+`)) END
+    FROM (SELECT count(*) AS n FROM (SELECT FROM matcol.pending
+          WHERE target_id = $1 AND `+DirectEntrySQL+`
+          ORDER BY target_id, id LIMIT $2::int8 * $3) s) c)
+  ELSE $2 END AS k),
+p AS MATERIALIZED (
   SELECT ctid FROM matcol.pending
   WHERE target_id = $1 AND `+DirectEntrySQL+`
-  ORDER BY target_id, id LIMIT $2 + least($2, 1) FOR UPDATE SKIP LOCKED),
+  ORDER BY target_id, id LIMIT (SELECT k.k + least(k.k, 1) FROM k) FOR UPDATE SKIP LOCKED),
 e AS (
-  DELETE FROM matcol.pending d WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM p LIMIT $2))
+  DELETE FROM matcol.pending d WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM p LIMIT (SELECT k.k FROM k)))
   RETURNING d.vals, d.enqueued_at),
 %s AS (SELECT %s, min(e.enqueued_at) AS at FROM e GROUP BY %s),
 %s AS (SELECT %s, %s.at FROM %s AS %s JOIN %s ON %s ORDER BY %s FOR NO KEY UPDATE OF %s SKIP LOCKED)
@@ -535,12 +551,16 @@ UNION ALL
 SELECT 'r', %s.at, %s FROM %s
 WHERE (%s) NOT IN (SELECT %s FROM %s) AND EXISTS (SELECT FROM %s AS %s WHERE %s)
 UNION ALL
-SELECT 'm', now(), %s WHERE (SELECT count(*) FROM p) > $2`,
+SELECT 'm', now(), %s WHERE (SELECT count(*) FROM p) > (SELECT k.k FROM k)`,
 		aliasKeys, strings.Join(casts, ", "), keyList(t.Key, ""),
 		aliasLocked, keyCols(t.Key, aliasTarget), aliasKeys, t.Table.Sanitize(), aliasTarget, aliasKeys,
 		keyMatch(t.Key, aliasTarget, aliasKeys), keyCols(t.Key, aliasTarget), aliasTarget,
 		aliasLocked, keyTexts(t.Key, aliasLocked), aliasLocked,
 		aliasKeys, keyTexts(t.Key, aliasKeys), aliasKeys,
 		keyCols(t.Key, aliasKeys), keyList(t.Key, ""), aliasLocked, t.Table.Sanitize(), aliasTarget, keyMatch(t.Key, aliasTarget, aliasKeys),
-		strings.TrimSuffix(strings.Repeat("NULL::pg_catalog.text, ", len(t.Key)), ", "))
+		strings.TrimSuffix("(SELECT k.k FROM k)::pg_catalog.text, "+strings.Repeat("NULL::pg_catalog.text, ", len(t.Key)-1), ", "))
 }
+
+// SplitMin is the fewest entries a take leaves to another worker (QueueTakeSQL): a smaller batch
+// costs more in its own statements than it saves by running beside another.
+const SplitMin = 250
