@@ -62,12 +62,14 @@ names=(
   "statement trigger with a transition table, empty body"
   "hand-written row trigger (one UPDATE of the account)"
   "matcol's pgbench_history triggers alone"
+  "matcol's pgbench_accounts triggers alone"
   "matcol's triggers (trigger mode)"
 )
 setups=(
   "$off ALTER TABLE pgbench_history ENABLE TRIGGER x_noop;"
   "$off ALTER TABLE pgbench_history ENABLE TRIGGER x_hand;"
   "$off ALTER TABLE pgbench_history ENABLE TRIGGER USER; ALTER TABLE pgbench_history DISABLE TRIGGER x_noop; ALTER TABLE pgbench_history DISABLE TRIGGER x_hand;"
+  "$off ALTER TABLE pgbench_accounts ENABLE TRIGGER USER;"
   "$off ALTER TABLE pgbench_history ENABLE TRIGGER USER; ALTER TABLE pgbench_history DISABLE TRIGGER x_noop; ALTER TABLE pgbench_history DISABLE TRIGGER x_hand; ALTER TABLE pgbench_accounts ENABLE TRIGGER USER;"
 )
 run() {
