@@ -51,6 +51,11 @@ func (m *Materializer) batch(ctx context.Context, t *target) (n int, full bool, 
 	}
 	claimed := len(keys[0])
 	full = claimed >= size
+	if full {
+		// More may wait: another worker claims beside this one while it computes, rather than
+		// after it commits.
+		m.noteFullClaim(t)
+	}
 	held := false
 	if !full && t.minInterval > 0 {
 		// Rows the claim passed over for min_interval come due without any new invalidation.
@@ -85,6 +90,16 @@ func (m *Materializer) batch(ctx context.Context, t *target) (n int, full bool, 
 	m.done(t, size, claimed, time.Since(start))
 	m.log.Trace("batch", "table", t.plan.Table.String(), "rows", claimed, "size", size, "elapsed", time.Since(start))
 	return claimed, full, nil
+}
+
+// noteFullClaim records that a claim got all it asked for, so that another worker, up to the
+// table's cap, claims beside it (see next).
+func (m *Materializer) noteFullClaim(t *target) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.setMoreLocked(t, true)
+	t.claim = true
+	m.pushLocked(t)
 }
 
 // write computes and stamps the claimed keys and clears their failure records.

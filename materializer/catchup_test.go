@@ -315,6 +315,24 @@ func TestTableWorkersCapOneTable(t *testing.T) {
 	}
 }
 
+// A claim of stale rows that gets all it asked for brings a second worker while its batch
+// computes, not after it commits: the first two batches of a backlog overlap.
+func TestFullClaimBringsASecondWorker(t *testing.T) {
+	ctx := context.Background()
+	b := timedVenue(t, 2, 0)
+	pgtest.Exec(t, b.conn, `INSERT INTO venue (id) SELECT generate_series(3, 202); DELETE FROM matcol.pending; ANALYZE venue`)
+	b.run(t)
+	require.Eventually(t, func() bool {
+		var left int
+		require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM venue WHERE id > 2 AND ended IS NULL`).Scan(&left))
+		return left == 0
+	}, 60*time.Second, 20*time.Millisecond)
+	var overlap bool
+	require.NoError(t, b.conn.QueryRow(ctx, `WITH w AS (SELECT DISTINCT started, ended FROM venue WHERE id > 2 ORDER BY started LIMIT 2)
+		SELECT max(started) < min(ended) FROM w`).Scan(&overlap))
+	require.True(t, overlap, "the second batch started before the first ended")
+}
+
 // Queued keys that name most of a table's rows are answered by one pass over every row, which
 // reads the rows in key order with one statement per chunk; fewer keep their queue batches.
 func TestBigKeyBacklogBecomesAPass(t *testing.T) {
