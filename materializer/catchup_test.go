@@ -271,6 +271,28 @@ func TestLastEntriesAreShared(t *testing.T) {
 	require.Equal(t, 2*split-1, locked(second), "the other half, but for the entry the first holds as its look beyond")
 }
 
+// A take that finds the queue's end hands the table's keys back to the drainer's look, unless
+// another batch of the table runs: that batch's look beyond its take holds one entry, which it
+// takes itself once it commits, rather than leaving it for the drainer.
+func TestQueueEndWhileAnotherBatchRuns(t *testing.T) {
+	ctx := context.Background()
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 2, SweepInterval: time.Hour, BatchSize: 50})
+	id := b.plan.Targets[0].ID
+	pgtest.Exec(t, b.conn, `INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(10, 200) g`)
+	pgtest.Exec(t, b.conn, `DELETE FROM matcol.pending`)
+	for _, running := range []int{2, 0} {
+		pgtest.Exec(t, b.conn, fmt.Sprintf(`INSERT INTO event SELECT g, g, 1 FROM generate_series(%d, %d) g`, 10+running*10, 19+running*10))
+		_, err := b.mat.NoteDirect(ctx)
+		require.NoError(t, err)
+		require.True(t, b.mat.Direct(id))
+		b.mat.SetRunning(id, running)
+		_, more, err := b.mat.QueueBatchOf(ctx, id)
+		require.NoError(t, err)
+		require.False(t, more)
+		require.Equal(t, running > 1, b.mat.Direct(id), "another batch running: %v", running > 1)
+	}
+}
+
 // One table's backlog runs on one worker for its first RampAfter, then on at most TableWorkers at
 // once, whatever the number of workers: on two cores, a burst of one table ran slower spread over
 // four batches at once than on one backend (docs/benchmarks.md).

@@ -50,3 +50,17 @@ func (m *Materializer) Backlog(id int) bool {
 	defer m.mu.Unlock()
 	return m.byID[id].more
 }
+
+// Direct reports whether workers take target id's queued keys.
+func (m *Materializer) Direct(id int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.byID[id].direct
+}
+
+// SetRunning sets how many batches of target id the scheduler counts as running.
+func (m *Materializer) SetRunning(id, n int) {
+	m.mu.Lock()
+	m.byID[id].running = n
+	m.mu.Unlock()
+}
