@@ -322,11 +322,7 @@ func TestTableWorkersCapOneTable(t *testing.T) {
 					INSERT INTO event SELECT g, g, 1 FROM generate_series(3, 1202) g`) // a queued key each
 			}
 			b.run(t)
-			require.Eventually(t, func() bool {
-				var left int
-				require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM venue WHERE id > 2 AND ended IS NULL`).Scan(&left))
-				return left == 0
-			}, 60*time.Second, 20*time.Millisecond)
+			waitTimedBatches(t, b)
 			// The most batches running at once is reached as one of them starts.
 			var most int64
 			require.NoError(t, b.conn.QueryRow(ctx, `WITH w AS (SELECT DISTINCT started, ended FROM venue WHERE id > 2)
@@ -344,11 +340,7 @@ func TestFullClaimBringsASecondWorker(t *testing.T) {
 	b := timedVenue(t, 2, 0)
 	pgtest.Exec(t, b.conn, `INSERT INTO venue (id) SELECT generate_series(3, 202); DELETE FROM matcol.pending; ANALYZE venue`)
 	b.run(t)
-	require.Eventually(t, func() bool {
-		var left int
-		require.NoError(t, b.conn.QueryRow(ctx, `SELECT count(*) FROM venue WHERE id > 2 AND ended IS NULL`).Scan(&left))
-		return left == 0
-	}, 60*time.Second, 20*time.Millisecond)
+	waitTimedBatches(t, b)
 	var overlap bool
 	require.NoError(t, b.conn.QueryRow(ctx, `WITH w AS (SELECT DISTINCT started, ended FROM venue WHERE id > 2 ORDER BY started LIMIT 2)
 		SELECT max(started) < min(ended) FROM w`).Scan(&overlap))

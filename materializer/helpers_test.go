@@ -79,3 +79,13 @@ func timedVenue(t *testing.T, tableWorkers int, ramp time.Duration) *bundle {
 	reload(t, b)
 	return b
 }
+
+// waitTimedBatches waits until a timedVenue bundle has computed every row it added.
+func waitTimedBatches(t *testing.T, b *bundle) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		var left int
+		require.NoError(t, b.conn.QueryRow(context.Background(), `SELECT count(*) FROM venue WHERE id > 2 AND ended IS NULL`).Scan(&left))
+		return left == 0
+	}, 60*time.Second, 20*time.Millisecond)
+}
