@@ -248,8 +248,8 @@ func TestLastEntriesAreShared(t *testing.T) {
 	// takes the other half.
 	events(20000, 4*split)
 	sql := plan.QueueTakeSQL(b.plan.Targets[0])
-	locked := func(tx pgx.Tx) (n int) {
-		rows, err := tx.Query(ctx, sql, id, 5000, 2)
+	locked := func(tx pgx.Tx, done int) (n int) {
+		rows, err := tx.Query(ctx, sql, id, 5000, 2, done)
 		require.NoError(t, err)
 		for rows.Next() {
 			vals, err := rows.Values()
@@ -267,8 +267,16 @@ func TestLastEntriesAreShared(t *testing.T) {
 	second, err := b.pool.Begin(ctx)
 	require.NoError(t, err)
 	defer second.Rollback(ctx) //nolint:errcheck // nothing to keep
-	require.Equal(t, 2*split, locked(first))
-	require.Equal(t, 2*split-1, locked(second), "the other half, but for the entry the first holds as its look beyond")
+	require.Equal(t, 2*split, locked(first, 0))
+	require.Equal(t, 2*split-1, locked(second, 0), "the other half, but for the entry the first holds as its look beyond")
+	require.NoError(t, second.Rollback(ctx))
+
+	// When the first batch has likely computed what it took, its worker is about to come back:
+	// the next take leaves it half of the rest. The estimate comes from the table's batches in
+	// flight and its last batch's speed.
+	b.mat.SetFlight(id, 2*split, time.Second, 10000)
+	take(5000, split, true, "half of the rest, the other batch about to end")
+	require.NoError(t, first.Rollback(ctx))
 }
 
 // A take that finds the queue's end hands the table's keys back to the drainer's look, unless

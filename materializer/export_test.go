@@ -1,6 +1,9 @@
 package materializer
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // DirectToDrainer makes the drainer take every direct entry and set its row stale, as it does for
 // mapped ones: tests of how invalidations land against batches in flight use it.
@@ -62,5 +65,15 @@ func (m *Materializer) Direct(id int) bool {
 func (m *Materializer) SetRunning(id, n int) {
 	m.mu.Lock()
 	m.byID[id].running = n
+	m.mu.Unlock()
+}
+
+// SetFlight records a queue batch of target id that took taken entries ago, and rate as the
+// table's speed in rows per second.
+func (m *Materializer) SetFlight(id, taken int, ago time.Duration, rate float64) {
+	m.mu.Lock()
+	t := m.byID[id]
+	t.flights = append(t.flights, &flight{taken: taken, at: time.Now().Add(-ago)})
+	t.rate = rate
 	m.mu.Unlock()
 }

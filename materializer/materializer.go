@@ -233,6 +233,10 @@ type tableState struct {
 	direct         bool
 	directOffUntil time.Time
 	passCheckAt    time.Time // when the size of a backlog of queued keys was last checked
+	// The table's queue batches computing now, and the rows per second of the last one to end: a
+	// take counts the rows those batches have likely done (doneLocked).
+	flights []*flight
+	rate    float64
 
 	rows      atomic.Int64 // materialized by this process
 	lastBatch atomic.Int64 // nanoseconds

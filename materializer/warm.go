@@ -78,7 +78,7 @@ func (m *Materializer) warmTarget(ctx context.Context, c *pgxpool.Conn, t *targe
 	if _, err := tx.Exec(ctx, batchSettingsSQL, settingsArgs(t.plan)...); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, t.takeSQL, t.plan.ID, 0, 1); err != nil {
+	if _, err := tx.Exec(ctx, t.takeSQL, t.plan.ID, 0, 1, 0); err != nil {
 		return err
 	}
 	width := len(t.plan.Key)

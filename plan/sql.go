@@ -514,11 +514,12 @@ const DirectEntrySQL = "dependency_id IS NULL AND vals IS NOT NULL AND vals <> '
 // by a nested loop.
 //
 // With $3 workers sharing the table, a take of the last entries leaves the others a share: when
-// fewer than $3 batches of entries wait, it takes its share of them (all of them up to two
+// fewer than $3 batches of entries wait, it takes its share of them (all of them below two
 // SplitMin, at least SplitMin), so that the burst's last batches end together rather than one
 // running alone while the others find nothing. The count sees entries other batches have taken
-// but not committed, so that each takes a share of the whole. The "m" row carries the size it
-// took in its first key column.
+// but not committed, so that each takes a share of the whole; $4 of those are likely computed
+// already (the caller's estimate from its batches' progress), and count as done. The "m" row
+// carries the size it took in its first key column.
 func QueueTakeSQL(t *Target) string {
 	casts := make([]string, len(t.Key))
 	for i, k := range t.Key {
@@ -531,8 +532,8 @@ func QueueTakeSQL(t *Target) string {
 	return fmt.Sprintf(`WITH k AS (
   SELECT CASE WHEN $3::int4 > 1 THEN (
     SELECT CASE WHEN c.n >= $2::int8 * $3 THEN $2
-      WHEN c.n <= `+fmt.Sprint(2*SplitMin)+` THEN least($2, c.n)
-      ELSE least($2, greatest((c.n + $3 - 1) / $3, `+fmt.Sprint(SplitMin)+`)) END
+      WHEN c.n - $4::int8 < `+fmt.Sprint(2*SplitMin)+` THEN least($2, c.n)
+      ELSE least($2, greatest((c.n - $4 + $3 - 1) / $3, `+fmt.Sprint(SplitMin)+`)) END
     FROM (SELECT count(*) AS n FROM (SELECT FROM matcol.pending
           WHERE target_id = $1 AND `+DirectEntrySQL+`
           ORDER BY target_id, id LIMIT $2::int8 * $3) s) c)
