@@ -417,6 +417,18 @@ func TestRunningDaemonSwitchesBigBacklogToAPass(t *testing.T) {
 	}, 30*time.Second, 5*time.Millisecond)
 	require.Equal(t, int64(1), b.mat.Stats.BacklogsToPass.Load(), "2,000 queued keys of 2,002 rows must go to a pass")
 	require.Empty(t, b.drift(t))
+
+	// A bulk change a second after the first one's pass is a backlog of its own, weighed at once
+	// rather than ten seconds after the first was.
+	time.Sleep(1100 * time.Millisecond)
+	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g + 2000, g, 1 FROM generate_series(3, 2002) g`)
+	require.Eventually(t, func() bool {
+		var left int
+		require.NoError(t, b.conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM matcol.pending) + (SELECT count(*) FROM venue WHERE materialized_at IS NULL)`).Scan(&left))
+		return left == 0 && !b.mat.Passing(id)
+	}, 30*time.Second, 5*time.Millisecond)
+	require.Equal(t, int64(2), b.mat.Stats.BacklogsToPass.Load(), "the second change's keys must go to a pass too")
+	require.Empty(t, b.drift(t))
 }
 
 // An idle daemon, caught up with its drainer asleep, probes the database for its throttle every

@@ -296,12 +296,15 @@ func (m *Materializer) noteTake(t *target, beyond bool) {
 // overtakes queue batches when 40-80% of a table's rows wait.
 const passShare = 0.7
 
-// checkBacklog reports whether t has a backlog of queued keys whose size is due a check: at most
-// once every ten seconds, and only once a batch has seen entries beyond its own.
+// checkBacklog reports whether t has a backlog of queued keys whose size is due a check: at its
+// start, then at most once every ten seconds while it lasts, and never twice in a second. A
+// bulk change seconds after another used to wait out the ten seconds in queue batches.
 func (m *Materializer) checkBacklog(t *target) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.cfg.PassShare < 0 || !t.more || t.walk != nil || time.Since(t.passCheckAt) < 10*time.Second {
+	since := time.Since(t.passCheckAt)
+	recent := since < time.Second || (since < 10*time.Second && t.passCheckAt.After(t.backlogAt))
+	if m.cfg.PassShare < 0 || !t.more || t.walk != nil || recent {
 		return false
 	}
 	t.passCheckAt = time.Now()
