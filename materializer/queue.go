@@ -315,7 +315,9 @@ func (m *Materializer) checkBacklog(t *target) bool {
 // $2 and $3 of the estimated rows of table $4, in one statement: the keys' deletion commits with the
 // entry, and the pass that answers it reads every row after that commit. It counts no further
 // than it needs. The estimate is the planner's (reltuples scaled to the table's current size); a
-// table never analyzed (a partitioned one, say) has none and keeps its queue batches.
+// table never analyzed (a partitioned one, say) has none and keeps its queue batches. Entries
+// that running queue batches have taken stay theirs, so that the switch never waits for those
+// batches, and the pass starts while they write.
 const keysToPassSQL = `WITH need AS (
 	SELECT (SELECT ceil($3 * CASE WHEN c.relpages > 0
 	          THEN greatest(c.reltuples, c.reltuples / c.relpages * (pg_catalog.pg_relation_size(c.oid) / current_setting('block_size')::int))
@@ -326,8 +328,9 @@ enough AS (
 		SELECT 1 FROM matcol.pending WHERE target_id = $1 AND ` + plan.DirectEntrySQL + `
 		LIMIT greatest((SELECT n FROM need), $2)) AS q),
 gone AS (
-	DELETE FROM matcol.pending WHERE (SELECT yes FROM enough)
-	  AND target_id = $1 AND ` + plan.DirectEntrySQL + ` RETURNING 1)
+	DELETE FROM matcol.pending d WHERE (SELECT yes FROM enough) AND d.ctid = ANY (ARRAY(
+	  SELECT ctid FROM matcol.pending WHERE (SELECT yes FROM enough)
+	    AND target_id = $1 AND ` + plan.DirectEntrySQL + ` FOR UPDATE SKIP LOCKED)) RETURNING 1)
 INSERT INTO matcol.pending (target_id, vals)
 SELECT $1, NULL WHERE (SELECT yes FROM enough) AND (SELECT count(*) FROM gone) >= 0
 RETURNING id`
