@@ -328,7 +328,7 @@ enough AS (
 		SELECT 1 FROM matcol.pending WHERE target_id = $1 AND ` + plan.DirectEntrySQL + `
 		LIMIT greatest((SELECT n FROM need), $2)) AS q),
 gone AS (
-	DELETE FROM matcol.pending d WHERE (SELECT yes FROM enough) AND d.ctid = ANY (ARRAY(
+	DELETE FROM matcol.pending d WHERE d.ctid = ANY (ARRAY(
 	  SELECT ctid FROM matcol.pending WHERE (SELECT yes FROM enough)
 	    AND target_id = $1 AND ` + plan.DirectEntrySQL + ` FOR UPDATE SKIP LOCKED)) RETURNING 1)
 INSERT INTO matcol.pending (target_id, vals)
