@@ -417,27 +417,46 @@ func TestRunningDaemonSwitchesBigBacklogToAPass(t *testing.T) {
 	pgtest.Exec(t, b.conn, `ALTER TABLE venue DISABLE TRIGGER USER;
 		INSERT INTO venue (id, seat_count, materialized_at) SELECT g, 0, now() FROM generate_series(3, 2002) g;
 		ALTER TABLE venue ENABLE TRIGGER USER; ANALYZE venue; DELETE FROM matcol.pending`)
+	caughtUp := func() {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			var left int
+			require.NoError(t, b.conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM matcol.pending) + (SELECT count(*) FROM venue WHERE materialized_at IS NULL)`).Scan(&left))
+			return left == 0 && !b.mat.Passing(id)
+		}, 30*time.Second, 5*time.Millisecond)
+	}
 	b.run(t)
 	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g, g, 4 FROM generate_series(3, 2002) g`)
-	require.Eventually(t, func() bool {
-		var left int
-		require.NoError(t, b.conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM matcol.pending) + (SELECT count(*) FROM venue WHERE materialized_at IS NULL)`).Scan(&left))
-		return left == 0 && !b.mat.Passing(id)
-	}, 30*time.Second, 5*time.Millisecond)
+	caughtUp()
 	require.Equal(t, int64(1), b.mat.Stats.BacklogsToPass.Load(), "2,000 queued keys of 2,002 rows must go to a pass")
 	require.Empty(t, b.drift(t))
 
 	// A bulk change a second after the first one's pass is a backlog of its own, weighed at once
 	// rather than ten seconds after the first was.
 	time.Sleep(1100 * time.Millisecond)
+	b.mat.SetBatchSize(id, 20) // grown, one batch could answer the keys before the check counts them
 	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g + 2000, g, 1 FROM generate_series(3, 2002) g`)
-	require.Eventually(t, func() bool {
-		var left int
-		require.NoError(t, b.conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM matcol.pending) + (SELECT count(*) FROM venue WHERE materialized_at IS NULL)`).Scan(&left))
-		return left == 0 && !b.mat.Passing(id)
-	}, 30*time.Second, 5*time.Millisecond)
+	caughtUp()
 	require.Equal(t, int64(2), b.mat.Stats.BacklogsToPass.Load(), "the second change's keys must go to a pass too")
 	require.Empty(t, b.drift(t))
+}
+
+// A backlog of queued keys is weighed when it begins, then every ten seconds while it lasts, and
+// never twice in a second: a new backlog seconds after one that queue batches answered is weighed
+// at once.
+func TestBacklogChecks(t *testing.T) {
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 1, SweepInterval: time.Hour})
+	id := b.plan.Targets[0].ID
+	b.mat.SetBacklog(id, true)
+	require.True(t, b.mat.CheckBacklogOf(id), "a new backlog")
+	require.False(t, b.mat.CheckBacklogOf(id), "again at once")
+	b.mat.AgeBacklog(id, 2*time.Second)
+	require.False(t, b.mat.CheckBacklogOf(id), "the same backlog two seconds later")
+	b.mat.SetBacklog(id, false)
+	b.mat.SetBacklog(id, true)
+	require.True(t, b.mat.CheckBacklogOf(id), "a new backlog two seconds after the last check")
+	b.mat.AgeBacklog(id, 11*time.Second)
+	require.True(t, b.mat.CheckBacklogOf(id), "the same backlog eleven seconds later")
 }
 
 // An idle daemon, caught up with its drainer asleep, probes the database for its throttle every

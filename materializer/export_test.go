@@ -77,3 +77,23 @@ func (m *Materializer) SetFlight(id, taken int, ago time.Duration, rate float64)
 	t.rate = rate
 	m.mu.Unlock()
 }
+
+// CheckBacklogOf reports whether target id's backlog of queued keys is due a check, as a worker
+// asks before its batch.
+func (m *Materializer) CheckBacklogOf(id int) bool { return m.checkBacklog(m.byID[id]) }
+
+// SetBacklog starts (or ends) a backlog of target id.
+func (m *Materializer) SetBacklog(id int, more bool) {
+	m.mu.Lock()
+	m.setMoreLocked(m.byID[id], more)
+	m.mu.Unlock()
+}
+
+// AgeBacklog moves target id's backlog start and last check d into the past.
+func (m *Materializer) AgeBacklog(id int, d time.Duration) {
+	m.mu.Lock()
+	t := m.byID[id]
+	t.backlogAt = t.backlogAt.Add(-d)
+	t.passCheckAt = t.passCheckAt.Add(-d)
+	m.mu.Unlock()
+}

@@ -148,6 +148,9 @@ func (m *Materializer) endWalk(ctx context.Context, t *target, w *walk, gen int)
 		return nil
 	}
 	t.walk = nil
+	// The pass answered every key queued before it: keys queued from now on are a backlog of their
+	// own, weighed when it begins (checkBacklog), even while t.more still holds from the pass.
+	t.passCheckAt = time.Time{}
 	m.log.Info("recomputed every row after a whole-table invalidation", "table", t.plan.Table.String(),
 		"rows", w.rows, "elapsed", time.Since(w.start).Round(time.Millisecond))
 	return nil
