@@ -2,6 +2,7 @@ package logical_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,15 +31,35 @@ func runListener(t *testing.T, b *bundle, p *plan.Plan, noAck bool) (stop func()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- l.Run(ctx) }()
-	return func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(10 * time.Second):
-			t.Fatal("listener did not stop")
-		}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				require.NoError(t, err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("listener did not stop")
+			}
+		})
 	}
+	// A failed assertion skips the test's own stop; the listener must not log past the test.
+	t.Cleanup(stop)
+	return stop
+}
+
+// commitChange runs stmt with a synchronous commit and returns a position at or past the end of
+// that commit. Logical walsenders send only flushed WAL, so a slot can confirm this position,
+// while the insert position may hold others' unflushed records (running xacts, async commits).
+func commitChange(t *testing.T, conn *pgx.Conn, stmt string) pglogrepl.LSN {
+	t.Helper()
+	pgtest.Exec(t, conn, `SET synchronous_commit = on`)
+	pgtest.Exec(t, conn, stmt)
+	var s string
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT pg_current_wal_flush_lsn()::text`).Scan(&s))
+	lsn, err := pglogrepl.ParseLSN(s)
+	require.NoError(t, err)
+	return lsn
 }
 
 // appliedPlan applies b's config and returns the plan it registered.
@@ -199,13 +220,10 @@ func TestNoAckBeforeApply(t *testing.T) {
 	locker := pgtest.Connect(t, b.dsn)
 	pgtest.Exec(t, locker, `BEGIN`)
 	pgtest.Exec(t, locker, `LOCK TABLE matcol.pending IN ACCESS EXCLUSIVE MODE`)
-	pgtest.Exec(t, b.conn, `UPDATE event SET seat_count = seat_count + 1 WHERE id = 42`)
-	var changeLSN string
-	require.NoError(t, b.conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&changeLSN))
+	w := commitChange(t, b.conn, `UPDATE event SET seat_count = seat_count + 1 WHERE id = 42`)
 	time.Sleep(3 * time.Second) // three status intervals
 	confirmed, _ := slotLag(t, b.conn, b.slot)
 	c, _ := pglogrepl.ParseLSN(confirmed)
-	w, _ := pglogrepl.ParseLSN(changeLSN)
 	require.Less(t, uint64(c), uint64(w), "slot acked a commit whose entries are not applied")
 
 	pgtest.Exec(t, locker, `COMMIT`)
@@ -237,10 +255,7 @@ func TestAckedEntriesSurviveCrash(t *testing.T) {
 
 	stop := runListener(t, b, p, false)
 	waitPending(t, b, "vals IS NULL", len(p.Targets), 20*time.Second) // streaming, first resync done
-	pgtest.Exec(t, b.conn, `UPDATE event SET seat_count = seat_count + 1 WHERE id = 42`)
-	var changeLSN string
-	require.NoError(t, b.conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&changeLSN))
-	w, _ := pglogrepl.ParseLSN(changeLSN)
+	w := commitChange(t, b.conn, `UPDATE event SET seat_count = seat_count + 1 WHERE id = 42`)
 	waitAcked(t, b, w, "slot did not ack the change")
 	stop()
 	require.NoError(t, c.Restart(ctx, "immediate"))
