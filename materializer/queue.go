@@ -138,7 +138,9 @@ func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more b
 	width := len(t.plan.Key)
 	var locked [][]*string
 	var ats []time.Time
+	var pid uint32
 	err = m.inBatch(ctx, t, func(tx pgx.Tx) error {
+		pid = tx.Conn().PgConn().PID()
 		rows, err := tx.Query(ctx, t.takeSQL, t.plan.ID, size, share, done)
 		if err != nil {
 			return err
@@ -225,7 +227,7 @@ func (m *Materializer) queueBatch(ctx context.Context, t *target) (n int, more b
 			}
 		}
 	}
-	m.log.Trace("queue batch", "table", t.plan.Table.String(), "rows", n, "size", size, "elapsed", time.Since(start))
+	m.log.Trace("queue batch", "table", t.plan.Table.String(), "rows", n, "size", size, "elapsed", time.Since(start), "pid", pid)
 	return n, more, nil
 }
 
