@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -36,14 +35,7 @@ func loadConfig(t *testing.T, dsn, yaml string) *config.Config {
 }
 
 func testLogger(t *testing.T) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: "matcol", Level: hclog.LevelFromString(cmp.Or(os.Getenv("MATCOL_TEST_LOG_LEVEL"), "info")), Output: testWriter{t}})
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+	return hclog.New(&hclog.LoggerOptions{Name: "matcol", Level: hclog.LevelFromString(cmp.Or(os.Getenv("MATCOL_TEST_LOG_LEVEL"), "info")), Output: pgtest.LogWriter(t)})
 }
 
 // startDaemon runs the daemon until the test ends.

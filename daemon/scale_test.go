@@ -50,7 +50,7 @@ database:
 `)
 	cfg.Materializer.Workers = 4
 	cfg.Materializer.RescanInterval = 10 * time.Second
-	log := hclog.New(&hclog.LoggerOptions{Name: "matcol", Level: hclog.Debug, Output: testWriter{t}})
+	log := hclog.New(&hclog.LoggerOptions{Name: "matcol", Level: hclog.Debug, Output: pgtest.LogWriter(t)})
 
 	// Every matcol backend's private memory, sampled each 500ms from /proc.
 	var mu sync.Mutex

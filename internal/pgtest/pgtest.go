@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -164,4 +165,35 @@ func LoginRole(t testing.TB, dsn, name string) string {
 		t.Fatalf("parse dsn: %v", err)
 	}
 	return strings.Replace(dsn, "://"+cfg.User+"@", "://"+name+"@", 1)
+}
+
+// LogWriter writes log lines to t.Log until t's cleanups have run, and to stderr after: t.Log
+// from a goroutine that outlives its test (one a failed assertion left running) panics once the
+// package's tests have ended, burying the failure under a stack trace.
+func LogWriter(t testing.TB) io.Writer {
+	w := &logWriter{t: t}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
+	})
+	return w
+}
+
+type logWriter struct {
+	mu   sync.Mutex
+	t    testing.TB
+	done bool
+}
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	line := strings.TrimRight(string(p), "\n")
+	if w.done {
+		fmt.Fprintf(os.Stderr, "%s (after the test ended): %s\n", w.t.Name(), line)
+		return len(p), nil
+	}
+	w.t.Log(line)
+	return len(p), nil
 }

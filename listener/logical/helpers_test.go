@@ -65,14 +65,7 @@ func setupDB(t *testing.T, dsn string, conn *pgx.Conn, yaml string) *bundle {
 }
 
 func testLogger(t *testing.T, name string) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Info, Output: testWriter{t}})
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Info, Output: pgtest.LogWriter(t)})
 }
 
 // running is a daemon started in this process.
