@@ -100,6 +100,15 @@ func (b *bundle) run(t *testing.T) {
 	t.Cleanup(func() { stop(); <-done })
 }
 
+// left is what the materializer still has to do: queued entries plus venue's stale rows.
+func (b *bundle) left(t *testing.T) int {
+	t.Helper()
+	var n int
+	require.NoError(t, b.conn.QueryRow(context.Background(),
+		`SELECT (SELECT count(*) FROM matcol.pending) + (SELECT count(*) FROM venue WHERE materialized_at IS NULL)`).Scan(&n))
+	return n
+}
+
 func (b *bundle) drift(t *testing.T) []verify.Drift {
 	t.Helper()
 	d, _, err := verify.Run(context.Background(), b.conn, b.plan, verify.Options{IncludeStale: true})

@@ -35,11 +35,7 @@ func TestPlanChangeMidBatchKeepsTableRunning(t *testing.T) {
 	reload(t, b)
 	pgtest.Exec(t, gate, `SELECT pg_advisory_unlock(4242)`)
 
-	caughtUp := func() bool {
-		var left int
-		require.NoError(t, b.conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM matcol.pending) + (SELECT count(*) FROM venue WHERE materialized_at IS NULL)`).Scan(&left))
-		return left == 0
-	}
+	caughtUp := func() bool { return b.left(t) == 0 }
 	require.Eventually(t, caughtUp, 20*time.Second, 20*time.Millisecond)
 
 	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g, g, 7 FROM generate_series(3, 100) g`)
