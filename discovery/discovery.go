@@ -300,17 +300,40 @@ type FilledPartition struct {
 
 // FilledPartitions returns those of oids that are plain tables with pages: partitions that may
 // hold rows. A foreign table's contents are not known and it is left out.
-func FilledPartitions(ctx context.Context, q Querier, oids []uint32) ([]FilledPartition, error) {
-	rows, err := q.Query(ctx, `SELECT c.oid::pg_catalog.regclass::pg_catalog.text, pg_catalog.pg_get_partition_constraintdef(c.oid)
+//
+// Reading a partition's size and bounds locks the partition, then its parent. DETACH PARTITION
+// locks them the other way round, so the partitions' ancestors are locked first, root down, in
+// the same transaction: a DETACH that comes between then waits or is waited for, and neither it
+// nor this read dies in a deadlock.
+func FilledPartitions(ctx context.Context, db interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}, oids []uint32) ([]FilledPartition, error) {
+	var out []FilledPartition
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		// pg_relation_size locks a relation for the transaction and needs no privilege on it.
+		if _, err := tx.Exec(ctx, `WITH anc AS (
+				SELECT DISTINCT a.relid FROM unnest($1::oid[]) AS p(oid), pg_catalog.pg_partition_ancestors(p.oid) AS a
+				WHERE a.relid <> p.oid)
+			SELECT count(pg_catalog.pg_relation_size(l.relid)) FROM (
+				SELECT relid FROM anc ORDER BY (SELECT count(*) FROM pg_catalog.pg_partition_ancestors(anc.relid)), relid) AS l`, oids); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT c.oid::pg_catalog.regclass::pg_catalog.text, pg_catalog.pg_get_partition_constraintdef(c.oid)
 		FROM pg_catalog.pg_class c WHERE c.oid = ANY ($1::oid[]) AND c.relkind = 'r'
 		  AND pg_catalog.pg_relation_size(c.oid) > 0
 		  AND pg_catalog.pg_get_partition_constraintdef(c.oid) IS NOT NULL
 		ORDER BY c.oid`, oids)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (FilledPartition, error) {
+			var p FilledPartition
+			return p, r.Scan(&p.Name, &p.Cond)
+		})
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read partitions: %w", err)
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (FilledPartition, error) {
-		var p FilledPartition
-		return p, r.Scan(&p.Name, &p.Cond)
-	})
+	return out, nil
 }
