@@ -248,8 +248,8 @@ func TestPartitionedTargetUnderWritersAndAttaches(t *testing.T) {
 			waitExactTables(t, dsn, []string{"acct"}, 30*time.Second)
 
 			wctx, stop := context.WithTimeout(ctx, 6*time.Second)
-			defer stop()
 			var wg sync.WaitGroup
+			defer func() { stop(); wg.Wait() }() // a failed DDL must not leave writers on closed connections
 			for i := 0; i < 3; i++ {
 				wg.Add(1)
 				go func(seed uint64) {
