@@ -155,6 +155,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 		return w
 	}
 	keepFn := map[string]bool{}
+	partitions := map[pgident.Table]bool{}
 	function := func(t pgident.Table, name, sql string) {
 		keepFn[name] = true
 		if sum, ok := bodies[name]; !ok || sum != fmt.Sprintf("%x", md5.Sum([]byte(functionBody(sql)))) {
@@ -186,6 +187,7 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 				return nil, false, err
 			}
 			for _, part := range parts {
+				partitions[part.Name] = true
 				want(part.Name, PartitionTriggersSQL(part.Name.Sanitize(), truncFn))
 			}
 		}
@@ -240,7 +242,15 @@ func syncTriggers(ctx context.Context, tx pgx.Tx, p *plan.Plan, stale bool) ([]C
 	for t := range todo {
 		tables = append(tables, t)
 	}
-	sort.Slice(tables, func(i, j int) bool { return tables[i].String() < tables[j].String() })
+	// Partitions last: their triggers call functions created with their parent's, and DETACH
+	// PARTITION locks the parent before the partition, so a transaction that did otherwise
+	// could deadlock with it.
+	sort.Slice(tables, func(i, j int) bool {
+		if partitions[tables[i]] != partitions[tables[j]] {
+			return partitions[tables[j]]
+		}
+		return tables[i].String() < tables[j].String()
+	})
 	more := len(tables) > ChunkTables
 	if more {
 		tables = tables[:ChunkTables]

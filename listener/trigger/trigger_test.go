@@ -372,3 +372,55 @@ func TestWritersNotifyOnlyASleepingDaemon(t *testing.T) {
 	require.True(t, notified(), "a sleeping daemon is woken")
 	require.Equal(t, []string{"[1]", "[1]"}, queued(t, conn))
 }
+
+// Apply beside a DETACH PARTITION of a source that queued behind another transaction: the
+// triggers go on the partitioned table before its partitions, in the order DETACH locks them,
+// and neither statement dies in a deadlock, whatever the tables' names.
+func TestSyncBesideADetach(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewDB(t)
+	conn := pgtest.Connect(t, dsn)
+	pgtest.Exec(t, conn, `
+		CREATE TABLE venue (id bigint PRIMARY KEY, seat_count bigint, materialized_at timestamptz);
+		CREATE TABLE z_event (id bigint, venue_id bigint, seats int, PRIMARY KEY (id)) PARTITION BY RANGE (id);
+		CREATE TABLE a_event PARTITION OF z_event FOR VALUES FROM (0) TO (100);
+		CREATE TABLE b_event PARTITION OF z_event FOR VALUES FROM (100) TO (200)`)
+	holder := pgtest.Connect(t, dsn)
+	pgtest.Exec(t, holder, `BEGIN; LOCK TABLE ONLY z_event IN ACCESS SHARE MODE`)
+	ddl := pgtest.Connect(t, dsn)
+	pgtest.Exec(t, ddl, `SET deadlock_timeout = '50ms'`)
+	pgtest.Exec(t, conn, `SET deadlock_timeout = '50ms'`)
+	waiting := func(pid uint32) func() bool {
+		return func() bool {
+			var n int
+			require.NoError(t, holder.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted`, pid).Scan(&n))
+			return n > 0
+		}
+	}
+	detached := make(chan error, 1)
+	go func() { _, err := ddl.Exec(ctx, `ALTER TABLE z_event DETACH PARTITION a_event`); detached <- err }()
+	require.Eventually(t, waiting(ddl.PgConn().PID()), 10*time.Second, 5*time.Millisecond)
+
+	applied := make(chan error, 1)
+	go func() {
+		applied <- pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := registry.Install(ctx, tx); err != nil {
+				return err
+			}
+			p, err := plan.Build(ctx, tx, []registry.Enrichment{{
+				Name: "venue_seats", Target: pgident.Table{Schema: "public", Name: "venue"}, Columns: []string{"seat_count"},
+				SQL:       `SELECT v.id, sum(e.seats)::bigint AS seat_count FROM venue v LEFT JOIN z_event e ON e.venue_id = v.id WHERE v.id = ANY($1) GROUP BY v.id`,
+				DependsOn: []registry.Dependency{{Source: pgident.Table{Schema: "public", Name: "z_event"}, Columns: []string{"venue_id"}}},
+			}})
+			if err != nil {
+				return err
+			}
+			_, _, err = trigger.Sync(ctx, tx, p)
+			return err
+		})
+	}()
+	require.Eventually(t, waiting(conn.PgConn().PID()), 10*time.Second, 5*time.Millisecond)
+	pgtest.Exec(t, holder, `COMMIT`)
+	require.NoError(t, <-detached)
+	require.NoError(t, <-applied)
+}
