@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/matcol/matcol/internal/pgtest"
@@ -408,8 +409,10 @@ func TestBigKeyBacklogBecomesAPass(t *testing.T) {
 // A daemon whose queue fills with keys for most of a table switches to a pass by itself, and ends
 // with every row exact.
 func TestRunningDaemonSwitchesBigBacklogToAPass(t *testing.T) {
-	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 2, SweepInterval: time.Hour, BatchSize: 20,
-		TargetBatchDuration: 10 * time.Second, PassShare: 0.3, PassMin: 100}) // batch sizes grow; the share leaves room for the table's growth
+	// One worker: a second one's queue batches could answer every key while the first weighs
+	// them, on a loaded machine. Batch sizes grow; the share leaves room for the table's growth.
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 1, SweepInterval: time.Hour, BatchSize: 20,
+		TargetBatchDuration: 10 * time.Second, PassShare: 0.3, PassMin: 100})
 	id := b.plan.Targets[0].ID
 	// Fresh rows: the self trigger would make new rows stale, and their claim batches would grow
 	// the batch size before the keys arrive.
@@ -418,7 +421,11 @@ func TestRunningDaemonSwitchesBigBacklogToAPass(t *testing.T) {
 		ALTER TABLE venue ENABLE TRIGGER USER; ANALYZE venue; DELETE FROM matcol.pending`)
 	caughtUp := func() {
 		t.Helper()
-		require.Eventually(t, func() bool { return b.left(t) == 0 && !b.mat.Passing(id) }, 30*time.Second, 5*time.Millisecond)
+		if !assert.Eventually(t, func() bool { return b.left(t) == 0 && !b.mat.Passing(id) }, 30*time.Second, 5*time.Millisecond) {
+			var pend, whole, stale int
+			require.NoError(t, b.conn.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM matcol.pending), (SELECT count(*) FROM matcol.pending WHERE vals IS NULL), (SELECT count(*) FROM venue WHERE materialized_at IS NULL)`).Scan(&pend, &whole, &stale))
+			t.Fatalf("pending %d (whole %d) stale %d passing %v backlogs %d", pend, whole, stale, b.mat.Passing(id), b.mat.Stats.BacklogsToPass.Load())
+		}
 	}
 	b.run(t)
 	pgtest.Exec(t, b.conn, `INSERT INTO event SELECT g, g, 4 FROM generate_series(3, 2002) g`)

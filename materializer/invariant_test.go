@@ -14,6 +14,7 @@ import (
 	"github.com/matcol/matcol/daemon"
 	"github.com/matcol/matcol/internal/dial"
 	"github.com/matcol/matcol/internal/pgtest"
+	"github.com/matcol/matcol/listener/trigger"
 	"github.com/matcol/matcol/materializer"
 	"github.com/matcol/matcol/plan"
 	"github.com/matcol/matcol/registry"
@@ -68,7 +69,11 @@ func setupOn(t *testing.T, dsn string, cfg materializer.Config) *bundle {
 	t.Cleanup(pool.Close)
 	p, _, err := daemon.LoadPlan(ctx, pool)
 	require.NoError(t, err)
-	m := materializer.New(pool, p, cfg, hclog.NewNullLogger())
+	log := hclog.NewNullLogger()
+	if os.Getenv("MATCOL_TEST_TRACE") != "" {
+		log = hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: pgtest.LogWriter(t)})
+	}
+	m := materializer.New(pool, p, cfg, log)
 	return &bundle{dsn: dsn, conn: conn, pool: pool, plan: p, mat: m}
 }
 
@@ -95,9 +100,12 @@ func (b *bundle) catchUp(t *testing.T) {
 func (b *bundle) run(t *testing.T) {
 	t.Helper()
 	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	done := make(chan error, 2)
 	go func() { done <- b.mat.Run(ctx) }()
-	t.Cleanup(func() { stop(); <-done })
+	// As in the daemon: once the drainer sleeps, writers' NOTIFY is what wakes it.
+	l := &trigger.Listener{DSN: b.dsn, Sink: b.mat, Log: hclog.NewNullLogger()}
+	go func() { done <- l.Run(ctx) }()
+	t.Cleanup(func() { stop(); <-done; <-done })
 }
 
 // left is what the materializer still has to do: queued entries plus venue's stale rows.

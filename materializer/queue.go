@@ -343,6 +343,7 @@ func (m *Materializer) keysToPass(ctx context.Context, t *target) (bool, error) 
 	var id int64
 	err := m.pool.QueryRow(ctx, keysToPassSQL, t.plan.ID, m.cfg.PassMin, m.cfg.PassShare, t.plan.Table.Sanitize()).Scan(&id)
 	if errors.Is(err, pgx.ErrNoRows) {
+		m.log.Trace("queued keys of a table stay with queue batches", "table", t.plan.Table.String())
 		return false, nil
 	}
 	if err != nil {
