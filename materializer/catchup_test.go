@@ -123,6 +123,30 @@ func TestIdleDaemonSleepsSoon(t *testing.T) {
 	t.Logf("asleep after %s", time.Since(start).Round(time.Millisecond))
 }
 
+// A writer whose trigger saw the daemon awake sends no NOTIFY; when its transaction commits
+// after the daemon fell asleep and rechecked, its change is still taken within about a second,
+// not at the next sweep.
+func TestWriterOpenWhileDaemonFallsAsleep(t *testing.T) {
+	ctx := context.Background()
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 1, SweepInterval: time.Hour})
+	flag := func() (v int64) {
+		require.NoError(t, b.conn.QueryRow(ctx, `SELECT pg_sequence_last_value('matcol.wake_flag')`).Scan(&v))
+		return v
+	}
+	require.Zero(t, flag())
+	w := pgtest.Connect(t, b.dsn)
+	pgtest.Exec(t, w, `BEGIN; INSERT INTO event VALUES (7, 1, 7)`)
+	b.run(t)
+	require.Eventually(t, func() bool { return flag() == 1 }, 5*time.Second, 10*time.Millisecond, "the daemon must fall asleep")
+	time.Sleep(1500 * time.Millisecond) // past its rechecks
+	pgtest.Exec(t, w, `COMMIT`)
+	require.Eventually(t, func() bool {
+		var n *int64
+		require.NoError(t, b.conn.QueryRow(ctx, `SELECT seat_count FROM venue WHERE id = 1`).Scan(&n))
+		return n != nil && *n == 17 // with event 1's 10 seats
+	}, 3*time.Second, 10*time.Millisecond, "the change committed after the daemon fell asleep")
+}
+
 // A queue batch knows from its own take whether entries wait beyond it: a burst of exactly one
 // batch ends with that batch, where a worker sent after it would take nothing (2-40 ms of a cold
 // backend at the end of every burst).

@@ -32,12 +32,15 @@ const (
 // drainLoop applies queued invalidations. While work keeps arriving it polls the queue, and
 // writers send no NOTIFY; after Linger without work it marks itself asleep (matcol.wake_flag) and
 // waits for one. Right after falling asleep it drains once more, and again shortly after, for
-// writers whose triggers read the flag before it changed.
+// writers whose triggers read the flag before it changed; and while a transaction that was open
+// then is still open, it checks every second whether it has ended: one that wrote before the flag
+// changed and commits later sends no NOTIFY.
 func (m *Materializer) drainLoop(ctx context.Context) {
 	attempt := 0
 	lastWork := time.Now()
 	asleep := false
 	var sleptAt time.Time
+	var open []string // transactions in progress when the flag changed, still open at the last look
 	defer func() {
 		// Nobody listens once this daemon is gone: spare writers the NOTIFY.
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
@@ -55,6 +58,12 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 			dial.Sleep(ctx, time.Second)
 			continue
 		}
+		if asleep && len(open) > 0 {
+			// Before the drain: a transaction seen ended has its entries in the drain's snapshot.
+			if stillOpen, err := m.stillOpen(ctx, open); err == nil {
+				open = stillOpen
+			}
+		}
 		res, err := m.Drain(ctx)
 		if errors.Is(err, errPlanChanged) {
 			continue
@@ -69,7 +78,7 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 				m.log.Error("applying invalidations failed; retrying", "error", err)
 			}
 			attempt++
-			asleep = false // the flag may be gone with the server; set it again later
+			asleep, open = false, nil // the flag may be gone with the server; set it again later
 			if !dial.Sleep(ctx, dial.Backoff(attempt, 30*time.Second)) {
 				return
 			}
@@ -82,7 +91,7 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 			lastWork = time.Now()
 			if asleep {
 				if err := m.setSleeping(ctx, false); err == nil {
-					asleep = false
+					asleep, open = false, nil
 				}
 			}
 			if res.Full {
@@ -107,10 +116,16 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 			if err := m.setSleeping(ctx, true); err == nil {
 				asleep = true
 				sleptAt = time.Now()
+				// In a statement after the flag's: a writer that read it unchanged had its
+				// transaction ID by then, and has committed or is in this snapshot.
+				open, _ = m.stillOpen(ctx, nil)
 			}
 			continue
 		}
 		wait := m.cfg.SweepInterval
+		if len(open) > 0 {
+			wait = min(wait, time.Second)
+		}
 		for _, recheck := range []time.Duration{100 * time.Millisecond, time.Second} {
 			if d := time.Until(sleptAt.Add(recheck)); d > 0 {
 				wait = min(wait, d)
@@ -124,6 +139,17 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// stillOpen returns those of xids (all transactions with an ID in progress, when nil) that are
+// still in progress.
+func (m *Materializer) stillOpen(ctx context.Context, xids []string) ([]string, error) {
+	var open []string
+	err := m.control().QueryRow(ctx, `SELECT coalesce(array_agg(x::text), '{}') FROM (
+		SELECT pg_catalog.pg_snapshot_xip(pg_catalog.pg_current_snapshot()) AS x WHERE $1::text[] IS NULL
+		UNION ALL
+		SELECT x::xid8 FROM unnest($1::text[]) AS x WHERE pg_catalog.pg_xact_status(x::xid8) = 'in progress') AS o`, xids).Scan(&open)
+	return open, err
 }
 
 func (m *Materializer) setSleeping(ctx context.Context, v bool) error {
