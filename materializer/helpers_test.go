@@ -87,5 +87,5 @@ func waitTimedBatches(t *testing.T, b *bundle) {
 		var left int
 		require.NoError(t, b.conn.QueryRow(context.Background(), `SELECT count(*) FROM venue WHERE id > 2 AND ended IS NULL`).Scan(&left))
 		return left == 0
-	}, 60*time.Second, 20*time.Millisecond)
+	}, 60*time.Second, 20*time.Millisecond, lazy(func() string { return b.state(t) }))
 }

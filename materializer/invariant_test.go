@@ -2,6 +2,7 @@ package materializer_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -69,10 +70,8 @@ func setupOn(t *testing.T, dsn string, cfg materializer.Config) *bundle {
 	t.Cleanup(pool.Close)
 	p, _, err := daemon.LoadPlan(ctx, pool)
 	require.NoError(t, err)
-	log := hclog.NewNullLogger()
-	if os.Getenv("MATCOL_TEST_TRACE") != "" {
-		log = hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: pgtest.LogWriter(t)})
-	}
+	// Shown when the test fails (or with -v): a failure on a loaded CI machine explains itself.
+	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: pgtest.LogWriter(t)})
 	m := materializer.New(pool, p, cfg, log)
 	return &bundle{dsn: dsn, conn: conn, pool: pool, plan: p, mat: m}
 }
@@ -115,6 +114,22 @@ func (b *bundle) left(t *testing.T) int {
 	require.NoError(t, b.conn.QueryRow(context.Background(),
 		`SELECT (SELECT count(*) FROM matcol.pending) + (SELECT count(*) FROM venue WHERE materialized_at IS NULL)`).Scan(&n))
 	return n
+}
+
+// lazy is a failure message computed only when it is printed.
+type lazy func() string
+
+func (f lazy) String() string { return f() }
+
+// state describes what is left and the materializer's counters, for a failure message.
+func (b *bundle) state(t *testing.T) string {
+	t.Helper()
+	var pend, whole, stale int
+	require.NoError(t, b.conn.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM matcol.pending),
+		(SELECT count(*) FROM matcol.pending WHERE vals IS NULL), (SELECT count(*) FROM venue WHERE materialized_at IS NULL)`).Scan(&pend, &whole, &stale))
+	s := &b.mat.Stats
+	return fmt.Sprintf("queued %d (whole-table %d), stale rows %d; batches %d (errors %d), throttled %d, level %d, backlogs to a pass %d",
+		pend, whole, stale, s.Batches.Load(), s.BatchErrors.Load(), s.Throttled.Load(), b.mat.ThrottleLevel(), s.BacklogsToPass.Load())
 }
 
 func (b *bundle) drift(t *testing.T) []verify.Drift {
