@@ -59,22 +59,26 @@ func loadPlanFrom(ctx context.Context, pool interface {
 	return p, err
 }
 
-// timedVenue returns a materializer of venue whose batches each sleep 60 ms and note in
-// venue.started and venue.ended when their statement ran, so that a test can count how many ran
-// at once: up to tableWorkers of the table's after ramp.
+// timedVenue returns a materializer of venue whose batches each sleep 3 ms a row (60 ms for the
+// 20 rows they start with) and note in venue.started and venue.ended when their statement ran,
+// so that a test can count how many ran at once: up to tableWorkers of the table's after ramp.
+// The sleep is per row, as real work is: a fixed one kept a batch long however small, so on a
+// loaded machine a slow spell shrank the batches to one row for good (see observe), and 1,200
+// rows took over a minute.
 func timedVenue(t *testing.T, tableWorkers int, ramp time.Duration) *bundle {
 	t.Helper()
 	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 3, TableWorkers: tableWorkers,
 		RampAfter: ramp, SweepInterval: time.Hour, BatchSize: 20,
-		TargetBatchDuration: 100 * time.Millisecond}) // batches sleep 60 ms: their size stays, also on a loaded machine
+		TargetBatchDuration: 100 * time.Millisecond}) // 20 rows take over half of it: batches never grow
 	pgtest.Exec(t, b.conn, `CREATE INDEX ON venue (id) WHERE materialized_at IS NULL;
 		ALTER TABLE venue ADD COLUMN started timestamptz, ADD COLUMN ended timestamptz`)
 	applyDefs(t, b.conn, []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"),
 		Columns: []string{"seat_count", "started", "ended"}, Self: new(true),
 		SQL: `WITH a AS MATERIALIZED (SELECT clock_timestamp() AS t0),
-			s AS MATERIALIZED (SELECT pg_sleep(0.06), t0 FROM a),
+			r AS MATERIALIZED (SELECT v.id FROM venue v WHERE v.id = ANY($1)),
+			s AS MATERIALIZED (SELECT pg_sleep(0.003 * (SELECT count(*) FROM r)), t0 FROM a),
 			b AS MATERIALIZED (SELECT clock_timestamp() AS t1, t0 FROM s)
-			SELECT v.id, 0::bigint AS seat_count, b.t0 AS started, b.t1 AS ended FROM venue v CROSS JOIN b WHERE v.id = ANY($1)`,
+			SELECT r.id, 0::bigint AS seat_count, b.t0 AS started, b.t1 AS ended FROM r CROSS JOIN b`,
 		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})
 	reload(t, b)
 	return b

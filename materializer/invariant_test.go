@@ -124,8 +124,10 @@ func (f lazy) String() string { return f() }
 // state describes what is left and the materializer's counters, for a failure message.
 func (b *bundle) state(t *testing.T) string {
 	t.Helper()
+	// Its own connection: a wait's condition may still be running on b.conn.
+	conn := pgtest.Connect(t, b.dsn)
 	var pend, whole, stale int
-	require.NoError(t, b.conn.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM matcol.pending),
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM matcol.pending),
 		(SELECT count(*) FROM matcol.pending WHERE vals IS NULL), (SELECT count(*) FROM venue WHERE materialized_at IS NULL)`).Scan(&pend, &whole, &stale))
 	s := &b.mat.Stats
 	return fmt.Sprintf("queued %d (whole-table %d), stale rows %d; batches %d (errors %d), throttled %d, level %d, backlogs to a pass %d",
