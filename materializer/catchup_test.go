@@ -528,3 +528,23 @@ func TestBacklogOfUnanalyzedTableStaysQueued(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, switched)
 }
+
+// An enrichment whose statement costs the same whatever its rows (here a 200 ms sleep, as a scan
+// of a whole source would) keeps batches of many rows: one-row batches would take a minute for
+// what takes two seconds.
+func TestFixedCostEnrichmentKeepsItsBatchSize(t *testing.T) {
+	b := setupOn(t, pgtest.NewDB(t), materializer.Config{Workers: 1, SweepInterval: time.Hour, BatchSize: 40,
+		TargetBatchDuration: 100 * time.Millisecond})
+	pgtest.Exec(t, b.conn, `CREATE INDEX ON venue (id) WHERE materialized_at IS NULL`)
+	applyDefs(t, b.conn, []registry.Enrichment{{Name: "venue_seats", Target: tableName("public", "venue"),
+		Columns: []string{"seat_count"}, Self: new(true),
+		SQL: `WITH s AS MATERIALIZED (SELECT pg_sleep(0.2))
+			SELECT v.id, 0::bigint AS seat_count FROM venue v CROSS JOIN s WHERE v.id = ANY($1)`,
+		DependsOn: []registry.Dependency{{Source: tableName("public", "event"), Columns: []string{"venue_id"}}}}})
+	reload(t, b)
+	pgtest.Exec(t, b.conn, `INSERT INTO venue (id) SELECT generate_series(3, 302); DELETE FROM matcol.pending; ANALYZE venue`)
+	b.run(t)
+	require.Eventually(t, func() bool { return b.left(t) == 0 }, 20*time.Second, 20*time.Millisecond,
+		lazy(func() string { return b.state(t) }))
+	require.LessOrEqual(t, b.mat.Stats.Batches.Load(), int64(30), "batches for 302 rows at 40 a batch")
+}

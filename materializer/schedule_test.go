@@ -57,9 +57,9 @@ func TestBatchSizeFollowsTheRate(t *testing.T) {
 	}
 	require.Equal(t, 500, tg.batchSize, "1,000 rows in 300 ms: half of them, however many batches say so")
 	for range 4 {
-		m.observe(tg, 500, 500, 245*time.Millisecond)
+		m.observe(tg, 500, 500, 200*time.Millisecond)
 	}
-	require.Equal(t, 250, tg.batchSize)
+	require.Equal(t, 250, tg.batchSize, "half the rows in two thirds of the time: the shrink paid")
 	m.observe(tg, 250, 250, 20*time.Millisecond)
 	require.Equal(t, 500, tg.batchSize, "a fast full batch doubles the size, no more")
 	m.observe(tg, 250, 250, 20*time.Millisecond)
@@ -70,6 +70,26 @@ func TestBatchSizeFollowsTheRate(t *testing.T) {
 	require.Equal(t, 250, tg.batchSize, "a short batch that was not full says nothing about a full one")
 	m.observe(tg, 250, 250, 180*time.Millisecond)
 	require.Equal(t, 138, tg.batchSize, "250 rows in 180 ms: 138 fit")
+}
+
+// A statement whose cost is mostly fixed keeps the size that a shrink which did not pay started
+// from, rather than shrinking to one row a batch.
+func TestBatchSizeStopsShrinkingWhenItDoesNotPay(t *testing.T) {
+	m := &Materializer{cfg: Config{TargetBatchDuration: 100 * time.Millisecond}}
+	tg := &target{tableState: &tableState{batchSize: 40}}
+	m.observe(tg, 40, 40, 200*time.Millisecond)
+	require.Equal(t, 20, tg.batchSize)
+	m.observe(tg, 20, 20, 190*time.Millisecond)
+	require.Equal(t, 40, tg.batchSize, "half the rows took as long: back to 40")
+	for range 5 {
+		m.observe(tg, 40, 40, 200*time.Millisecond)
+	}
+	require.Equal(t, 40, tg.batchSize, "no shrink below 40 for a while")
+	m.observe(tg, 40, 40, 90*time.Millisecond)
+	m.observe(tg, 40, 40, 300*time.Millisecond)
+	require.Equal(t, 20, tg.batchSize, "40 rows ran within the target: the floor is gone")
+	m.observe(tg, 20, 20, 160*time.Millisecond)
+	require.Equal(t, 12, tg.batchSize, "half the rows in about half the time: the shrink paid, and 12 fit")
 }
 
 // Workers join a table while its takes come back full; once one comes back short, at most the

@@ -14,6 +14,13 @@ const maxBatch = 20000
 // step is taken from the batch's own size, not the current one, because batches of one table
 // run side by side and report the same slowness together: shrinking the current size by a factor
 // per report compounded, and four cold batches of 500 left the next ones at 98 rows.
+//
+// A shrink must pay. When a batch of at most two thirds the rows of the one that made the size
+// shrink still ran long and took over three quarters of its time, the statement's cost is mostly
+// fixed (a scan whatever the keys, say): smaller batches hold their locks as long and do less
+// each. The size goes back to what it was, and for a minute does not shrink below it, unless a
+// batch of that size runs within the target. Before, such a table shrank to one row a batch for
+// good: at 200 ms a statement, five rows a second.
 func (m *Materializer) observe(t *target, size, n int, d time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -21,13 +28,35 @@ func (m *Materializer) observe(t *target, size, n int, d time.Duration) {
 	if n <= 0 || d <= 0 || goal <= 0 {
 		return
 	}
+	now := time.Now()
+	if t.floor > 0 && (now.After(t.floorUntil) || (size >= t.floor && n >= size && d <= goal)) {
+		t.floor = 0
+	}
 	fit := int(min(float64(n)*float64(goal)/float64(d), maxBatch))
 	switch {
 	case d > goal*3/2:
-		t.batchSize = max(1, min(t.batchSize, max(size/2, fit)))
+		if s := t.shrunk; s.rows > 0 && n*3 <= s.rows*2 && d*4 > s.d*3 {
+			t.floor, t.floorUntil = s.size, now.Add(time.Minute)
+			t.batchSize = max(t.batchSize, s.size)
+			t.shrunk = shrink{}
+			return
+		}
+		next := max(1, t.floor, min(t.batchSize, max(size/2, fit)))
+		if next < t.batchSize {
+			t.shrunk = shrink{size: t.batchSize, rows: n, d: d}
+		}
+		t.batchSize = next
 	case d < goal/2 && n >= size:
 		t.batchSize = max(t.batchSize, min(maxBatch, size*2, fit))
+		t.shrunk = shrink{}
 	}
+}
+
+// shrink is the batch that last made a table's batch size shrink: the size before, and its rows
+// and time.
+type shrink struct {
+	size, rows int
+	d          time.Duration
 }
 
 // loadSQL reads the pause switch and the largest replay lag of the physical standbys, in seconds.
