@@ -118,7 +118,7 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 				sleptAt = time.Now()
 				// In a statement after the flag's: a writer that read it unchanged had its
 				// transaction ID by then, and has committed or is in this snapshot.
-				open, _ = m.stillOpen(ctx, nil)
+				open, _ = m.openXacts(ctx)
 			}
 			continue
 		}
@@ -141,14 +141,19 @@ func (m *Materializer) drainLoop(ctx context.Context) {
 	}
 }
 
-// stillOpen returns those of xids (all transactions with an ID in progress, when nil) that are
-// still in progress.
+// openXacts returns the transactions with an ID in progress.
+func (m *Materializer) openXacts(ctx context.Context) ([]string, error) {
+	var open []string
+	err := m.control().QueryRow(ctx, `SELECT coalesce(array_agg(x::text), '{}')
+		FROM pg_catalog.pg_snapshot_xip(pg_catalog.pg_current_snapshot()) AS x`).Scan(&open)
+	return open, err
+}
+
+// stillOpen returns those of xids that are still in progress.
 func (m *Materializer) stillOpen(ctx context.Context, xids []string) ([]string, error) {
 	var open []string
-	err := m.control().QueryRow(ctx, `SELECT coalesce(array_agg(x::text), '{}') FROM (
-		SELECT pg_catalog.pg_snapshot_xip(pg_catalog.pg_current_snapshot()) AS x WHERE $1::text[] IS NULL
-		UNION ALL
-		SELECT x::xid8 FROM unnest($1::text[]) AS x WHERE pg_catalog.pg_xact_status(x::xid8) = 'in progress') AS o`, xids).Scan(&open)
+	err := m.control().QueryRow(ctx, `SELECT coalesce(array_agg(x), '{}') FROM unnest($1::text[]) AS x
+		WHERE pg_catalog.pg_xact_status(x::xid8) = 'in progress'`, xids).Scan(&open)
 	return open, err
 }
 

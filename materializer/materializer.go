@@ -211,16 +211,16 @@ type target struct {
 // it, except the atomics.
 type tableState struct {
 	batchSize int
+	queued    bool
+	claim     bool // a claim of stale rows may find some; queued keys alone do not set it
+	running   int
+	more      bool // the last batch was full
+	dirty     bool // marked while a batch ran
 	// The last shrink of batchSize, and the size it may not shrink below until floorUntil
 	// (observe).
 	shrunk     shrink
 	floor      int
 	floorUntil time.Time
-	queued     bool
-	claim      bool // a claim of stale rows may find some; queued keys alone do not set it
-	running    int
-	more       bool // the last batch was full
-	dirty      bool // marked while a batch ran
 	// backlogAt is when more last became true (setMoreLocked).
 	backlogAt time.Time
 	backoff   int // consecutive failures
